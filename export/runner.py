@@ -1,0 +1,292 @@
+"""Run a `.tflite` file with LiteRT alone: no TensorFlow, no Keras, no tfcompress.
+
+This module is the edge kit's core. It needs only `numpy` and
+`ai-edge-litert`, so it can be copied to a phone, a Raspberry Pi or any
+board with Python, next to `evaluate.py`. tfcompress itself imports it (as
+`tfcompress_edge.runner`) to verify and benchmark the files it writes, so the
+device and the workstation run the very same input/output scaling code.
+
+Example:
+
+>>> runner = TFLiteRunner("model_int8.tflite", num_threads=1)
+>>> probs = runner.predict(x_test)          # float in, float out, int8 inside
+>>> runner.benchmark(runs=50).median_ms
+"""
+
+import os
+import statistics
+import time
+
+import numpy as np
+
+TFLITE_FILE_IDENTIFIER = b"TFL3"
+
+_INTEGER_KINDS = ("i", "u")
+
+
+class InvalidModelFileError(ValueError):
+    """The file is missing, truncated, or not a TFLite flatbuffer."""
+
+
+def read_model_file(path):
+    """Read a `.tflite` file and check it is a TFLite flatbuffer.
+
+    Args:
+        path: path of the file.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        InvalidModelFileError: if the file is missing, empty, or lacks the
+            TFLite file identifier.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InvalidModelFileError(
+            f"No TFLite file at '{path}'. Check the path; export one with "
+            "tfcompress.export.to_tflite(model, path, mode=...)."
+        )
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 8 or data[4:8] != TFLITE_FILE_IDENTIFIER:
+        raise InvalidModelFileError(
+            f"'{path}' is not a TFLite model: it is {len(data)} bytes and does not carry "
+            f"the TFLite file identifier {TFLITE_FILE_IDENTIFIER!r}. Pass a file written by "
+            "the TFLite converter (for example tfcompress.export.to_tflite)."
+        )
+    return data
+
+
+def make_interpreter(path, num_threads=1, use_xnnpack=True):
+    """Load a `.tflite` file into a LiteRT interpreter, with a clear error if it is bad.
+
+    Args:
+        path: the `.tflite` file.
+        num_threads: CPU threads for inference.
+        use_xnnpack: keep LiteRT's default XNNPACK delegate. `False` runs the
+            builtin kernels, so `_get_ops_details()` lists the file's real ops.
+
+    Returns:
+        An `ai_edge_litert.interpreter.Interpreter` with tensors allocated.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    data = read_model_file(path)
+    resolver = (
+        OpResolverType.AUTO if use_xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    try:
+        interpreter = Interpreter(
+            model_content=data,
+            num_threads=num_threads,
+            experimental_op_resolver_type=resolver,
+        )
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise InvalidModelFileError(
+            f"LiteRT could not load '{os.fspath(path)}' ({len(data)} bytes): {e}. The file is "
+            "truncated or corrupt; export it again."
+        ) from None
+    return interpreter
+
+
+def quantize_array(x, detail):
+    """Turn float data into the integer type of a quantized input tensor.
+
+    Inputs that are already integer in the model's own sense (token ids,
+    masks: tensors without a quantization scale) are only cast.
+    """
+    dtype = np.dtype(detail["dtype"])
+    x = np.asarray(x)
+    scale, zero_point = detail["quantization"]
+    if dtype.kind in _INTEGER_KINDS and scale:
+        info = np.iinfo(dtype)
+        q = np.round(x.astype(np.float32) / scale + zero_point)
+        return np.clip(q, info.min, info.max).astype(dtype)
+    return x.astype(dtype)
+
+
+def dequantize_array(y, detail):
+    """Turn a quantized output tensor back into float values."""
+    y = np.asarray(y)
+    scale, zero_point = detail["quantization"]
+    if y.dtype.kind in _INTEGER_KINDS and scale:
+        return (y.astype(np.float32) - zero_point) * scale
+    return y
+
+
+class TFLiteRunner:
+    """A `.tflite` model with float-in / float-out `predict`, whatever its I/O types.
+
+    Args:
+        path: the `.tflite` file.
+        num_threads: CPU threads for inference.
+        signature_key: which signature to run; the file's only (or first) one
+            by default.
+    """
+
+    def __init__(self, path, num_threads=1, signature_key=None):
+        self.path = os.fspath(path)
+        self.num_threads = num_threads
+        self.interpreter = make_interpreter(self.path, num_threads=num_threads)
+        signatures = self.interpreter.get_signature_list()
+        if not signatures:
+            raise InvalidModelFileError(
+                f"'{self.path}' has no signature; export it with a signature "
+                "(tfcompress.export.to_tflite always writes one)."
+            )
+        self.signature_key = signature_key or next(iter(signatures))
+        self._runner = self.interpreter.get_signature_runner(self.signature_key)
+        self.input_details = self._runner.get_input_details()
+        self.output_details = self._runner.get_output_details()
+
+    @property
+    def input_names(self):
+        return list(self.input_details)
+
+    @property
+    def output_names(self):
+        return list(self.output_details)
+
+    def _as_named_inputs(self, inputs):
+        names = self.input_names
+        if isinstance(inputs, dict):
+            missing = [n for n in names if n not in inputs]
+            if missing:
+                raise ValueError(
+                    f"'{self.path}' needs inputs {names}; missing {missing}. "
+                    f"Received keys: {sorted(inputs)}."
+                )
+            return {n: inputs[n] for n in names}
+        if isinstance(inputs, (list, tuple)):
+            if len(inputs) != len(names):
+                raise ValueError(
+                    f"'{self.path}' has {len(names)} inputs {names}, received {len(inputs)} "
+                    "arrays. Pass a dict keyed by input name."
+                )
+            return dict(zip(names, inputs))
+        if len(names) != 1:
+            raise ValueError(
+                f"'{self.path}' has {len(names)} inputs {names}; pass a dict keyed by name."
+            )
+        return {names[0]: inputs}
+
+    def run_batch(self, inputs):
+        """Run one batch; returns a dict of float outputs keyed by output name."""
+        named = self._as_named_inputs(inputs)
+        feed = {n: quantize_array(v, self.input_details[n]) for n, v in named.items()}
+        raw = self._runner(**feed)
+        return {n: dequantize_array(raw[n], self.output_details[n]) for n in self.output_names}
+
+    def predict(self, inputs, batch_size=32):
+        """Run every sample, in batches when the file allows it, else one at a time.
+
+        Args:
+            inputs: an array (single-input model), a list of arrays, or a dict
+                keyed by the file's input names.
+            batch_size: samples per invocation when the batch dimension is dynamic.
+
+        Returns:
+            A float array for a single-output model, else a dict of arrays.
+        """
+        named = self._as_named_inputs(inputs)
+        n = len(next(iter(named.values())))
+        if not self._batch_is_dynamic():
+            batch_size = 1
+        chunks = []
+        for start in range(0, n, batch_size):
+            chunks.append(self.run_batch({k: v[start : start + batch_size] for k, v in named.items()}))
+        out = {k: np.concatenate([c[k] for c in chunks]) for k in self.output_names}
+        if len(out) == 1:
+            return next(iter(out.values()))
+        return out
+
+    def _batch_is_dynamic(self):
+        return all(
+            len(d["shape_signature"]) > 0 and d["shape_signature"][0] == -1
+            for d in self.input_details.values()
+        )
+
+    def example_inputs(self, seed=0, sequence_length=16):
+        """Random inputs of the right shape and type, for timing."""
+        rng = np.random.default_rng(seed)
+        feed = {}
+        for name, d in self.input_details.items():
+            shape = [1 if i == 0 else (sequence_length if s == -1 else s)
+                     for i, s in enumerate(d["shape_signature"])]
+            dtype = np.dtype(d["dtype"])
+            if dtype.kind in _INTEGER_KINDS and not d["quantization"][0]:
+                # Token ids, segment ids and masks: small non-negative integers are valid.
+                feed[name] = rng.integers(0, 2, size=shape).astype(dtype)
+            elif dtype.kind in _INTEGER_KINDS:
+                info = np.iinfo(dtype)
+                feed[name] = rng.integers(info.min, info.max, size=shape).astype(dtype)
+            elif dtype == np.bool_:
+                feed[name] = np.ones(shape, dtype=bool)
+            else:
+                feed[name] = rng.random(shape).astype(dtype)
+        return feed
+
+    def benchmark(self, runs=50, warmup=5, inputs=None):
+        """Time single-sample inference.
+
+        Args:
+            runs: timed invocations.
+            warmup: untimed invocations first (caches, delegate set-up).
+            inputs: a dict of raw input tensors; random ones by default.
+
+        Returns:
+            A `LatencyResult`.
+        """
+        if runs < 1:
+            raise ValueError(f"runs must be at least 1. Received: runs={runs}")
+        feed = inputs if inputs is not None else self.example_inputs()
+        for _ in range(warmup):
+            self._runner(**feed)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            self._runner(**feed)
+            times.append((time.perf_counter() - start) * 1e3)
+        return LatencyResult.from_times(times, self.num_threads)
+
+
+class LatencyResult:
+    """Latency of one `.tflite` file, in milliseconds per single-sample inference."""
+
+    def __init__(self, median_ms, p90_ms, mean_ms, runs, num_threads):
+        self.median_ms = median_ms
+        self.p90_ms = p90_ms
+        self.mean_ms = mean_ms
+        self.runs = runs
+        self.num_threads = num_threads
+
+    @classmethod
+    def from_times(cls, times_ms, num_threads):
+        ordered = sorted(times_ms)
+        p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+        return cls(statistics.median(ordered), p90, statistics.fmean(ordered), len(ordered),
+                   num_threads)
+
+    def __repr__(self):
+        return (f"LatencyResult(median_ms={self.median_ms:.4f}, p90_ms={self.p90_ms:.4f}, "
+                f"runs={self.runs}, num_threads={self.num_threads})")
+
+
+def top1(outputs):
+    """Predicted class per row: argmax, or a 0.5 / 0.0 threshold for one-unit outputs."""
+    outputs = np.asarray(outputs)
+    if outputs.ndim >= 2 and outputs.shape[-1] > 1:
+        return outputs.argmax(axis=-1)
+    flat = outputs.reshape(len(outputs), -1)[:, 0]
+    threshold = 0.5 if flat.min() >= 0.0 and flat.max() <= 1.0 else 0.0
+    return (flat > threshold).astype(np.int64)
+
+
+def labels_to_classes(labels):
+    """Class ids from integer labels or one-hot rows."""
+    labels = np.asarray(labels)
+    if labels.ndim >= 2 and labels.shape[-1] > 1:
+        return labels.argmax(axis=-1)
+    return labels.reshape(len(labels)).astype(np.int64)

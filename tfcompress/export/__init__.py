@@ -1,0 +1,35 @@
+"""Export Keras models to TFLite (LiteRT), and check what was written.
+
+`to_tflite` converts (float32, float16, dynamic, int8, int16x8), `verify`
+runs the file beside the Keras model, `inspect` lists its ops and dtypes,
+`benchmark` times it, and `to_c_array` makes a header for microcontrollers.
+"""
+
+from tfcompress.export.benchmark import benchmark
+from tfcompress.export.c_array import to_c_array
+from tfcompress.export.calibration import InputSpec, input_specs
+from tfcompress.export.convert import ExportResult, gzip_size, to_tflite
+from tfcompress.export.inspect import COMPUTE_OPS, OpInfo, TensorInfo, TFLiteInfo, inspect
+from tfcompress.export.modes import ExportMode, available_modes, get_mode, register_mode
+from tfcompress.export.verify import VerifyResult, verify
+
+__all__ = [
+    "COMPUTE_OPS",
+    "ExportMode",
+    "ExportResult",
+    "InputSpec",
+    "OpInfo",
+    "TFLiteInfo",
+    "TensorInfo",
+    "VerifyResult",
+    "available_modes",
+    "benchmark",
+    "get_mode",
+    "gzip_size",
+    "input_specs",
+    "inspect",
+    "register_mode",
+    "to_c_array",
+    "to_tflite",
+    "verify",
+]

@@ -1,0 +1,179 @@
+"""`to_tflite`: convert a Keras model into a `.tflite` file, by the route that works."""
+
+import contextlib
+import dataclasses
+import gzip
+import io
+import os
+import shutil
+import tempfile
+
+from tfcompress import _flavor, _io
+from tfcompress.errors import CalibrationDataError, ConversionError
+from tfcompress.export import calibration as calib
+from tfcompress.export.modes import get_mode
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What `to_tflite` wrote.
+
+    Attributes:
+        path: the `.tflite` file.
+        mode: the export mode.
+        bytes: file size.
+        gzip_bytes: size after `gzip -9`: what zeros and shared values buy you
+            on the wire or in flash with compression.
+        route: `"from_keras_model"` or `"saved_model"`: how it was converted.
+        calibration_samples: samples used for calibration (`None` when the
+            mode uses none).
+        int8_io: whether inputs and outputs are integer.
+    """
+
+    path: str
+    mode: str
+    bytes: int
+    gzip_bytes: int
+    route: str
+    calibration_samples: object = None
+    int8_io: bool = False
+
+    def __str__(self):
+        calib_note = ""
+        if self.calibration_samples is not None:
+            calib_note = f", calibrated on {self.calibration_samples} samples"
+        return (f"{self.path}: {self.mode}, {self.bytes:,} bytes ({self.gzip_bytes:,} gzipped)"
+                f"{calib_note}, via {self.route}")
+
+
+def gzip_size(data):
+    """Bytes after `gzip -9`, a fair proxy for what sparsity or clustering saves."""
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+def to_tflite(
+    model,
+    path,
+    mode="float32",
+    representative_data=None,
+    int8_io=False,
+    max_calibration_samples=calib.DEFAULT_MAX_SAMPLES,
+    verbose=False,
+):
+    """Convert a Keras model into a `.tflite` file.
+
+    Works for Keras 3 models, tf_keras models and keras-hub models (dict
+    inputs included). The file is written to a temporary name in the same
+    folder and renamed into place, so `path` is never half-written.
+
+    Args:
+        model: a built Keras 3, keras-hub or tf_keras model.
+        path: the `.tflite` file to write. Its folder must exist.
+        mode: one of `tfcompress.export.available_modes()`: `"float32"`,
+            `"float16"`, `"dynamic"` (int8 weights), `"int8"` (full integer)
+            or `"int16x8"`.
+        representative_data: calibration inputs, needed by `"int8"` and
+            `"int16x8"`: a numpy array, a dict of arrays, `(inputs, labels)`, a
+            `tf.data.Dataset` (batched or not, labels or not) or a generator.
+        int8_io: make inputs and outputs integer too (int8 for `"int8"`,
+            int16 for `"int16x8"`), as microcontrollers and NPUs want.
+        max_calibration_samples: most samples taken from `representative_data`.
+        verbose: show the converter's own messages.
+
+    Returns:
+        An `ExportResult`.
+
+    Example:
+
+    >>> result = to_tflite(model, "model_int8.tflite", mode="int8",
+    ...                    representative_data=x_train)
+    >>> result.bytes, result.calibration_samples
+    """
+    export_mode = get_mode(mode)
+    flavor = _flavor.flavor_of(model)
+    _flavor.check_built(model, what="export to TFLite")
+    path = _io.check_output_path(path, what="TFLite file")
+    if int8_io and export_mode.io_dtype is None:
+        raise ValueError(
+            f"int8_io=True needs a full-integer mode ('int8' or 'int16x8'); mode {mode!r} keeps "
+            "float inputs and outputs. Use mode='int8' or drop int8_io."
+        )
+
+    specs = calib.input_specs(model)
+    calibration = None
+    if export_mode.calibration == "unused":
+        representative_data = None
+    elif representative_data is None and export_mode.calibration == "required":
+        raise CalibrationDataError(
+            f"mode={mode!r} needs representative_data to measure activation ranges: pass a "
+            "few hundred training inputs (an array, a tf.data.Dataset or a generator). "
+            "Use mode='dynamic' for int8 weights without calibration data."
+        )
+    if representative_data is not None:
+        calibration = calib.calibration_set(representative_data, specs, max_calibration_samples)
+
+    data, route = _convert(model, flavor, export_mode, calibration, int8_io, verbose)
+    _io.atomic_write_bytes(path, data)
+    return ExportResult(
+        path=path,
+        mode=mode,
+        bytes=len(data),
+        gzip_bytes=gzip_size(data),
+        route=route,
+        calibration_samples=None if calibration is None else len(calibration),
+        int8_io=bool(int8_io),
+    )
+
+
+def _routes(flavor):
+    # keras-hub models only convert through a SavedModel (from_keras_model
+    # fails on them); plain models take the direct route and fall back.
+    if flavor == _flavor.KERAS_HUB:
+        return ("saved_model",)
+    return ("from_keras_model", "saved_model")
+
+
+def _convert(model, flavor, export_mode, calibration, int8_io, verbose):
+    import tensorflow as tf
+
+    failures = []
+    for route in _routes(flavor):
+        with tempfile.TemporaryDirectory(prefix="tfcompress-export-") as tmp:
+            log = io.StringIO()
+            redirect = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(log)
+            try:
+                with redirect:
+                    converter = _make_converter(route, model, flavor, tmp, tf)
+                    export_mode.configure(converter, tf, int8_io)
+                    if calibration is not None:
+                        converter.representative_dataset = calibration.representative_dataset(
+                            as_dict=calib.takes_dict(model) or route == "saved_model"
+                            and len(calibration.specs) > 1
+                        )
+                    return converter.convert(), route
+            except Exception as e:  # the converter raises many unrelated types
+                failures.append(f"{route}: {type(e).__name__}: {_last_lines(str(e))}")
+            finally:
+                shutil.rmtree(os.path.join(tmp, "saved_model"), ignore_errors=True)
+    raise ConversionError(
+        f"The TFLite converter could not convert model '{model.name}' in mode "
+        f"{export_mode.name!r}. Tried: " + " | ".join(failures) + ". If a layer is named "
+        "above, keep it out of the quantized part or try mode='float32' to see whether "
+        "the model converts at all."
+    )
+
+
+def _make_converter(route, model, flavor, tmp, tf):
+    if route == "from_keras_model":
+        return tf.lite.TFLiteConverter.from_keras_model(model)
+    saved = os.path.join(tmp, "saved_model")
+    if flavor == _flavor.TF_KERAS:
+        tf.saved_model.save(model, saved)
+    else:
+        model.export(saved, format="tf_saved_model", verbose=False)
+    return tf.lite.TFLiteConverter.from_saved_model(saved)
+
+
+def _last_lines(text, n=3):
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return " / ".join(lines[-n:])[:600]
