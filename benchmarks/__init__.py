@@ -1,0 +1,1 @@
+"""Benchmarks that measure tfcompress; each script rewrites its section of BENCHMARKS.md."""
