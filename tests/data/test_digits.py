@@ -62,9 +62,10 @@ def test_splits_are_disjoint_and_cover_all_samples(splits):
         for x, y in zip(
             _all_x(splits),
             np.concatenate([splits.y_train, splits.y_val, splits.y_test]),
+            strict=True,
         )
     )
-    want = sorted((x.tobytes(), int(y)) for x, y in zip(expected, original.target))
+    want = sorted((x.tobytes(), int(y)) for x, y in zip(expected, original.target, strict=True))
     assert got == want
 
     train, val, test = (_row_keys(x) for x in (splits.x_train, splits.x_val, splits.x_test))
@@ -136,8 +137,10 @@ def test_dataset_variant_yields_the_same_data(splits):
     x, y, sizes = collect(ds.train)
     assert x.dtype == np.float32 and y.dtype == np.int32
     assert sizes[:-1] == [100] * (len(sizes) - 1)
-    got = sorted((a.tobytes(), int(b)) for a, b in zip(x, y))
-    want = sorted((a.tobytes(), int(b)) for a, b in zip(splits.x_train, splits.y_train))
+    got = sorted((a.tobytes(), int(b)) for a, b in zip(x, y, strict=True))
+    want = sorted(
+        (a.tobytes(), int(b)) for a, b in zip(splits.x_train, splits.y_train, strict=True)
+    )
     assert got == want
     assert not np.array_equal(y, splits.y_train)
 

@@ -74,9 +74,14 @@ def test_validation_is_carved_from_train(full):
     assert len(splits.x_train) + len(splits.x_val) == TRAIN_ROWS
     np.testing.assert_array_equal(splits.x_test, full.x_test)
     # Together the two splits hold exactly the rows of train.tsv.
-    pairs = sorted(zip(np.concatenate([splits.x_train, splits.x_val]),
-                       np.concatenate([splits.y_train, splits.y_val])))
-    assert pairs == sorted(zip(full.x_train, full.y_train))
+    pairs = sorted(
+        zip(
+            np.concatenate([splits.x_train, splits.x_val]),
+            np.concatenate([splits.y_train, splits.y_val]),
+            strict=True,
+        )
+    )
+    assert pairs == sorted(zip(full.x_train, full.y_train, strict=True))
 
 
 def test_max_train_is_a_seeded_nested_subset():
@@ -142,11 +147,36 @@ def test_missing_files_error_names_searched_paths(tmp_path, monkeypatch):
         load_sst2()
 
 
+def test_download_fetches_glue_archive_into_data_dir(tmp_path, monkeypatch):
+    import keras
+
+    calls = []
+
+    def fake_get_file(fname, origin, extract, cache_subdir):
+        # Stands in for the network: lays out the archive as GLUE's zip does.
+        calls.append((fname, origin, extract, cache_subdir))
+        _tiny_sst2(tmp_path / "zip" / "SST-2")
+        extracted = os.path.join(cache_subdir, "SST-2_extracted")
+        os.rename(tmp_path / "zip", extracted)
+        return extracted
+
+    monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
+    target = tmp_path / "sst2"
+    splits = load_sst2(data_dir=target, download=True, validation_fraction=0.0)
+    assert calls == [("SST-2.zip", sst2_module.SST2_URL, True, str(target))]
+    assert (target / "train.tsv").is_file() and (target / "dev.tsv").is_file()
+    assert len(splits.x_train) == 20 and len(splits.x_test) == 2
+
+    # The files stay where the loader looks, so no second download happens.
+    assert load_sst2(data_dir=target, download=True).data_dir == str(target)
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize(
     "train_text, match",
     [
         ("label\tsentence\n1\tgood\n0\tbad\textra\n", r"train\.tsv, line 3: expected 2"),
-        ("label\tsentence\n1\tgood\n\n2\tbad\n", r"train\.tsv, line 5: expected the label"),
+        ("label\tsentence\n1\tgood\n\n2\tbad\n", r"train\.tsv, line 4: expected the label"),
         ("label,sentence\n1,good\n", r"train\.tsv, line 1: expected a header"),
         ("", r"train\.tsv is empty"),
     ],
@@ -183,7 +213,7 @@ def test_tokenizer_round_trip(tokenizer, sentences):
     assert vocabulary[:5] == ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
     ids = tokenizer(list(sentences[:20]))
     decoded = tokenizer.detokenize(ids)
-    for original, text in zip(sentences[:20], decoded):
+    for original, text in zip(sentences[:20], decoded, strict=True):
         text = text.numpy().decode() if hasattr(text, "numpy") else str(text)
         # WordPiece drops spaces around punctuation, so compare the words.
         assert text.replace(" ", "") == original.lower().replace(" ", "")

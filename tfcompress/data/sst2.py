@@ -114,8 +114,7 @@ def load_sst2(
         isinstance(max_train, bool) or not isinstance(max_train, int) or max_train < 1
     ):
         raise ValueError(
-            "`max_train` must be a positive integer or `None`. "
-            f"Received: max_train={max_train!r}."
+            f"`max_train` must be a positive integer or `None`. Received: max_train={max_train!r}."
         )
     if (
         isinstance(validation_fraction, bool)
@@ -127,12 +126,12 @@ def load_sst2(
             f"Received: validation_fraction={validation_fraction!r}."
         )
 
-    candidates, explicit = _candidate_dirs(data_dir)
+    candidates, source = _candidate_dirs(data_dir)
     found = next((d for d in candidates if _has_files(d)), None)
     if found is None:
         if not download:
-            raise FileNotFoundError(_not_found_message(candidates, explicit))
-        target = candidates[0] if explicit else _keras_cache_dir()
+            raise FileNotFoundError(_not_found_message(candidates, source))
+        target = candidates[0] if source else _keras_cache_dir()
         found = _download(target)
 
     sentences, labels = _read_tsv(os.path.join(found, "train.tsv"))
@@ -157,12 +156,12 @@ def load_sst2(
 
 
 def _candidate_dirs(data_dir):
-    """Returns `(folders to search, whether the user named the folder)`."""
+    """Returns `(folders to search, "data_dir", ENV_VAR or None for the defaults)`."""
     if data_dir is not None:
-        return [os.path.abspath(os.fspath(data_dir))], True
+        return [os.path.abspath(os.fspath(data_dir))], "data_dir"
     env_dir = os.environ.get(ENV_VAR)
     if env_dir:
-        return [os.path.abspath(os.path.expanduser(env_dir))], True
+        return [os.path.abspath(os.path.expanduser(env_dir))], ENV_VAR
 
     candidates = []
     for start in (os.getcwd(), os.path.dirname(os.path.abspath(__file__))):
@@ -176,7 +175,7 @@ def _candidate_dirs(data_dir):
                 break
             folder = parent
     candidates.append(_keras_cache_dir())
-    return candidates, False
+    return candidates, None
 
 
 def _keras_cache_dir():
@@ -188,7 +187,7 @@ def _has_files(folder):
     return all(os.path.isfile(os.path.join(folder, name)) for name in _FILES)
 
 
-def _not_found_message(candidates, explicit):
+def _not_found_message(candidates, source):
     lines = []
     for folder in candidates:
         if not os.path.isdir(folder):
@@ -197,17 +196,28 @@ def _not_found_message(candidates, explicit):
             missing = [n for n in _FILES if not os.path.isfile(os.path.join(folder, n))]
             note = "missing " + " and ".join(missing)
         lines.append(f"  - {folder} ({note})")
-    if explicit:
-        where = "the folder you named (via `data_dir` or $" + ENV_VAR + ")"
+    if source == "data_dir":
+        where = (
+            "Put both files there, or pass as `data_dir` the folder that holds them "
+            f"(or leave `data_dir=None` and set the environment variable {ENV_VAR})."
+        )
+    elif source == ENV_VAR:
+        where = (
+            f"That folder comes from the environment variable {ENV_VAR}: put both "
+            "files there, or point the variable (or `data_dir=`) at the folder that "
+            "holds them."
+        )
     else:
-        where = "one of these folders"
+        where = (
+            "Put both files in one of these folders, or pass `data_dir=` or set the "
+            f"environment variable {ENV_VAR} to the folder that holds them."
+        )
     return (
-        "Could not find SST-2's `train.tsv` and `dev.tsv`. Searched:\n"
+        "Could not find SST-2's `train.tsv` and `dev.tsv` (TAB separated, with a "
+        "`label<TAB>sentence` header line). Searched:\n"
         + "\n".join(lines)
-        + f"\nPut both files (TAB separated, with a `label<TAB>sentence` header line) in "
-        f"{where}, or pass `data_dir=` or set the environment variable {ENV_VAR} to the "
-        f"folder that holds them. On a machine with internet access, "
-        f"`load_sst2(download=True)` fetches GLUE's SST-2 from {SST2_URL}."
+        + f"\n{where} On a machine with internet access, `load_sst2(download=True)` "
+        f"fetches GLUE's SST-2 from {SST2_URL}."
     )
 
 

@@ -7,6 +7,7 @@ import numpy as np
 
 # The reserved tokens of `compute_word_piece_vocabulary`, in BERT's order.
 _RESERVED_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]")
+_ENCODE_BATCH_SIZE = 1024
 
 
 def sst2_tokenizer(sentences, vocabulary_size=8000, cache_path=None, lowercase=True):
@@ -45,7 +46,7 @@ def sst2_tokenizer(sentences, vocabulary_size=8000, cache_path=None, lowercase=T
     tokenizer = tfcompress.data.sst2_tokenizer(
         splits.x_train, vocabulary_size=8000, cache_path="out/sst2_vocab.txt"
     )
-    tokenizer.vocabulary_size()  # 8000
+    tokenizer.vocabulary_size()  # at most 8000
     ```
     """
     if isinstance(vocabulary_size, bool) or not isinstance(vocabulary_size, int):
@@ -127,22 +128,33 @@ def encode_for_bert(tokenizer, sentences, sequence_length=32):
             ) from e
     pad_id = special["[PAD]"]
 
-    texts = tf.constant(_as_str_list(sentences), dtype=tf.string)
-    token_ids = tokenizer(texts)
-    if not isinstance(token_ids, tf.RaggedTensor):
-        # A tokenizer built with `sequence_length` pads; drop that padding.
-        token_ids = tf.RaggedTensor.from_tensor(token_ids, padding=pad_id)
     packer = keras_hub.layers.MultiSegmentPacker(
         sequence_length=sequence_length,
         start_value=special["[CLS]"],
         end_value=special["[SEP]"],
         pad_value=pad_id,
     )
-    token_ids, segment_ids = packer(token_ids)
-    token_ids = np.asarray(token_ids, dtype=np.int32)
+
+    def pack(texts):
+        token_ids = tokenizer(texts)
+        if not isinstance(token_ids, tf.RaggedTensor):
+            # A tokenizer built with `sequence_length` pads; drop that padding.
+            token_ids = tf.RaggedTensor.from_tensor(token_ids, padding=pad_id)
+        return packer(token_ids)
+
+    # Run in a `tf.data` graph, in batches: called eagerly, keras-hub layers
+    # turn ragged outputs into Python lists.
+    texts = tf.constant(_as_str_list(sentences), dtype=tf.string)
+    batches = tf.data.Dataset.from_tensor_slices(texts).batch(_ENCODE_BATCH_SIZE).map(pack)
+    token_ids = [np.zeros((0, sequence_length), np.int32)]
+    segment_ids = [np.zeros((0, sequence_length), np.int32)]
+    for batch_token_ids, batch_segment_ids in batches.as_numpy_iterator():
+        token_ids.append(batch_token_ids.astype(np.int32))
+        segment_ids.append(batch_segment_ids.astype(np.int32))
+    token_ids = np.concatenate(token_ids)
     return {
         "token_ids": token_ids,
-        "segment_ids": np.asarray(segment_ids, dtype=np.int32),
+        "segment_ids": np.concatenate(segment_ids),
         "padding_mask": (token_ids != pad_id).astype(np.int32),
     }
 
@@ -199,9 +211,7 @@ def _read_vocabulary(path, vocabulary_size):
 def _write_atomically(path, vocabulary):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(
-        dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp"
-    )
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write("".join(token + "\n" for token in vocabulary))

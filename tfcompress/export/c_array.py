@@ -34,9 +34,11 @@ def to_c_array(path, header_path, variable_name=None, line_width=12):
 
     >>> to_c_array("model_int8.tflite", "model_data.h")
     """
-    from tfcompress_edge.runner import read_model_file
+    from tfcompress_edge.runner import make_interpreter, read_model_file
 
     with tflite_errors():
+        # Loading checks the whole flatbuffer, so a truncated file never reaches a device.
+        make_interpreter(path, use_xnnpack=False)
         data = read_model_file(path)
     header_path = _io.check_output_path(header_path, what="C header")
     name = variable_name or "g_" + _identifier(os.path.splitext(os.path.basename(path))[0])

@@ -150,8 +150,8 @@ def _check_and_batch(arrays, specs, what, first_index):
                     f"{spec.dtype}. Pass numeric (float) arrays."
                 )
             value = value.astype(spec.dtype)
-            bad = ~np.isfinite(value.reshape(len(value), -1)).all(axis=1)
-            if bad.any():
+            bad = ~np.isfinite(value).reshape(len(value), -1).all(axis=1) if len(value) else []
+            if np.any(bad):
                 index = first_index + int(np.argmax(bad))
                 raise CalibrationDataError(
                     f"The {what} for input '{spec.name}' contains NaN or inf (first in sample "

@@ -1,0 +1,91 @@
+"""Session-wide fixtures: one Python process trains each tiny model once."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from tfcompress.data import load_digits
+
+    return load_digits()
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(digits):
+    """The Keras 3 digits CNN after a few epochs (~90% held-out accuracy)."""
+    import keras
+
+    from tfcompress import testing
+
+    model = testing.digits_cnn()
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(digits.x_train, digits.y_train, epochs=8, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def trained_tf_keras_cnn(digits):
+    """The tf_keras twin of the digits CNN, trained the same way."""
+    import tf_keras
+
+    from tfcompress import testing
+
+    model = testing.tf_keras_digits_cnn()
+    model.compile(
+        optimizer=tf_keras.optimizers.Adam(3e-3),
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(digits.x_train, digits.y_train, epochs=8, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def bert_data():
+    """Random token sequences labelled by whether token 7 occurs: learnable in a few steps."""
+    from tfcompress import testing
+
+    inputs = testing.random_bert_inputs(256, seed=1)
+    labels = (inputs["token_ids"] == 7).any(axis=1) | (inputs["token_ids"] < 20).sum(axis=1) > 2
+    return inputs, labels.astype("int32")
+
+
+@pytest.fixture(scope="session")
+def trained_bert(bert_data):
+    """A keras-hub BertTextClassifier (1 layer, hidden 16) trained briefly."""
+    import keras
+
+    from tfcompress import testing
+
+    model = testing.tiny_bert_classifier()
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    inputs, labels = bert_data
+    model.fit(inputs, labels, epochs=3, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.fixture
+def no_leftovers(tmp_path):
+    """A folder; the test fails if anything but expected files ends up in it."""
+
+    def check(*expected):
+        found = sorted(p.name for p in tmp_path.iterdir())
+        assert found == sorted(expected), f"unexpected files in {tmp_path}: {found}"
+
+    return tmp_path, check
+
+
+def accuracy(logits, labels):
+    return float(np.mean(np.argmax(logits, axis=-1) == labels))

@@ -1,0 +1,60 @@
+"""Which layers our engine prunes, and which of their weights.
+
+Checked with `isinstance`, so a subclass of `Dense` is prunable too (tfmot's
+exact-class registry is what we avoid).
+"""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class PrunableWeight:
+    """One weight of a layer that gets a mask.
+
+    Attributes:
+        attr: the layer attribute holding the variable (`"kernel"`, ...).
+        nm_axis: the axis N:M groups run along (the input / reduction axis).
+    """
+
+    attr: str
+    nm_axis: int
+
+
+def _table():
+    import keras
+
+    layers = keras.layers
+    # Order matters: DepthwiseConv2D is not a Conv2D subclass in Keras 3, but
+    # keep the most specific classes first anyway.
+    return (
+        (layers.DepthwiseConv2D, PrunableWeight("kernel", nm_axis=-2)),
+        (layers.Conv1D, PrunableWeight("kernel", nm_axis=-2)),
+        (layers.Conv2D, PrunableWeight("kernel", nm_axis=-2)),
+        (layers.EinsumDense, PrunableWeight("kernel", nm_axis=0)),
+        (layers.Dense, PrunableWeight("kernel", nm_axis=0)),
+        (layers.Embedding, PrunableWeight("embeddings", nm_axis=-1)),
+    )
+
+
+PRUNABLE_CLASS_NAMES = ("Dense", "EinsumDense", "Conv1D", "Conv2D", "DepthwiseConv2D",
+                        "Embedding")
+
+
+def prunable_weights(layer):
+    """The `PrunableWeight`s of a Keras 3 layer; empty if we do not prune it."""
+    for klass, weight in _table():
+        if isinstance(layer, klass):
+            return (weight,)
+    return ()
+
+
+def is_prunable(layer):
+    """Whether our engine can prune `layer`."""
+    return bool(prunable_weights(layer))
+
+
+def is_conv(layer):
+    import keras
+
+    return isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D,
+                              keras.layers.DepthwiseConv2D))

@@ -1,0 +1,51 @@
+"""`QuantizeConfig`: what `quantize_model` does, as one small frozen object."""
+
+import dataclasses
+from typing import Tuple
+
+from tfcompress.quantize.schemes import get_scheme
+
+CALIBRATION_METHODS = ("minmax", "percentile", "mse")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeConfig:
+    """Options of `tfcompress.quantize.quantize_model`.
+
+    Attributes:
+        weight_scheme: `"int8"` (default), `"int4"`, `"int2"` or `"binary"`
+            (see `tfcompress.quantize.schemes`).
+        skip_layers: names of layers to keep in float.
+        fold_batchnorm: fold a BatchNormalization into the Conv/Dense before
+            it (its moving statistics are frozen from then on).
+        ema_decay: moving-average decay of activation ranges during `fit()`.
+        calibration: how `representative_data` initialises activation
+            ranges: `"minmax"`, `"percentile"` or `"mse"`.
+        percentile: the upper percentile used by `"percentile"`.
+
+    Example:
+
+    >>> config = QuantizeConfig(weight_scheme="int4", skip_layers=("logits",),
+    ...                         calibration="mse")
+    """
+
+    weight_scheme: str = "int8"
+    skip_layers: Tuple[str, ...] = ()
+    fold_batchnorm: bool = True
+    ema_decay: float = 0.99
+    calibration: str = "minmax"
+    percentile: float = 99.99
+
+    def __post_init__(self):
+        get_scheme(self.weight_scheme)  # raises with the list of schemes
+        if isinstance(self.skip_layers, str):
+            object.__setattr__(self, "skip_layers", (self.skip_layers,))
+        object.__setattr__(self, "skip_layers", tuple(self.skip_layers))
+        if self.calibration not in CALIBRATION_METHODS:
+            raise ValueError(f"calibration must be one of {CALIBRATION_METHODS}. "
+                             f"Received: calibration={self.calibration!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1). Received: ema_decay={self.ema_decay!r}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100]. Received: "
+                             f"percentile={self.percentile!r}")

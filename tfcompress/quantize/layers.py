@@ -1,0 +1,177 @@
+"""The layers a QAT model is made of: `ActivationQuantizer` and `QuantizeWrapper`.
+
+Both are registered Keras serializables (package "tfcompress"), so a QAT
+model saves and loads as `.keras`.
+"""
+
+import keras
+import tensorflow as tf
+
+from tfcompress.quantize import _ops
+from tfcompress.quantize.schemes import get_scheme
+
+_GRANULARITIES = ("per_channel", "depthwise", "per_tensor")
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class ActivationQuantizer(keras.layers.Layer):
+    """Fake-quantizes a tensor to int8 within a moving-average (EMA) range.
+
+    The range is updated only when `training=True` (in `fit()`): the first
+    batch sets it, later batches move it by `1 - ema_decay`. It always
+    includes zero, as TFLite requires. `range_set` stays 0 until a training
+    step or `tfcompress.quantize.calibrate` measured it.
+
+    Args:
+        num_bits: activation bits (8 for TFLite int8).
+        ema_decay: weight of the old range in the moving average, in [0, 1).
+        **kwargs: base `Layer` arguments (`name`, ...).
+
+    Example:
+
+    >>> q = ActivationQuantizer(name="input_quant")
+    >>> y = q(x, training=True)   # sets the range from x
+    """
+
+    def __init__(self, num_bits=8, ema_decay=0.99, **kwargs):
+        super().__init__(**kwargs)
+        if num_bits != 8:
+            raise ValueError("Activations are quantized to 8 bits (TFLite int8). "
+                             f"Received: num_bits={num_bits!r}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1). Received: ema_decay={ema_decay!r}")
+        self.num_bits = int(num_bits)
+        self.ema_decay = float(ema_decay)
+        self._collector = None  # set by calibrate(): a list that receives float batches
+
+    def build(self, input_shape):
+        kw = dict(shape=(), trainable=False, initializer="zeros", aggregation="mean")
+        self.range_min = self.add_weight(name="range_min", **kw)
+        self.range_max = self.add_weight(name="range_max", **kw)
+        self.range_set = self.add_weight(name="range_set", **kw)
+
+    def call(self, inputs, training=None):
+        if self._collector is not None:  # calibration pass: float values, eager
+            self._collector.append(keras.ops.convert_to_numpy(inputs))
+            return inputs
+        x = tf.cast(inputs, "float32")
+        lo, hi = self.range_min, self.range_max
+        if training:
+            decay = self.ema_decay
+            seen = self.range_set > 0
+            batch_lo = tf.reduce_min(x)
+            batch_hi = tf.reduce_max(x)
+            lo = tf.minimum(tf.where(seen, decay * lo + (1 - decay) * batch_lo, batch_lo), 0.0)
+            hi = tf.maximum(tf.where(seen, decay * hi + (1 - decay) * batch_hi, batch_hi), 0.0)
+            self.range_min.assign(lo)
+            self.range_max.assign(hi)
+            self.range_set.assign(1.0)
+        return tf.cast(_ops.fake_quant_activation(x, lo, hi, self.num_bits), inputs.dtype)
+
+    def set_range(self, min_value, max_value):
+        """Set the range by hand (calibration); it is widened to include zero."""
+        self.range_min.assign(min(float(min_value), 0.0))
+        self.range_max.assign(max(float(max_value), 0.0))
+        self.range_set.assign(1.0)
+
+    @property
+    def is_range_set(self):
+        return self.built and float(keras.ops.convert_to_numpy(self.range_set)) > 0
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_bits=self.num_bits, ema_decay=self.ema_decay)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantizeWrapper(keras.layers.Wrapper):
+    """Runs a layer with a fake-quantized kernel and a fake-quantized output.
+
+    The wrapped layer computes as usual through `stateless_call`, with its
+    kernel replaced by the scheme's fake-quantized kernel, so any layer with
+    a kernel works without re-implementing its math.
+
+    Args:
+        layer: the layer to wrap (built or not).
+        weight_scheme: a `tfcompress.quantize.schemes` name (`"int8"`,
+            `"int4"`, `"int2"`, `"binary"`), or `None` for no weights.
+        granularity: `"per_channel"`, `"depthwise"` or `"per_tensor"`.
+        kernel_attr: attribute of `layer` holding the kernel.
+        quantize_output: add an `ActivationQuantizer` on the output.
+        ema_decay: passed to the output quantizer.
+        **kwargs: base `Layer` arguments.
+
+    Example:
+
+    >>> w = QuantizeWrapper(keras.layers.Conv2D(8, 3), weight_scheme="int8",
+    ...                     granularity="per_channel", name="quant_conv")
+    """
+
+    def __init__(self, layer, weight_scheme=None, granularity=None, kernel_attr="kernel",
+                 quantize_output=True, ema_decay=0.99, **kwargs):
+        super().__init__(layer, **kwargs)
+        if weight_scheme is not None:
+            weight_scheme = get_scheme(weight_scheme).name
+            if granularity not in _GRANULARITIES:
+                raise ValueError(f"granularity must be one of {_GRANULARITIES} when weights are "
+                                 f"quantized. Received: granularity={granularity!r}")
+        self.weight_scheme = weight_scheme
+        self.granularity = granularity
+        self.kernel_attr = kernel_attr
+        self.quantize_output = bool(quantize_output)
+        self.ema_decay = float(ema_decay)
+        self.output_quantizer = (ActivationQuantizer(ema_decay=ema_decay, name="output_quant")
+                                 if quantize_output else None)
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        if self.output_quantizer is not None and not self.output_quantizer.built:
+            self.output_quantizer.build(None)
+        self.built = True
+
+    def quantized_kernel(self):
+        """The kernel the layer computes with (fake-quantized, same shape)."""
+        kernel = getattr(self.layer, self.kernel_attr)
+        scheme = get_scheme(self.weight_scheme)
+        w = tf.convert_to_tensor(kernel)
+        if self.granularity == "depthwise":  # (kh, kw, in, mult) -> channels in * mult
+            shape = tf.shape(w)
+            flat = tf.reshape(w, tf.concat([shape[:2], [-1]], 0))
+            return tf.reshape(scheme.quantize(flat, per_channel=True), shape)
+        return scheme.quantize(w, per_channel=self.granularity == "per_channel")
+
+    def call(self, inputs, training=None):
+        if self.weight_scheme is None:
+            outputs = self.layer(inputs, training=training)
+        else:
+            kernel = getattr(self.layer, self.kernel_attr)
+            qkernel = self.quantized_kernel()
+            trainable = [qkernel if v is kernel else v for v in self.layer.trainable_variables]
+            non_trainable = [v.value for v in self.layer.non_trainable_variables]
+            kwargs = {"training": training} if self.layer._call_has_training_arg else {}
+            outputs, _ = self.layer.stateless_call(trainable, non_trainable, inputs, **kwargs)
+        if self.output_quantizer is not None:
+            outputs = self.output_quantizer(outputs, training=training)
+        return outputs
+
+    def compute_output_spec(self, *args, **kwargs):
+        kwargs.pop("training", None)
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(weight_scheme=self.weight_scheme, granularity=self.granularity,
+                      kernel_attr=self.kernel_attr, quantize_output=self.quantize_output,
+                      ema_decay=self.ema_decay)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        return cls(**config)

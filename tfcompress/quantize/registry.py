@@ -1,0 +1,86 @@
+"""Which Keras layers the QAT transform knows, and what it does with each.
+
+Roles:
+    "weights": the kernel is fake-quantized (per-channel or per-tensor, the
+        way the TFLite converter lays out that op) and the output too.
+    "output": no weights to quantize; the output gets a moving-average range
+        (Add, Concatenate, activations, average pooling, ...).
+    "passthrough": the converter keeps the input scale (max pooling, Flatten,
+        Reshape, Dropout, ...): nothing is added.
+
+Lookup follows the class hierarchy, so a subclass of `Dense` is a `Dense`.
+Register your own layer with `register_layer(MyLayer, LayerHandler(...))`.
+"""
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerHandler:
+    """What the QAT transform does with one layer class.
+
+    Attributes:
+        role: `"weights"`, `"output"` or `"passthrough"`.
+        granularity: for `"weights"`: `"per_channel"` (last kernel axis),
+            `"depthwise"` (per channel of `in * multiplier`) or `"per_tensor"`
+            (Dense: the converter transposes its kernel, so per-channel along
+            Keras' last axis would be the wrong axis).
+        kernel_attr: attribute holding the kernel variable.
+    """
+
+    role: str
+    granularity: Optional[str] = None
+    kernel_attr: str = "kernel"
+
+    def __post_init__(self):
+        if self.role not in ("weights", "output", "passthrough"):
+            raise ValueError("LayerHandler.role must be 'weights', 'output' or 'passthrough'. "
+                             f"Received: role={self.role!r}")
+        if self.role == "weights" and self.granularity not in ("per_channel", "depthwise",
+                                                               "per_tensor"):
+            raise ValueError("A 'weights' handler needs granularity 'per_channel', 'depthwise' "
+                             f"or 'per_tensor'. Received: granularity={self.granularity!r}")
+
+
+_HANDLERS = []  # (class, handler); later registrations win
+
+
+def register_layer(layer_class, handler):
+    """Tell the QAT transform how to treat `layer_class` (and its subclasses)."""
+    _HANDLERS.insert(0, (layer_class, handler))
+    return handler
+
+
+def handler_for(layer):
+    """The `LayerHandler` for `layer`, or `None` when the layer is unknown."""
+    for klass in type(layer).__mro__:
+        for registered, handler in _HANDLERS:
+            if klass is registered:
+                return handler
+    return None
+
+
+def _register_defaults():
+    import keras
+
+    L = keras.layers
+    for cls in (L.Conv1D, L.Conv2D):
+        register_layer(cls, LayerHandler("weights", "per_channel"))
+    register_layer(L.DepthwiseConv2D, LayerHandler("weights", "depthwise"))
+    register_layer(L.Dense, LayerHandler("weights", "per_tensor"))
+    register_layer(L.EinsumDense, LayerHandler("weights", "per_tensor"))
+    for cls in (L.Add, L.Subtract, L.Multiply, L.Average, L.Concatenate, L.Maximum,
+                L.Minimum, L.ReLU, L.Activation, L.Softmax, L.LeakyReLU,
+                L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.AveragePooling1D,
+                L.AveragePooling2D, L.BatchNormalization, L.LayerNormalization):
+        register_layer(cls, LayerHandler("output"))
+    for cls in (L.InputLayer, L.MaxPooling1D, L.MaxPooling2D, L.GlobalMaxPooling1D,
+                L.GlobalMaxPooling2D, L.Flatten, L.Reshape, L.Dropout, L.SpatialDropout1D,
+                L.SpatialDropout2D, L.ZeroPadding1D, L.ZeroPadding2D, L.Cropping1D,
+                L.Cropping2D, L.Identity, L.Permute, L.UpSampling2D, L.GaussianNoise,
+                L.ActivityRegularization):
+        register_layer(cls, LayerHandler("passthrough"))
+
+
+_register_defaults()

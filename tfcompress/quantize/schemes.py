@@ -1,0 +1,101 @@
+"""Weight quantization schemes: one small registered object per scheme.
+
+A scheme turns a float kernel into the values the layer computes with during
+QAT. Every scheme ends with an 8-bit symmetric fake-quant, because TFLite
+stores int8: a 4-bit or binary kernel is an int8 kernel whose values sit on a
+coarser grid (`storage_bits` says what a packed format would need).
+
+Example:
+
+>>> from tfcompress.quantize import schemes
+>>> schemes.get_scheme("int4").storage_bits
+4
+"""
+
+import dataclasses
+from typing import Callable, Optional
+
+from tfcompress.quantize import _ops
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightScheme:
+    """How kernels are fake-quantized.
+
+    Attributes:
+        name: the `weight_scheme=` string.
+        description: one line for reports.
+        storage_bits: bits per weight a packed format needs (TFLite uses 8).
+        pre_quantize: `fn(w) -> w` applied before the final int8 fake-quant
+            (channels on the last axis), or `None`.
+        num_bits: the grid of `pre_quantize` for n-bit schemes (for reports).
+    """
+
+    name: str
+    description: str
+    storage_bits: int
+    pre_quantize: Optional[Callable] = None
+    num_bits: Optional[int] = None
+
+    def quantize(self, w, per_channel):
+        """Fake-quantize kernel `w` (channels last); per-tensor int8 when not `per_channel`."""
+        if self.pre_quantize is not None:
+            w = self.pre_quantize(w, per_channel)
+        return _ops.fake_quant_symmetric(w, 8, per_channel)
+
+
+_SCHEMES = {}
+
+
+def register_scheme(scheme):
+    """Add a `WeightScheme` (replacing one of the same name); returns it."""
+    _SCHEMES[scheme.name] = scheme
+    return scheme
+
+
+def get_scheme(name):
+    """The registered `WeightScheme` called `name` (a `WeightScheme` passes through)."""
+    if isinstance(name, WeightScheme):
+        return name
+    try:
+        return _SCHEMES[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"Unsupported weight scheme {name!r}. Choose one of: {', '.join(available_schemes())} "
+            "(n-bit weights for n in {8, 4, 2}, or 'binary'). "
+            f"Received: weight_scheme={name!r}") from None
+
+
+def scheme_for_bits(num_bits):
+    """The n-bit scheme for `num_bits` in {8, 4, 2}; 1 means binary."""
+    names = {8: "int8", 4: "int4", 2: "int2", 1: "binary"}
+    if num_bits not in names:
+        raise ValueError(
+            "num_bits must be 8, 4 or 2 (or 1 for binary weights); TFLite computes in int8 and "
+            f"other widths are not supported. Received: num_bits={num_bits!r}")
+    return _SCHEMES[names[num_bits]]
+
+
+def available_schemes():
+    """Names of the registered schemes."""
+    return list(_SCHEMES)
+
+
+def _n_bit(num_bits):
+    def pre(w, per_channel):
+        return _ops.fake_quant_symmetric(w, num_bits, per_channel)
+    return pre
+
+
+def _binary(w, per_channel):
+    # The scale is per output channel whatever the int8 granularity.
+    return _ops.binarize(w)
+
+
+register_scheme(WeightScheme("int8", "8-bit symmetric weights", 8))
+register_scheme(WeightScheme("int4", "4-bit symmetric weights (15 levels)", 4,
+                             _n_bit(4), num_bits=4))
+register_scheme(WeightScheme("int2", "2-bit symmetric (ternary) weights", 2,
+                             _n_bit(2), num_bits=2))
+register_scheme(WeightScheme("binary", "sign(w) * mean|w| per output channel", 1,
+                             _binary, num_bits=1))
