@@ -6,7 +6,9 @@ import gzip
 import io
 import os
 import shutil
+import sys
 import tempfile
+import warnings
 
 from tfcompress import _flavor, _io
 from tfcompress.errors import CalibrationDataError, ConversionError
@@ -133,22 +135,43 @@ def _routes(flavor):
     return ("from_keras_model", "saved_model")
 
 
+@contextlib.contextmanager
+def _quiet(enabled):
+    """Silence Python and C++ output (the converter prints from both) while converting."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
 def _convert(model, flavor, export_mode, calibration, int8_io, verbose):
     import tensorflow as tf
 
     failures = []
     for route in _routes(flavor):
         with tempfile.TemporaryDirectory(prefix="tfcompress-export-") as tmp:
-            log = io.StringIO()
-            redirect = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(log)
             try:
-                with redirect:
+                with _quiet(not verbose):
                     converter = _make_converter(route, model, flavor, tmp, tf)
                     export_mode.configure(converter, tf, int8_io)
                     if calibration is not None:
                         converter.representative_dataset = calibration.representative_dataset(
-                            as_dict=calib.takes_dict(model) or route == "saved_model"
-                            and len(calibration.specs) > 1
+                            as_dict=calib.takes_dict(model)
+                            or (route == "saved_model" and len(calibration.specs) > 1)
                         )
                     return converter.convert(), route
             except Exception as e:  # the converter raises many unrelated types

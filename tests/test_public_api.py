@@ -1,0 +1,35 @@
+"""The public surface, compared with a golden list so nothing leaks or vanishes."""
+
+import importlib
+
+import pytest
+
+import tfcompress
+
+GOLDEN = {
+    "tfcompress": ["__version__", "data", "export", "testing"],
+    "tfcompress.export": [
+        "COMPUTE_OPS", "ExportMode", "ExportResult", "InputSpec", "OpInfo", "TFLiteInfo",
+        "TensorInfo", "VerifyResult", "available_modes", "benchmark", "get_mode", "gzip_size",
+        "input_specs", "inspect", "register_mode", "to_c_array", "to_tflite", "verify",
+    ],
+    "tfcompress.data": [
+        "DatasetSplits", "Splits", "TextSplits", "encode_for_bert", "load_digits",
+        "load_sst2", "sst2_tokenizer",
+    ],
+}
+
+
+@pytest.mark.parametrize("module_name", sorted(GOLDEN))
+def test_public_names(module_name):
+    module = importlib.import_module(module_name)
+    assert sorted(module.__all__) == sorted(GOLDEN[module_name])
+    for name in module.__all__:
+        assert getattr(module, name) is not None
+
+
+def test_subpackages_load_lazily():
+    assert tfcompress.export.to_tflite is importlib.import_module(
+        "tfcompress.export").to_tflite
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        tfcompress.nope
