@@ -5,6 +5,7 @@ import dataclasses
 import gzip
 import io
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -101,6 +102,7 @@ def to_tflite(
             "float inputs and outputs. Use mode='int8' or drop int8_io."
         )
 
+    _refuse_keras_quantized(model, flavor)
     specs = calib.input_specs(model)
     calibration = None
     if export_mode.calibration == "unused":
@@ -198,5 +200,29 @@ def _make_converter(route, model, flavor, tmp, tf):
 
 
 def _last_lines(text, n=3):
-    lines = [line for line in text.strip().splitlines() if line.strip()]
+    """The converter's own words, without MLIR location noise."""
+    errors = []
+    for line in text.strip().splitlines():
+        if "error:" in line:
+            message = re.sub(r"^.*?error: (loc\(.*?\)\)*: )?", "", line).strip()
+            message = re.sub(r"^loc\(.*\)+: ", "", message)
+            if message and message not in errors:
+                errors.append(message)
+    lines = errors or [line for line in text.strip().splitlines() if line.strip()]
     return " / ".join(lines[-n:])[:600]
+
+
+def _refuse_keras_quantized(model, flavor):
+    """Keras's own `model.quantize("int8")` output cannot be converted: say so up front."""
+    if flavor == _flavor.TF_KERAS:
+        return
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        mode = getattr(layer, "quantization_mode", None)
+        if mode:
+            raise ConversionError(
+                f"Layer '{layer.name}' ({type(layer).__name__}) of model '{model.name}' was "
+                f"quantized by Keras's model.quantize({mode!r}); the TFLite converter cannot "
+                "convert such layers (it rejects their int8 matmul operands). Export the float "
+                "model instead with mode='int8' (or 'dynamic'), or train it with "
+                "tfcompress.quantize.quantize_model for quantization-aware int8."
+            )

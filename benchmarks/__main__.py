@@ -1,0 +1,69 @@
+"""Run every benchmark and rewrite BENCHMARKS.md: `python -m benchmarks [--quick]`.
+
+A benchmark that fails shows up as a failed row in the run summary with its
+error; the others still run.
+"""
+
+import argparse
+import importlib
+import os
+import sys
+import time
+import traceback
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarks import _common  # noqa: E402
+
+#: name -> module; each module has run(quick, write) and its own BENCHMARKS.md section.
+BENCHMARKS = {
+    "export_modes": "benchmarks.export_modes",
+    "keras_builtin": "benchmarks.keras_builtin",
+    "prune": "benchmarks.prune",
+    "quantize": "benchmarks.quantize",
+    "distill": "benchmarks.distill",
+}
+
+
+def run_all(names, quick=False, write=True):
+    """Run the named benchmarks; returns rows of (name, status, seconds, error)."""
+    rows = []
+    for name in names:
+        start = time.perf_counter()
+        print(f"== {name}", flush=True)
+        try:
+            module = importlib.import_module(BENCHMARKS[name])
+            module.run(quick=quick, write=write)
+            status, error = "ok", ""
+        except Exception as e:  # a failed benchmark is a row, not the end of the run
+            traceback.print_exc()
+            status, error = "**failed**", f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        rows.append([name, status, f"{time.perf_counter() - start:.0f}", error])
+    body = ("Which benchmarks ran in the last `python -m benchmarks"
+            + (" --quick" if quick else "") + "` run, how long each took, and why any "
+            "failed.\n\n"
+            + _common.markdown_table(["benchmark", "status", "seconds", "error"], rows))
+    print(body)
+    if write:
+        _common.update_section("Run summary", body, "benchmarks/__main__.py")
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small settings (< 10 minutes)")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help=f"run only these: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
+    args = parser.parse_args(argv)
+    names = args.only or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from "
+                     f"{', '.join(BENCHMARKS)}")
+    rows = run_all(names, quick=args.quick, write=not args.no_write)
+    return 0 if all(r[1] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
