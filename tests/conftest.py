@@ -15,6 +15,16 @@ def digits():
     return load_digits()
 
 
+def _train_digits(model, k, digits):
+    model.compile(
+        optimizer=k.optimizers.Adam(3e-3),
+        loss=k.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(digits.x_train, digits.y_train, epochs=8, batch_size=32, verbose=0)
+    return model
+
+
 @pytest.fixture(scope="session")
 def trained_cnn(digits):
     """The Keras 3 digits CNN after a few epochs (~90% held-out accuracy)."""
@@ -22,14 +32,7 @@ def trained_cnn(digits):
 
     from tfcompress import testing
 
-    model = testing.digits_cnn()
-    model.compile(
-        optimizer=keras.optimizers.Adam(3e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    model.fit(digits.x_train, digits.y_train, epochs=8, batch_size=32, verbose=0)
-    return model
+    return _train_digits(testing.digits_cnn(), keras, digits)
 
 
 @pytest.fixture(scope="session")
@@ -39,14 +42,7 @@ def trained_tf_keras_cnn(digits):
 
     from tfcompress import testing
 
-    model = testing.tf_keras_digits_cnn()
-    model.compile(
-        optimizer=tf_keras.optimizers.Adam(3e-3),
-        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    model.fit(digits.x_train, digits.y_train, epochs=8, batch_size=32, verbose=0)
-    return model
+    return _train_digits(testing.tf_keras_digits_cnn(), tf_keras, digits)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,22 @@ import tempfile
 import numpy as np
 
 
+def _digits_cnn(k, filters, dense_units, num_classes, seed, name):
+    # Built from a Keras module `k` (keras or tf_keras): the two twins share one recipe.
+    k.utils.set_random_seed(seed)
+    inputs = k.Input((8, 8, 1), name="image")
+    x = inputs
+    for i, f in enumerate(filters):
+        x = k.layers.Conv2D(f, 3, padding="same", activation="relu", name=f"conv{i}")(x)
+        if i == 0:
+            x = k.layers.MaxPooling2D(2, name="pool0")(x)
+    x = k.layers.Flatten(name="flatten")(x)
+    if dense_units:
+        x = k.layers.Dense(dense_units, activation="relu", name="dense")(x)
+    outputs = k.layers.Dense(num_classes, name="logits")(x)
+    return k.Model(inputs, outputs, name=name)
+
+
 def digits_cnn(filters=(8, 16), dense_units=32, num_classes=10, seed=0, name="digits_cnn"):
     """A small Keras 3 CNN for 8x8x1 digits images (logits out).
 
@@ -28,18 +44,7 @@ def digits_cnn(filters=(8, 16), dense_units=32, num_classes=10, seed=0, name="di
     """
     import keras
 
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((8, 8, 1), name="image")
-    x = inputs
-    for i, f in enumerate(filters):
-        x = keras.layers.Conv2D(f, 3, padding="same", activation="relu", name=f"conv{i}")(x)
-        if i == 0:
-            x = keras.layers.MaxPooling2D(2, name="pool0")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    if dense_units:
-        x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
-    outputs = keras.layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, outputs, name=name)
+    return _digits_cnn(keras, filters, dense_units, num_classes, seed, name)
 
 
 def tf_keras_digits_cnn(filters=(8, 16), dense_units=32, num_classes=10, seed=0,
@@ -47,18 +52,7 @@ def tf_keras_digits_cnn(filters=(8, 16), dense_units=32, num_classes=10, seed=0,
     """The tf_keras twin of `digits_cnn` (same layers, same names), for the tfmot engine."""
     import tf_keras
 
-    tf_keras.utils.set_random_seed(seed)
-    inputs = tf_keras.Input((8, 8, 1), name="image")
-    x = inputs
-    for i, f in enumerate(filters):
-        x = tf_keras.layers.Conv2D(f, 3, padding="same", activation="relu", name=f"conv{i}")(x)
-        if i == 0:
-            x = tf_keras.layers.MaxPooling2D(2, name="pool0")(x)
-    x = tf_keras.layers.Flatten(name="flatten")(x)
-    if dense_units:
-        x = tf_keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
-    outputs = tf_keras.layers.Dense(num_classes, name="logits")(x)
-    return tf_keras.Model(inputs, outputs, name=name)
+    return _digits_cnn(tf_keras, filters, dense_units, num_classes, seed, name)
 
 
 def tiny_mlp(input_dim=16, hidden=(32,), num_classes=4, seed=0, name="tiny_mlp"):
