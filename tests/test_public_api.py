@@ -7,7 +7,12 @@ import pytest
 import tfcompress
 
 GOLDEN = {
-    "tfcompress": ["__version__", "data", "export", "testing"],
+    "tfcompress": ["__version__", "data", "export", "testing", "train"],
+    "tfcompress.train": [
+        "ClusterConfigError", "ClusterUnreachableError", "NO_DECAY", "adamw",
+        "check_model_in_scope", "global_batch_size", "read_tf_config", "scale_learning_rate",
+        "strategy", "wait_for_cluster", "warmup_cosine", "with_accumulation",
+    ],
     "tfcompress.export": [
         "COMPUTE_OPS", "ExportMode", "ExportResult", "InputSpec", "OpInfo", "TFLiteInfo",
         "TensorInfo", "VerifyResult", "available_modes", "benchmark", "get_mode", "gzip_size",

@@ -152,3 +152,40 @@ def assert_round_trips(model, inputs, atol=1e-6):
     actual = loaded.predict(inputs, verbose=0)
     np.testing.assert_allclose(actual, expected, atol=atol)
     return loaded
+
+
+def run_on_logical_cpus(code, num_devices=2, timeout=300):
+    """Run Python `code` in a fresh process whose CPU is split into `num_devices` devices.
+
+    Logical devices must be configured before TensorFlow starts, hence the
+    subprocess. The code sees `/cpu:0` ... `/cpu:N-1`, enough to test
+    `MirroredStrategy` code on a machine without GPUs.
+
+    Args:
+        code: Python source to run after the devices are configured.
+        num_devices: logical CPU devices.
+        timeout: seconds before the process is killed.
+
+    Returns:
+        The process's standard output.
+
+    Raises:
+        AssertionError: with the process's error output if it fails.
+    """
+    import subprocess
+    import sys
+    import textwrap
+
+    prelude = textwrap.dedent(f"""
+        import os
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        import tensorflow as tf
+        _cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            _cpu, [tf.config.LogicalDeviceConfiguration()] * {num_devices})
+    """)
+    result = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)],
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (
+        f"the multi-device script failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
+    return result.stdout
