@@ -11,7 +11,7 @@ GOLDEN = {
     "tfcompress.train": [
         "ClusterConfigError", "ClusterUnreachableError", "NO_DECAY", "adamw",
         "check_model_in_scope", "global_batch_size", "read_tf_config", "scale_learning_rate",
-        "strategy", "wait_for_cluster", "warmup_cosine", "with_accumulation",
+        "share_layers",        "strategy", "wait_for_cluster", "warmup_cosine", "with_accumulation",
     ],
     "tfcompress.export": [
         "COMPUTE_OPS", "ExportMode", "ExportResult", "InputSpec", "OpInfo", "TFLiteInfo",

@@ -7,6 +7,7 @@ fine-tuning recipe.
 """
 
 from tfcompress.train.optimizers import NO_DECAY, adamw, warmup_cosine, with_accumulation
+from tfcompress.train.sharing import share_layers
 from tfcompress.train.strategy import (
     ClusterConfigError,
     ClusterUnreachableError,
@@ -27,6 +28,7 @@ __all__ = [
     "global_batch_size",
     "read_tf_config",
     "scale_learning_rate",
+    "share_layers",
     "strategy",
     "wait_for_cluster",
     "warmup_cosine",
