@@ -1,0 +1,249 @@
+"""The recipe: a YAML file that says which model, which data, and which stages, in order.
+
+Validated with pydantic: unknown keys and wrong types are errors that name
+the YAML line and the field.
+
+Example recipe:
+
+    name: digits
+    data: {embedded: digits}
+    model:
+      factory: tfcompress.testing:digits_cnn
+      kwargs: {filters: [16, 32], dense_units: 64}
+    stages:
+      - {type: train, epochs: 20}
+      - {type: prune, final_sparsity: 0.8, epochs: 8}
+      - {type: qat, epochs: 3}
+      - {type: export, modes: [int8]}
+"""
+
+import os
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tfcompress.errors import TFCompressError
+
+EXPORT_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
+
+
+class RecipeError(TFCompressError, ValueError):
+    """A recipe that cannot run, with the file, line and field of each problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FactorySpec(_Strict):
+    """A Python callable named `module:function`, called with `kwargs`."""
+
+    factory: str = Field(pattern=r"^[\w.]+:[\w.]+$")
+    kwargs: dict[str, Any] = {}
+
+
+class ModelSpec(_Strict):
+    """Where the model comes from: a saved file, or a factory that builds it."""
+
+    path: Optional[str] = None
+    factory: Optional[str] = Field(default=None, pattern=r"^[\w.]+:[\w.]+$")
+    kwargs: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.factory is None):
+            raise ValueError("give exactly one of 'path' (a .keras file) or 'factory' "
+                             "('module:function')")
+        return self
+
+
+class DataSpec(_Strict):
+    """The data: an embedded set, an .npz file, or a factory returning splits."""
+
+    embedded: Optional[Literal["digits", "sst2"]] = None
+    npz: Optional[str] = None
+    factory: Optional[str] = Field(default=None, pattern=r"^[\w.]+:[\w.]+$")
+    kwargs: dict[str, Any] = {}
+    max_train: Optional[int] = Field(default=None, gt=0)
+    sequence_length: int = Field(default=32, gt=0)
+    vocabulary_size: int = Field(default=2000, gt=10)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("embedded", "npz", "factory") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'embedded' (digits or sst2), 'npz' (a file "
+                             "with x_train, y_train, x_test, y_test) or 'factory'")
+        return self
+
+
+class _Training(_Strict):
+    epochs: int = Field(default=5, gt=0)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+
+
+class TrainStage(_Training):
+    """Fit the current model on the labels."""
+
+    type: Literal["train"]
+
+
+class DistillStage(_Training):
+    """Distil the current model (the teacher) into a smaller student."""
+
+    type: Literal["distill"]
+    student: FactorySpec
+    alpha: float = Field(default=0.1, ge=0, le=1)
+    temperature: float = Field(default=4.0, gt=0)
+
+
+class PruneStage(_Training):
+    """Magnitude pruning to `final_sparsity`, then strip the wrappers."""
+
+    type: Literal["prune"]
+    final_sparsity: float = Field(ge=0, lt=1)
+    initial_sparsity: float = Field(default=0.0, ge=0, lt=1)
+    schedule: Literal["polynomial", "constant"] = "polynomial"
+    scope: Literal["layer", "global"] = "layer"
+    pattern: str = "unstructured"
+
+
+class RemoveUnitsStage(_Training):
+    """Remove whole neurons / filters, then fine-tune."""
+
+    type: Literal["remove_units"]
+    fraction: float = Field(gt=0, lt=1)
+
+
+class ClusterStage(_Training):
+    """Weight clustering to `number_of_clusters` shared values per layer."""
+
+    type: Literal["cluster"]
+    number_of_clusters: int = Field(default=16, ge=2)
+    init: Literal["kmeans++", "linear", "density"] = "kmeans++"
+
+
+class QATStage(_Training):
+    """Quantization-aware fine-tuning for an int8 file."""
+
+    type: Literal["qat"]
+
+
+class ExportStage(_Strict):
+    """Write `.tflite` files and verify each against the model."""
+
+    type: Literal["export"]
+    modes: list[Literal[EXPORT_MODES]] = Field(default=["int8"], min_length=1)
+    calibration_samples: int = Field(default=200, gt=0)
+    int8_io: bool = False
+
+
+Stage = Annotated[
+    Union[TrainStage, DistillStage, PruneStage, RemoveUnitsStage, ClusterStage, QATStage,
+          ExportStage],
+    Field(discriminator="type"),
+]
+
+STAGE_TYPES = ("train", "distill", "prune", "remove_units", "cluster", "qat", "export")
+_TRAINS = ("train", "distill")
+
+
+class Recipe(_Strict):
+    """A whole compression job."""
+
+    name: str = "recipe"
+    seed: int = 0
+    model: ModelSpec
+    data: DataSpec
+    stages: list[Stage] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _stage_order(self):
+        trained = self.model.path is not None
+        for i, stage in enumerate(self.stages):
+            if stage.type in _TRAINS:
+                trained = True
+            elif not trained:
+                raise ValueError(
+                    f"stage {i + 1} ({stage.type}) comes before any stage that trains the "
+                    "model built by the factory; add a 'train' (or 'distill') stage first, or "
+                    "give a trained model with 'path'")
+        return self
+
+
+def load_recipe(source):
+    """Read and validate a recipe.
+
+    Args:
+        source: a path to a YAML file, or a dict.
+
+    Returns:
+        A `Recipe`.
+
+    Raises:
+        RecipeError: listing each problem as "file, line N: field: message".
+    """
+    name, tree, data = "<recipe>", None, source
+    if not isinstance(source, dict):
+        name = os.fspath(source)
+        if not os.path.isfile(name):
+            raise RecipeError(f"No recipe file at '{name}'.")
+        text = open(name, encoding="utf-8").read()
+        try:
+            tree = yaml.compose(text)
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{name} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise RecipeError(f"{name}: a recipe is a mapping with 'model', 'data' and "
+                              f"'stages'; the file holds {type(data).__name__}.")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        problems = [_describe(error, name, tree) for error in e.errors()]
+        raise RecipeError(f"{name} has {len(problems)} problem(s):\n  "
+                          + "\n  ".join(problems)) from None
+
+
+def _describe(error, name, tree):
+    loc = [part for part in error["loc"]]
+    line = _line_of(tree, loc)
+    field = ""
+    for part in loc:
+        if isinstance(part, int):
+            field += f"[{part}]"
+        elif part not in STAGE_TYPES:
+            field += ("." if field else "") + str(part)
+    field = field or "(top level)"
+    where = f"{name}, line {line}" if line else name
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (check its spelling against the documented fields)"
+    elif "input" in error and error["type"] not in ("missing",) and not isinstance(
+            error["input"], (dict, list)):
+        message += f" (received {error['input']!r})"
+    return f"{where}: {field}: {message}"
+
+
+def _line_of(node, loc):
+    """The 1-based line of the YAML node at `loc`, or of the nearest parent found."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == part]
+            if not match:
+                if part in STAGE_TYPES:
+                    continue  # pydantic's discriminator tag, not a YAML key
+                return line
+            key, node = match[0]
+            line = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line

@@ -1,0 +1,98 @@
+"""What each recipe stage does: one registered function per stage type.
+
+A stage function takes a `StageContext` and its spec and returns the new
+current model (or the same one). New stage types register with `@stage`.
+"""
+
+import dataclasses
+import os
+
+_STAGES = {}
+
+
+def stage(name):
+    """Register `function(ctx, spec) -> model` as the implementation of stage `name`."""
+
+    def register(function):
+        _STAGES[name] = function
+        return function
+
+    return register
+
+
+def get_stage(name):
+    return _STAGES[name]
+
+
+@dataclasses.dataclass
+class StageContext:
+    """What a stage works on.
+
+    Attributes:
+        model: the current model.
+        data: `PipelineData`.
+        folder: the stage's own output folder.
+        progress: called with one line of progress text.
+        record: dict the stage may add entries to (saved in record.json).
+    """
+
+    model: object
+    data: object
+    folder: str
+    progress: object
+    record: dict
+
+
+def compile_for_labels(model, learning_rate, optimizer=None):
+    import keras
+
+    model.compile(
+        optimizer=optimizer or keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def fit(ctx, model, spec, callbacks=()):
+    """`model.fit` on the recipe's data with a BackupAndRestore inside the stage folder."""
+    import keras
+
+    backup = keras.callbacks.BackupAndRestore(os.path.join(ctx.folder, "backup"))
+    history = model.fit(ctx.data.x_train, ctx.data.y_train,
+                        validation_data=(ctx.data.x_val, ctx.data.y_val),
+                        epochs=spec.epochs, batch_size=spec.batch_size,
+                        callbacks=[backup, *callbacks], verbose=2)
+    ctx.record["history"] = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    return model
+
+
+@stage("train")
+def train_stage(ctx, spec):
+    model = compile_for_labels(ctx.model, spec.learning_rate)
+    return fit(ctx, model, spec)
+
+
+@stage("export")
+def export_stage(ctx, spec):
+    from tfcompress import export
+
+    results = {}
+    for mode in spec.modes:
+        ctx.progress(f"exporting {mode} and verifying it in LiteRT")
+        path = os.path.join(ctx.folder, f"model_{mode}.tflite")
+        calibration = ctx.data.x_train if mode in ("int8", "int16x8") else None
+        written = export.to_tflite(ctx.model, path, mode=mode, representative_data=calibration,
+                                   int8_io=spec.int8_io and mode in ("int8", "int16x8"),
+                                   max_calibration_samples=spec.calibration_samples)
+        check = export.verify(path, ctx.model, (ctx.data.x_test, ctx.data.y_test))
+        latency = export.benchmark(path, num_threads=1, runs=100)
+        results[mode] = dict(path=os.path.basename(path), bytes=written.bytes,
+                             gzip_bytes=written.gzip_bytes,
+                             calibration_samples=written.calibration_samples,
+                             tflite_accuracy=check.tflite_accuracy,
+                             keras_accuracy=check.keras_accuracy,
+                             top1_agreement=check.top1_agreement,
+                             latency_ms=latency.median_ms)
+    ctx.record["exports"] = results
+    return ctx.model
