@@ -7,7 +7,15 @@ import pytest
 import tfcompress
 
 GOLDEN = {
-    "tfcompress": ["__version__", "data", "export", "testing", "train"],
+    "tfcompress": ["__version__", "data", "distill", "export", "pipeline", "testing", "train"],
+    "tfcompress.distill": [
+        "AttentionDistillation", "CallableTeacher", "Distiller", "HiddenStateDistillation",
+        "SoftTargetDistillation", "TeacherCache", "TeacherCacheMismatchError", "TransferReport",
+        "as_teacher", "cache_teacher_outputs", "distiller", "init_student_from_teacher",
+        "load_teacher_cache", "resolve_layer_map", "transfer_weights",
+    ],
+    "tfcompress.pipeline": ["Recipe", "RecipeError", "StageContext", "load_recipe", "run",
+                            "stage"],
     "tfcompress.train": [
         "ClusterConfigError", "ClusterUnreachableError", "NO_DECAY", "adamw",
         "check_model_in_scope", "global_batch_size", "read_tf_config", "scale_learning_rate",

@@ -15,7 +15,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("data", "export", "testing", "train")
+_SUBPACKAGES = ("data", "distill", "export", "pipeline", "testing", "train")
 
 __all__ = ["__version__", *_SUBPACKAGES]
 

@@ -1,0 +1,206 @@
+"""Distillation on the digits task: teacher vs distilled student vs labels-only student.
+
+Also times one training epoch with the live teacher against one from the
+teacher cache (alternating repetitions). Prints a table and updates the
+"Distillation" section of BENCHMARKS.md.
+
+Run: python -m benchmarks.distill [--quick]
+"""
+
+import argparse
+import os
+import statistics
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from benchmarks._common import alternating_times, markdown_table, median_spread, update_section  # noqa: E402,E501
+
+TEACHER = dict(filters=(16, 32), dense_units=64)
+STUDENT = dict(filters=(4, 8), dense_units=12)
+ALPHA, TEMPERATURE = 0.1, 4.0
+EPOCH_REPEATS = 8
+
+
+def _ce():
+    import keras
+
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _acc(model, x, y):
+    return float(np.mean(np.argmax(model.predict(x, verbose=0), -1) == y))
+
+
+def measure(seeds=(0, 1, 2), epochs=20, teacher_epochs=20, timing_reps=5):
+    import keras
+
+    from tfcompress import distill, testing
+    from tfcompress.data import load_digits
+
+    d = load_digits()
+    teacher = testing.digits_cnn(**TEACHER, seed=0, name="teacher")
+    teacher.compile(optimizer=keras.optimizers.Adam(3e-3), loss=_ce())
+    teacher.fit(d.x_train, d.y_train, epochs=teacher_epochs, batch_size=32, verbose=0)
+    teacher_acc = _acc(teacher, d.x_test, d.y_test)
+    tmp = tempfile.mkdtemp()
+    cache = distill.cache_teacher_outputs(teacher, d.x_train, os.path.join(tmp, "teacher.npz"))
+
+    labels_only, distilled = [], []
+    for seed in seeds:
+        plain = testing.digits_cnn(**STUDENT, seed=seed, name="student_labels")
+        plain.compile(optimizer=keras.optimizers.Adam(5e-3), loss=_ce())
+        plain.fit(d.x_train, d.y_train, epochs=epochs, batch_size=32, verbose=0)
+        labels_only.append(_acc(plain, d.x_test, d.y_test))
+
+        student = testing.digits_cnn(**STUDENT, seed=seed, name="student_kd")
+        dist = distill.distiller(student, cache, alpha=ALPHA, temperature=TEMPERATURE)
+        dist.compile(optimizer=keras.optimizers.Adam(5e-3), loss=_ce())
+        dist.fit(
+            cache.dataset(d.x_train, d.y_train, batch_size=32, seed=seed), epochs=epochs, verbose=0
+        )
+        distilled.append(_acc(student, d.x_test, d.y_test))
+        print(f"seed {seed}: labels-only {labels_only[-1]:.4f}, distilled {distilled[-1]:.4f}")
+
+    # Per-epoch time: live teacher vs cache (same student size, same batches).
+    live = distill.distiller(
+        testing.digits_cnn(**STUDENT, seed=9, name="s_live"),
+        teacher,
+        alpha=ALPHA,
+        temperature=TEMPERATURE,
+    )
+    cached = distill.distiller(
+        testing.digits_cnn(**STUDENT, seed=9, name="s_cache"),
+        cache,
+        alpha=ALPHA,
+        temperature=TEMPERATURE,
+    )
+    for m in (live, cached):
+        m.compile(optimizer="adam", loss=_ce())
+    import tensorflow as tf
+
+    # One "epoch" = the training set 8 times, so that per-call overhead of fit()
+    # (~50 ms here) does not swamp the step time.
+    live_ds = tf.data.Dataset.from_tensor_slices((d.x_train, d.y_train)).batch(32).cache()
+    cached_ds = cache.dataset(d.x_train, d.y_train, batch_size=32, shuffle=False).cache()
+    live_ds, cached_ds = live_ds.repeat(EPOCH_REPEATS), cached_ds.repeat(EPOCH_REPEATS)
+    live.fit(live_ds, epochs=1, verbose=0)  # warm-up: tracing
+    cached.fit(cached_ds, epochs=1, verbose=0)
+    times = alternating_times(
+        {
+            "live": lambda: live.fit(live_ds, epochs=1, verbose=0),
+            "cached": lambda: cached.fit(cached_ds, epochs=1, verbose=0),
+        },
+        repetitions=timing_reps,
+    )
+    ratios = [a / b for a, b in zip(times["live"], times["cached"], strict=False)]
+    return dict(
+        teacher_acc=teacher_acc,
+        teacher_params=teacher.count_params(),
+        student_params=student.count_params(),
+        labels_only=labels_only,
+        distilled=distilled,
+        times=times,
+        ratios=ratios,
+        seeds=seeds,
+        epochs=epochs,
+        teacher_epochs=teacher_epochs,
+        n_train=len(d.x_train),
+        n_test=len(d.x_test),
+    )
+
+
+def _mean_spread(values):
+    return (
+        f"{statistics.mean(values):.4f} ± {statistics.pstdev(values):.4f} "
+        f"(min {min(values):.4f}, max {max(values):.4f})"
+    )
+
+
+def report(r):
+    ratio = r["teacher_params"] / r["student_params"]
+    rows = [
+        [
+            "teacher Conv16-Pool-Conv32-Dense64",
+            f"{r['teacher_params']:,}",
+            "1.0x",
+            f"{r['teacher_acc']:.4f} (1 run)",
+            "1.000",
+        ],
+        [
+            "student Conv4-Pool-Conv8-Dense12, labels only",
+            f"{r['student_params']:,}",
+            f"{ratio:.1f}x",
+            _mean_spread(r["labels_only"]),
+            f"{statistics.mean(r['labels_only']) / r['teacher_acc']:.3f}",
+        ],
+        [
+            f"same student, distilled (alpha={ALPHA}, T={TEMPERATURE}, cached teacher)",
+            f"{r['student_params']:,}",
+            f"{ratio:.1f}x",
+            _mean_spread(r["distilled"]),
+            f"{statistics.mean(r['distilled']) / r['teacher_acc']:.3f}",
+        ],
+    ]
+    table = markdown_table(
+        [
+            "model",
+            "parameters",
+            "teacher / model params",
+            f"test accuracy, mean ± std over seeds {list(r['seeds'])}",
+            "vs teacher",
+        ],
+        rows,
+    )
+    gain = statistics.mean(r["distilled"]) - statistics.mean(r["labels_only"])
+    timing = markdown_table(
+        ["teacher", "seconds per epoch, median (min-max)"],
+        [
+            ["live (teacher runs every step)", median_spread(r["times"]["live"])],
+            ["cached (cache_teacher_outputs)", median_spread(r["times"]["cached"])],
+        ],
+    )
+    verdict = (
+        "distillation helped"
+        if gain > 0.005
+        else "distillation did not help measurably"
+        if gain > -0.005
+        else "distillation hurt"
+    )
+    body = (
+        f"scikit-learn digits, {r['n_train']} training and {r['n_test']} held-out test "
+        f"images. Teacher trained {r['teacher_epochs']} epochs; each student {r['epochs']} "
+        f"epochs, batch 32, Adam 5e-3; the distilled student reads the teacher cache.\n\n"
+        f"{table}\n\nDistilled minus labels-only mean accuracy: **{gain:+.4f}** ({verdict} on "
+        f"this task at this size).\n\nPer-epoch training time, {len(r['ratios'])} alternating "
+        f"repetitions (1 epoch = the {r['n_train']} training images x {EPOCH_REPEATS}, "
+        f"batch 32):\n\n{timing}\n\nLive / cached epoch time: "
+        f"**{median_spread(r['ratios'], '{:.2f}')}x**.\n\nSST-2 tiny BERT: not benchmarked "
+        "yet (tests/distill/test_end_to_end.py runs it end to end on 384 sentences only)."
+    )
+    return body
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer epochs and repetitions")
+    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    run(quick=args.quick, write=not args.no_write)
+    return 0
+
+
+def run(quick=False, write=True):
+    """Measure, print the table, and (with `write`) update BENCHMARKS.md."""
+    kwargs = dict(epochs=8, teacher_epochs=10, timing_reps=3) if quick else {}
+    body = report(measure(**kwargs))
+    print(body)
+    if write:
+        update_section("Distillation", body, "benchmarks/distill.py")
+    return body
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
