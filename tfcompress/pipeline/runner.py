@@ -109,7 +109,22 @@ def run(recipe, out_dir, force=False, progress=print):
     _io.atomic_write_text(os.path.join(out_dir, "run.json"),
                           json.dumps({"recipe": recipe.model_dump(), "stages": records},
                                      indent=2, default=str))
+    from tfcompress.pipeline.report import write_report
+
+    progress("writing the report")
+    final = model if model is not None else _current_model(recipe, records, out_dir)
+    first = _stage_model(recipe, records[0], out_dir)
+    report = write_report(out_dir, records, f"tfcompress report: {recipe.name}",
+                          first_model=first, final_model=final)
+    progress(f"wrote {report} and report.html")
     return records
+
+
+def _stage_model(recipe, record, out_dir):
+    import keras
+
+    folder = stage_folder(out_dir, record["stage"] - 1, recipe.stages[record["stage"] - 1])
+    return keras.saving.load_model(os.path.join(folder, "model.keras"))
 
 
 def _current_model(recipe, records, out_dir):
@@ -117,9 +132,7 @@ def _current_model(recipe, records, out_dir):
 
     if not records:
         return data_lib.load_model(recipe.model)
-    last = records[-1]
-    folder = stage_folder(out_dir, last["stage"] - 1, recipe.stages[last["stage"] - 1])
-    return keras.saving.load_model(os.path.join(folder, "model.keras"))
+    return _stage_model(recipe, records[-1], out_dir)
 
 
 def _save_model(model, path):

@@ -58,6 +58,9 @@ def fit(ctx, model, spec, callbacks=()):
     """`model.fit` on the recipe's data with a BackupAndRestore inside the stage folder."""
     import keras
 
+    if not model.built:
+        # BackupAndRestore needs built weights (a Distiller is built on first call).
+        model(_head(ctx.data.x_train))
     backup = keras.callbacks.BackupAndRestore(os.path.join(ctx.folder, "backup"))
     history = model.fit(ctx.data.x_train, ctx.data.y_train,
                         validation_data=(ctx.data.x_val, ctx.data.y_val),
@@ -65,6 +68,10 @@ def fit(ctx, model, spec, callbacks=()):
                         callbacks=[backup, *callbacks], verbose=2)
     ctx.record["history"] = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     return model
+
+
+def _head(x, n=2):
+    return {k: v[:n] for k, v in x.items()} if isinstance(x, dict) else x[:n]
 
 
 @stage("train")
@@ -96,3 +103,23 @@ def export_stage(ctx, spec):
                              latency_ms=latency.median_ms)
     ctx.record["exports"] = results
     return ctx.model
+
+
+@stage("distill")
+def distill_stage(ctx, spec):
+    import keras
+
+    from tfcompress import distill
+    from tfcompress.pipeline.data import build_from_factory
+
+    teacher = ctx.model
+    student = build_from_factory(spec.student.factory, dict(spec.student.kwargs), "student")
+    ctx.record["teacher_parameters"] = int(teacher.count_params())
+    ctx.record["teacher_accuracy"] = float(
+        (teacher.predict(ctx.data.x_test, verbose=0).argmax(-1) == ctx.data.y_test).mean())
+    trainer = distill.distiller(student, teacher, alpha=spec.alpha,
+                                temperature=spec.temperature)
+    trainer.compile(optimizer=keras.optimizers.Adam(spec.learning_rate),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    fit(ctx, trainer, spec)
+    return trainer.student
