@@ -7,7 +7,8 @@ import pytest
 import tfcompress
 
 GOLDEN = {
-    "tfcompress": ["__version__", "data", "distill", "export", "pipeline", "testing", "train"],
+    "tfcompress": ["__version__", "cluster", "data", "distill", "export", "pipeline", "quantize",
+                   "testing", "train"],
     "tfcompress.distill": [
         "AttentionDistillation", "CallableTeacher", "Distiller", "HiddenStateDistillation",
         "SoftTargetDistillation", "TeacherCache", "TeacherCacheMismatchError", "TransferReport",

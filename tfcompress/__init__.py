@@ -15,7 +15,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("data", "distill", "export", "pipeline", "testing", "train")
+_SUBPACKAGES = ("cluster", "data", "distill", "export", "pipeline", "quantize", "testing",
+                "train")
 
 __all__ = ["__version__", *_SUBPACKAGES]
 

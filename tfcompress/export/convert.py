@@ -31,6 +31,8 @@ class ExportResult:
         calibration_samples: samples used for calibration (`None` when the
             mode uses none).
         int8_io: whether inputs and outputs are integer.
+        quantization_aware: the model was trained with fake-quant (QAT), so
+            its int8 ranges came from training, not calibration.
     """
 
     path: str
@@ -40,9 +42,11 @@ class ExportResult:
     route: str
     calibration_samples: object = None
     int8_io: bool = False
+    quantization_aware: bool = False
 
     def __str__(self):
-        calib_note = ""
+        calib_note = ", ranges from quantization-aware training" if self.quantization_aware \
+            else ""
         if self.calibration_samples is not None:
             calib_note = f", calibrated on {self.calibration_samples} samples"
         return (f"{self.path}: {self.mode}, {self.bytes:,} bytes ({self.gzip_bytes:,} gzipped)"
@@ -104,10 +108,19 @@ def to_tflite(
 
     _refuse_keras_quantized(model, flavor)
     specs = calib.input_specs(model)
+    quantization_aware = False
+    if export_mode.name == "int8":
+        from tfcompress.quantize import check_ranges_set, is_quantization_aware
+
+        quantization_aware = is_quantization_aware(model)
+        if quantization_aware:
+            check_ranges_set(model)  # before any converter work: a clear error, not a graph
+            representative_data = None  # the trained ranges are in the graph
     calibration = None
     if export_mode.calibration == "unused":
         representative_data = None
-    elif representative_data is None and export_mode.calibration == "required":
+    elif (representative_data is None and export_mode.calibration == "required"
+          and not quantization_aware):
         raise CalibrationDataError(
             f"mode={mode!r} needs representative_data to measure activation ranges: pass a "
             "few hundred training inputs (an array, a tf.data.Dataset or a generator). "
@@ -116,7 +129,8 @@ def to_tflite(
     if representative_data is not None:
         calibration = calib.calibration_set(representative_data, specs, max_calibration_samples)
 
-    data, route = _convert(model, flavor, export_mode, calibration, int8_io, verbose)
+    data, route = _convert(model, flavor, export_mode, calibration, int8_io, verbose,
+                           quantization_aware)
     _io.atomic_write_bytes(path, data)
     return ExportResult(
         path=path,
@@ -126,6 +140,7 @@ def to_tflite(
         route=route,
         calibration_samples=None if calibration is None else len(calibration),
         int8_io=bool(int8_io),
+        quantization_aware=quantization_aware,
     )
 
 
@@ -160,8 +175,15 @@ def _quiet(enabled):
                 os.close(fd)
 
 
-def _convert(model, flavor, export_mode, calibration, int8_io, verbose):
+def _convert(model, flavor, export_mode, calibration, int8_io, verbose,
+             quantization_aware=False):
     import tensorflow as tf
+
+    configure = export_mode.configure
+    if quantization_aware:
+        # Restricting ops to TFLITE_BUILTINS_INT8 would make the converter demand a
+        # representative dataset and refuse layers kept in float on purpose.
+        from tfcompress.quantize import configure_converter as configure
 
     failures = []
     for route in _routes(flavor):
@@ -169,7 +191,7 @@ def _convert(model, flavor, export_mode, calibration, int8_io, verbose):
             try:
                 with _quiet(not verbose):
                     converter = _make_converter(route, model, flavor, tmp, tf)
-                    export_mode.configure(converter, tf, int8_io)
+                    configure(converter, tf, int8_io)
                     if calibration is not None:
                         converter.representative_dataset = calibration.representative_dataset(
                             as_dict=calib.takes_dict(model)

@@ -22,6 +22,11 @@ class QuantizeConfig:
         calibration: how `representative_data` initialises activation
             ranges: `"minmax"`, `"percentile"` or `"mse"`.
         percentile: the upper percentile used by `"percentile"`.
+        preserve_sparsity: PQAT: keep the zeros of a pruned model's kernels
+            through QAT and into the int8 file.
+        preserve_clusters: CQAT: keep the shared values of a clustered
+            (stripped) model's kernels; needs `fold_batchnorm=False` when the
+            model has BatchNormalization after a clustered conv.
 
     Example:
 
@@ -35,6 +40,8 @@ class QuantizeConfig:
     ema_decay: float = 0.99
     calibration: str = "minmax"
     percentile: float = 99.99
+    preserve_sparsity: bool = False
+    preserve_clusters: bool = False
 
     def __post_init__(self):
         get_scheme(self.weight_scheme)  # raises with the list of schemes

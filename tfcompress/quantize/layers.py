@@ -103,6 +103,12 @@ class QuantizeWrapper(keras.layers.Wrapper):
         kernel_attr: attribute of `layer` holding the kernel.
         quantize_output: add an `ActivationQuantizer` on the output.
         ema_decay: passed to the output quantizer.
+        preserve_sparsity: keep the kernel's zeros (PQAT): the kernel is
+            multiplied by a fixed 0/1 mask (`sparsity_mask`, set by
+            `quantize_model` from the float kernel).
+        preserve_clusters: keep a clustered kernel's shared values (CQAT):
+            the number of clusters, or 0. Weights of one cluster
+            (`cluster_ids`) compute with their mean, so they stay one value.
         **kwargs: base `Layer` arguments.
 
     Example:
@@ -112,8 +118,17 @@ class QuantizeWrapper(keras.layers.Wrapper):
     """
 
     def __init__(self, layer, weight_scheme=None, granularity=None, kernel_attr="kernel",
-                 quantize_output=True, ema_decay=0.99, **kwargs):
+                 quantize_output=True, ema_decay=0.99, preserve_sparsity=False,
+                 preserve_clusters=0, **kwargs):
         super().__init__(layer, **kwargs)
+        if (preserve_sparsity or preserve_clusters) and weight_scheme is None:
+            raise ValueError("preserve_sparsity / preserve_clusters need a weight_scheme. "
+                             "Received: weight_scheme=None")
+        if not isinstance(preserve_clusters, int) or preserve_clusters < 0:
+            raise ValueError("preserve_clusters is a number of clusters (0 for off). "
+                             f"Received: preserve_clusters={preserve_clusters!r}")
+        self.preserve_sparsity = bool(preserve_sparsity)
+        self.preserve_clusters = int(preserve_clusters)
         if weight_scheme is not None:
             weight_scheme = get_scheme(weight_scheme).name
             if granularity not in _GRANULARITIES:
@@ -132,6 +147,15 @@ class QuantizeWrapper(keras.layers.Wrapper):
             self.layer.build(input_shape)
         if self.output_quantizer is not None and not self.output_quantizer.built:
             self.output_quantizer.build(None)
+        if self.weight_scheme is not None:
+            shape = tuple(getattr(self.layer, self.kernel_attr).shape)
+            if self.preserve_sparsity:
+                self.sparsity_mask = self.add_weight(name="sparsity_mask", shape=shape,
+                                                     initializer="ones", trainable=False)
+            if self.preserve_clusters:
+                self.cluster_ids = self.add_weight(name="cluster_ids", shape=shape,
+                                                   dtype="int32", initializer="zeros",
+                                                   trainable=False)
         self.built = True
 
     def quantized_kernel(self):
@@ -139,15 +163,23 @@ class QuantizeWrapper(keras.layers.Wrapper):
         kernel = getattr(self.layer, self.kernel_attr)
         scheme = get_scheme(self.weight_scheme)
         w = tf.convert_to_tensor(kernel)
+        if self.preserve_sparsity:
+            w = w * self.sparsity_mask
+        if self.preserve_clusters:
+            means = tf.math.unsorted_segment_mean(tf.reshape(w, [-1]),
+                                                  tf.reshape(self.cluster_ids, [-1]),
+                                                  self.preserve_clusters)
+            w = tf.gather(means, self.cluster_ids)
         if self.granularity == "depthwise":  # (kh, kw, in, mult) -> channels in * mult
             shape = tf.shape(w)
             flat = tf.reshape(w, tf.concat([shape[:2], [-1]], 0))
             return tf.reshape(scheme.quantize(flat, per_channel=True), shape)
         return scheme.quantize(w, per_channel=self.granularity == "per_channel")
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, mask=None):
         if self.weight_scheme is None:
-            outputs = self.layer(inputs, training=training)
+            kwargs = {"mask": mask} if mask is not None and self.layer._call_has_mask_arg else {}
+            outputs = self.layer(inputs, training=training, **kwargs)
         else:
             kernel = getattr(self.layer, self.kernel_attr)
             qkernel = self.quantized_kernel()
@@ -161,13 +193,16 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     def compute_output_spec(self, *args, **kwargs):
         kwargs.pop("training", None)
+        if not self.layer._call_has_mask_arg:
+            kwargs.pop("mask", None)
         return self.layer.compute_output_spec(*args, **kwargs)
 
     def get_config(self):
         config = super().get_config()
         config.update(weight_scheme=self.weight_scheme, granularity=self.granularity,
                       kernel_attr=self.kernel_attr, quantize_output=self.quantize_output,
-                      ema_decay=self.ema_decay)
+                      ema_decay=self.ema_decay, preserve_sparsity=self.preserve_sparsity,
+                      preserve_clusters=self.preserve_clusters)
         return config
 
     @classmethod

@@ -72,14 +72,17 @@ def _register_defaults():
     register_layer(L.EinsumDense, LayerHandler("weights", "per_tensor"))
     for cls in (L.Add, L.Subtract, L.Multiply, L.Average, L.Concatenate, L.Maximum,
                 L.Minimum, L.ReLU, L.Activation, L.Softmax, L.LeakyReLU,
-                L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.AveragePooling1D,
-                L.AveragePooling2D, L.BatchNormalization, L.LayerNormalization):
+                L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.BatchNormalization,
+                L.LayerNormalization):
         register_layer(cls, LayerHandler("output"))
     for cls in (L.InputLayer, L.MaxPooling1D, L.MaxPooling2D, L.GlobalMaxPooling1D,
                 L.GlobalMaxPooling2D, L.Flatten, L.Reshape, L.Dropout, L.SpatialDropout1D,
                 L.SpatialDropout2D, L.ZeroPadding1D, L.ZeroPadding2D, L.Cropping1D,
                 L.Cropping2D, L.Identity, L.Permute, L.UpSampling2D, L.GaussianNoise,
                 L.ActivityRegularization):
+        register_layer(cls, LayerHandler("passthrough"))
+    # TFLite's int8 AVERAGE_POOL_2D keeps its input scale.
+    for cls in (L.AveragePooling1D, L.AveragePooling2D):
         register_layer(cls, LayerHandler("passthrough"))
 
 

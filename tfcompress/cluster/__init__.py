@@ -1,0 +1,26 @@
+"""Weight clustering: every kernel shares a few trainable values (k-means centroids).
+
+Keras 3 models use our `ClusterWeights` layers, tf_keras models go to tfmot.
+
+Example:
+
+>>> from tfcompress import cluster
+>>> clustered = cluster.cluster_weights(model, number_of_clusters=16, init="kmeans++")
+>>> clustered.compile(...); clustered.fit(x, y, epochs=1)
+>>> final = cluster.strip_clustering(clustered)
+"""
+
+from tfcompress.cluster.api import ClusterReport, cluster_weights, strip_clustering
+from tfcompress.cluster.init import assign, available_inits, initial_centroids, register_init
+from tfcompress.cluster.layers import ClusterWeights
+
+__all__ = [
+    "ClusterReport",
+    "ClusterWeights",
+    "assign",
+    "available_inits",
+    "cluster_weights",
+    "initial_centroids",
+    "register_init",
+    "strip_clustering",
+]

@@ -1,0 +1,83 @@
+"""Centroid initialisation: one registered function per method.
+
+Each function takes the flat weights of one kernel and `k` and returns `k`
+sorted centroids. Add a method with `register_init(name, fn)`.
+"""
+
+import numpy as np
+
+_INITS = {}
+
+
+def register_init(name, fn):
+    """Register `fn(weights_1d, k, seed) -> centroids` under `name`."""
+    _INITS[name] = fn
+    return fn
+
+
+def available_inits():
+    """Names of the registered methods."""
+    return list(_INITS)
+
+
+def initial_centroids(weights, k, method="kmeans++", seed=0):
+    """`k` sorted centroids for `weights` by `method`.
+
+    Args:
+        weights: array of any shape.
+        k: number of clusters, at least 2.
+        method: `"kmeans++"` (k-means with k-means++ seeding), `"linear"`
+            (evenly spaced between min and max) or `"density"` (evenly spaced
+            in the weights' cumulative distribution).
+        seed: random seed of `"kmeans++"`.
+
+    Returns:
+        float32 array of shape `(k,)`.
+
+    Example:
+
+    >>> initial_centroids(np.array([0., .1, .9, 1.]), 2, "kmeans++")
+    array([0.05, 0.95], dtype=float32)
+    """
+    if method not in _INITS:
+        raise ValueError(f"init must be one of {available_inits()}. Received: init={method!r}")
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    return np.sort(_INITS[method](w, int(k), seed)).astype(np.float32)
+
+
+def assign(weights, centroids):
+    """Index of the nearest centroid for every weight (same shape as `weights`)."""
+    w = np.asarray(weights)
+    c = np.asarray(centroids)
+    return np.argmin(np.abs(w[..., None] - c), axis=-1).astype(np.int32)
+
+
+def _linear(w, k, seed):
+    return np.linspace(w.min(), w.max(), k)
+
+
+def _density(w, k, seed):
+    return np.quantile(w, (np.arange(k) + 0.5) / k)
+
+
+def _kmeans_pp(w, k, seed, iterations=30, max_points=20_000):
+    rng = np.random.default_rng(seed)
+    sample = w if w.size <= max_points else rng.choice(w, max_points, replace=False)
+    centroids = [rng.choice(sample)]
+    for _ in range(1, k):
+        d2 = np.min((sample[:, None] - np.array(centroids)[None, :]) ** 2, axis=1)
+        total = d2.sum()
+        centroids.append(rng.choice(sample, p=d2 / total) if total > 0 else rng.choice(sample))
+    c = np.array(centroids)
+    for _ in range(iterations):  # Lloyd's iterations in 1-D
+        idx = np.argmin(np.abs(sample[:, None] - c[None, :]), axis=1)
+        new = np.array([sample[idx == j].mean() if np.any(idx == j) else c[j] for j in range(k)])
+        if np.allclose(new, c):
+            break
+        c = new
+    return c
+
+
+register_init("kmeans++", _kmeans_pp)
+register_init("linear", _linear)
+register_init("density", _density)

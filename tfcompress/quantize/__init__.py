@@ -1,0 +1,58 @@
+"""Quantization-aware training and post-training calibration that export to int8 TFLite.
+
+Keras 3 models use our fake-quant layers; tf_keras models go to tfmot. One
+verb: `quantize_model(model, config)`; a `QuantizeConfig` picks the weight
+scheme (int8, int4, int2, binary), layers kept in float and the calibration
+method. Exported with `tfcompress.export.to_tflite(qat, path, mode="int8")`.
+
+Example:
+
+>>> from tfcompress import quantize
+>>> qat = quantize.quantize_model(model, representative_data=x_train[:256])
+>>> qat.compile("adam", "sparse_categorical_crossentropy"); qat.fit(x_train, y_train)
+"""
+
+from tfcompress.quantize import registry, schemes
+from tfcompress.quantize.annotate import quantize_annotate_layer, quantize_apply, quantize_scope
+from tfcompress.quantize.calibration import CalibrationReport, calibrate, compute_range
+from tfcompress.quantize.checks import check_ranges_set, configure_converter, is_quantization_aware
+from tfcompress.quantize.config import CALIBRATION_METHODS, QuantizeConfig
+from tfcompress.quantize.errors import (
+                                        AlreadyQuantizedError,
+                                        RangesNotSetError,
+                                        UnsupportedLayerError,
+)
+from tfcompress.quantize.layers import ActivationQuantizer, QuantizeWrapper
+from tfcompress.quantize.lowbit import storage_report
+from tfcompress.quantize.registry import LayerHandler, register_layer
+from tfcompress.quantize.schemes import WeightScheme, available_schemes, register_scheme
+from tfcompress.quantize.transform import QuantizeReport, quantize_model
+
+__all__ = [
+    "CALIBRATION_METHODS",
+    "ActivationQuantizer",
+    "AlreadyQuantizedError",
+    "CalibrationReport",
+    "LayerHandler",
+    "QuantizeConfig",
+    "QuantizeReport",
+    "QuantizeWrapper",
+    "RangesNotSetError",
+    "UnsupportedLayerError",
+    "WeightScheme",
+    "available_schemes",
+    "calibrate",
+    "check_ranges_set",
+    "compute_range",
+    "configure_converter",
+    "is_quantization_aware",
+    "quantize_annotate_layer",
+    "quantize_apply",
+    "quantize_model",
+    "quantize_scope",
+    "register_layer",
+    "register_scheme",
+    "registry",
+    "schemes",
+    "storage_report",
+]

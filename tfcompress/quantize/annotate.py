@@ -1,0 +1,87 @@
+"""Choosing which layers are quantized: `quantize_annotate_layer`, `quantize_apply`."""
+
+import contextlib
+
+from tfcompress import _flavor
+
+_ATTR = "_tfcompress_quantize"
+
+
+def quantize_annotate_layer(to_annotate, quantize_config=None, *, weight_scheme=None,
+                            quantize=True):
+    """Mark a layer: quantize it (optionally with its own scheme) or keep it in float.
+
+    For Keras 3 layers the layer itself is returned, marked; build the model
+    with it and call `quantize_apply` (only marked layers are quantized) or
+    `quantize_model` (everything is, except layers marked `quantize=False`).
+    For tf_keras layers this is tfmot's `quantize_annotate_layer`.
+
+    Args:
+        to_annotate: a Keras 3 or tf_keras layer.
+        quantize_config: tf_keras only: a tfmot `QuantizeConfig`.
+        weight_scheme: Keras 3 only: this layer's weight scheme (`"int4"`, ...).
+        quantize: `False` keeps the layer in float.
+
+    Returns:
+        The annotated layer.
+
+    Example:
+
+    >>> head = quantize_annotate_layer(keras.layers.Dense(10), quantize=False)
+    """
+    if _flavor._is_from(to_annotate, "tf_keras"):
+        if weight_scheme is not None or not quantize:
+            raise ValueError("weight_scheme= and quantize=False apply to Keras 3 layers; for "
+                             "tf_keras annotate the layers to quantize and call quantize_apply. "
+                             f"Received: weight_scheme={weight_scheme!r}, quantize={quantize!r}")
+        from tfcompress.quantize import _tfmot
+
+        return _tfmot.tfmot_quantize().quantize_annotate_layer(to_annotate, quantize_config)
+    if quantize_config is not None:
+        raise ValueError("quantize_config= is tfmot's per-layer config for tf_keras layers; "
+                         "for Keras 3 layers pass weight_scheme= (or quantize=False). "
+                         f"Received: quantize_config={quantize_config!r}")
+    if weight_scheme is not None:
+        from tfcompress.quantize.schemes import get_scheme
+
+        weight_scheme = get_scheme(weight_scheme).name
+    setattr(to_annotate, _ATTR, {"quantize": bool(quantize), "weight_scheme": weight_scheme})
+    return to_annotate
+
+
+def annotation_of(layer):
+    """The annotation dict of a layer, or `None`."""
+    return getattr(layer, _ATTR, None)
+
+
+def quantize_apply(model, config=None, **kwargs):
+    """Quantize only the annotated layers of `model` (tfmot's `quantize_apply`).
+
+    Args:
+        model: a model whose layers were marked with `quantize_annotate_layer`.
+        config: a `QuantizeConfig` (Keras 3) for the quantized layers.
+        **kwargs: passed to `quantize_model` (`representative_data=`).
+
+    Returns:
+        A new QAT model.
+    """
+    if _flavor.flavor_of(model) == _flavor.TF_KERAS:
+        from tfcompress.quantize import _tfmot
+
+        return _tfmot.tfmot_quantize().quantize_apply(model)
+    from tfcompress.quantize.transform import quantize_model
+
+    return quantize_model(model, config, only_annotated=True, **kwargs)
+
+
+@contextlib.contextmanager
+def quantize_scope(*args):
+    """tfmot's `quantize_scope` (to load tf_keras QAT models), plus our layers.
+
+    Keras 3 QAT layers are registered serializables and need no scope; this
+    is here for tf_keras code that loads tfmot models.
+    """
+    from tfcompress.quantize import _tfmot
+
+    with _tfmot.tfmot_quantize().quantize_scope(*args) as scope:
+        yield scope

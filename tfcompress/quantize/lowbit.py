@@ -1,0 +1,75 @@
+"""Honest storage accounting for low-bit and binary weights.
+
+TFLite has no 4-bit, 2-bit or 1-bit tensors for these ops: the exported file
+stores every quantized kernel as int8 whatever the scheme. `storage_report`
+says what a packed format (2 weights per byte for int4, 8 per byte for binary,
+plus one float32 scale per output channel) would need beside it.
+"""
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageReport:
+    """Kernel storage of a QAT model under different formats, in bytes.
+
+    Attributes:
+        rows: `(layer, scheme, weights, float32_bytes, int8_bytes, packed_bytes)`.
+        float32_bytes / int8_bytes / packed_bytes: totals over quantized kernels
+            (`packed` = `storage_bits` per weight + a float32 scale per channel).
+    """
+
+    rows: tuple
+
+    @property
+    def float32_bytes(self):
+        return sum(r[3] for r in self.rows)
+
+    @property
+    def int8_bytes(self):
+        return sum(r[4] for r in self.rows)
+
+    @property
+    def packed_bytes(self):
+        return sum(r[5] for r in self.rows)
+
+    def __str__(self):
+        lines = [f"kernels: float32 {self.float32_bytes:,} B, int8 (what TFLite stores) "
+                 f"{self.int8_bytes:,} B, packed {self.packed_bytes:,} B"]
+        lines += [f"  {r[0]}: {r[1]}, {r[2]:,} weights -> {r[5]:,} B packed" for r in self.rows]
+        return "\n".join(lines)
+
+
+def storage_report(model):
+    """Bytes the quantized kernels of a QAT model take as float32, int8 and packed n-bit.
+
+    Args:
+        model: a Keras 3 model from `quantize_model`.
+
+    Returns:
+        A `StorageReport`.
+
+    Example:
+
+    >>> qat = quantize_model(model, QuantizeConfig(weight_scheme="int4"))
+    >>> storage_report(qat).packed_bytes  # about half of .int8_bytes
+    """
+    from tfcompress.quantize.layers import QuantizeWrapper
+    from tfcompress.quantize.schemes import get_scheme
+
+    rows = []
+    for layer in model.layers:
+        if not isinstance(layer, QuantizeWrapper) or layer.weight_scheme is None:
+            continue
+        kernel = getattr(layer.layer, layer.kernel_attr)
+        n = int(np.prod(kernel.shape))
+        channels = int(kernel.shape[-1])
+        if layer.granularity == "depthwise":
+            channels = int(kernel.shape[-1] * kernel.shape[-2])
+        scheme = get_scheme(layer.weight_scheme)
+        scales = channels if layer.granularity != "per_tensor" or scheme.name == "binary" else 1
+        packed = int(np.ceil(n * scheme.storage_bits / 8)) + 4 * scales
+        rows.append((layer.layer.name, scheme.name, n, 4 * n, n + 4 * scales, packed))
+    return StorageReport(tuple(rows))
