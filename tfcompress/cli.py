@@ -38,6 +38,18 @@ def _cmd_demo(args):
     return EXIT_OK
 
 
+def _cmd_run(args):
+    from tfcompress import pipeline
+    from tfcompress.pipeline.recipe import RecipeError
+
+    try:
+        recipe = pipeline.load_recipe(args.recipe)
+    except RecipeError as e:
+        raise UsageError(f"tfcompress run: error: {e}") from None
+    pipeline.run(recipe, args.out, force=args.force, progress=_progress)
+    return EXIT_OK
+
+
 def _load_model(path):
     if not os.path.exists(path):
         raise UsageError(f"tfcompress export: error: no model at '{path}'.")
@@ -154,6 +166,17 @@ def build_parser():
                      help="compare the file with the model on these inputs ('x', 'y')")
     exp.add_argument("--c-header", metavar="H", help="also write a C header for TFLite Micro")
     exp.set_defaults(func=_cmd_export)
+
+    run = sub.add_parser(
+        "run", help="run a recipe: stages from a model to verified .tflite files, with report",
+        description="Run the stages of a YAML recipe (train, distill, prune, remove_units, "
+        "cluster, qat, export) into OUT/NN_stage folders, then write OUT/report.md and "
+        "OUT/report.html. A run that was stopped resumes after its last finished stage.",
+    )
+    run.add_argument("recipe", help="the recipe YAML file")
+    run.add_argument("--out", required=True, help="output folder (created)")
+    run.add_argument("--force", action="store_true", help="rerun every stage")
+    run.set_defaults(func=_cmd_run)
 
     ins = sub.add_parser("inspect", help="list the ops and dtypes inside a .tflite file",
                          description="Print the ops of a .tflite file with the dtypes "

@@ -54,8 +54,9 @@ def load_model(spec):
             raise RecipeError(f"The model path '{spec.path}' does not exist.")
         import keras
 
-        import tfcompress.pipeline.stages  # noqa: F401  registers our layers for loading
+        from tfcompress.pipeline.stages import register_custom_layers
 
+        register_custom_layers()
         return keras.saving.load_model(spec.path)
     return build_from_factory(spec.factory, dict(spec.kwargs), "model")
 

@@ -165,7 +165,7 @@ def write_report(out_dir, records, title, first_model=None, final_model=None):
                f"({head['final_gzip']:,} gzipped), **{head['gzip_ratio']:.1f}x** smaller "
                f"(gzip) than the first model's float32 file; test accuracy "
                f"{head['final_accuracy']:.4f} vs {head['reference_accuracy']:.4f} "
-               f"({head['accuracy_drop']:+.4f} drop).", ""]
+               f"(change {-head['accuracy_drop']:+.4f}).", ""]
     md += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     md += ["| " + " | ".join(c) + " |" for c in cells]
     md += [""] + [f"![{alt}]({name})" for name, alt in plots] + [""]

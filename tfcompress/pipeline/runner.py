@@ -95,7 +95,8 @@ def run(recipe, out_dir, force=False, progress=print):
         start = time.perf_counter()
         record = {"stage": index + 1, "type": spec.type, "spec": spec.model_dump(), "key": key}
         ctx = stages_lib.StageContext(model=model, data=data, folder=folder, progress=progress,
-                                      record=record)
+                                      record=record,
+                                      history=tuple(s.type for s in recipe.stages[:index]))
         model = stages_lib.get_stage(spec.type)(ctx, spec)
         record["seconds"] = round(time.perf_counter() - start, 2)
         record.update(measure(model, data, folder))
@@ -123,6 +124,7 @@ def run(recipe, out_dir, force=False, progress=print):
 def _stage_model(recipe, record, out_dir):
     import keras
 
+    stages_lib.register_custom_layers()
     folder = stage_folder(out_dir, record["stage"] - 1, recipe.stages[record["stage"] - 1])
     return keras.saving.load_model(os.path.join(folder, "model.keras"))
 

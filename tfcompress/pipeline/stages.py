@@ -34,6 +34,7 @@ class StageContext:
         folder: the stage's own output folder.
         progress: called with one line of progress text.
         record: dict the stage may add entries to (saved in record.json).
+        history: the types of the stages that ran before this one.
     """
 
     model: object
@@ -41,6 +42,7 @@ class StageContext:
     folder: str
     progress: object
     record: dict
+    history: tuple = ()
 
 
 def compile_for_labels(model, learning_rate, optimizer=None):
@@ -123,3 +125,44 @@ def distill_stage(ctx, spec):
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     fit(ctx, trainer, spec)
     return trainer.student
+
+
+def register_custom_layers():
+    """Import the modules whose layers a saved stage model may contain."""
+    import importlib
+
+    for name in ("tfcompress.quantize", "tfcompress.cluster", "tfcompress.prune"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
+@stage("qat")
+def qat_stage(ctx, spec):
+    from tfcompress import quantize
+
+    # Keep what earlier stages bought: zeros from pruning, shared values from clustering.
+    config = quantize.QuantizeConfig(preserve_sparsity="prune" in ctx.history,
+                                     preserve_clusters="cluster" in ctx.history)
+    ctx.record["preserve"] = {"sparsity": config.preserve_sparsity,
+                              "clusters": config.preserve_clusters}
+    # Ranges start from a calibration pass, then training moves them.
+    qat = quantize.quantize_model(ctx.model, config,
+                                  representative_data=_head(ctx.data.x_train, 256))
+    report = getattr(qat, "quantize_report", None)
+    if report is not None:
+        ctx.record["quantize_report"] = str(report)
+    compile_for_labels(qat, spec.learning_rate)
+    return fit(ctx, qat, spec)
+
+
+@stage("cluster")
+def cluster_stage(ctx, spec):
+    from tfcompress import cluster
+
+    clustered = cluster.cluster_weights(ctx.model, number_of_clusters=spec.number_of_clusters,
+                                        init=spec.init)
+    compile_for_labels(clustered, spec.learning_rate)
+    fit(ctx, clustered, spec)
+    return cluster.strip_clustering(clustered)
