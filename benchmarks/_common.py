@@ -49,8 +49,8 @@ def update_section(name, body, script):
     text = open(BENCHMARKS_MD).read() if os.path.exists(BENCHMARKS_MD) else _HEADER
     block = (f"<!-- section:{name} -->\n## {name}\n\n_Written by `{script}` on "
              f"{environment()}._\n\n{body.strip()}\n<!-- /section:{name} -->")
-    pattern = re.compile(rf"<!-- section:{re.escape(name)} -->.*?<!-- /section:{re.escape(name)} -->",
-                         re.S)
+    tag = re.escape(name)
+    pattern = re.compile(rf"<!-- section:{tag} -->.*?<!-- /section:{tag} -->", re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text)
     else:

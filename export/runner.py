@@ -196,7 +196,8 @@ class TFLiteRunner:
             batch_size = 1
         chunks = []
         for start in range(0, n, batch_size):
-            chunks.append(self.run_batch({k: v[start : start + batch_size] for k, v in named.items()}))
+            batch = {k: v[start : start + batch_size] for k, v in named.items()}
+            chunks.append(self.run_batch(batch))
         out = {k: np.concatenate([c[k] for c in chunks]) for k in self.output_names}
         if len(out) == 1:
             return next(iter(out.values()))

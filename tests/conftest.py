@@ -4,7 +4,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -81,7 +80,3 @@ def no_leftovers(tmp_path):
         assert found == sorted(expected), f"unexpected files in {tmp_path}: {found}"
 
     return tmp_path, check
-
-
-def accuracy(logits, labels):
-    return float(np.mean(np.argmax(logits, axis=-1) == labels))

@@ -40,7 +40,7 @@ def test_every_command_explains_itself(command, capsys):
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["export", "m.keras", "-o", "x.tflite", "--mode", "int4"], "invalid choice: 'int4'"),
         (["export", "m.keras"], "the following arguments are required: -o/--output"),
-        (["demo", "--epochs", "0"], "expected a positive integer, got '0'"),
+        (["bench", "x.tflite", "--runs", "0"], "expected a positive integer, got '0'"),
         (["export", "nope.keras", "-o", "x.tflite"], "no model at 'nope.keras'"),
         (["export", "m.keras", "-o", "x.tflite", "--mode", "int8"], "needs --calibration"),
         (["export", "m.keras", "-o", "x.tflite", "--int8-io"], "--int8-io needs --mode int8"),
@@ -91,14 +91,15 @@ def test_a_bad_file_is_one_error_line_exit_1(tmp_path, capsys):
     assert len(err) == 1 and "is not a TFLite model" in err[0]
 
 
-def test_demo_runs_and_writes_its_table(tmp_path):
-    result = run_cli("demo", "--out", str(tmp_path / "demo"), "--epochs", "3", "--runs", "5")
+def test_demo_runs_the_pipeline_and_writes_its_report(tmp_path):
+    result = run_cli("demo", "--out", str(tmp_path / "demo"), "--quick")
     assert result.returncode == 0, result.stderr[-2000:]
-    files = sorted(os.listdir(tmp_path / "demo"))
-    assert files == ["digits_cnn.keras", "digits_dynamic.tflite", "digits_float16.tflite",
-                     "digits_float32.tflite", "digits_int16x8.tflite", "digits_int8.tflite",
-                     "summary.json", "summary.md"]
-    assert "| int8 |" in result.stdout
+    files = set(os.listdir(tmp_path / "demo"))
+    assert {"01_train", "02_prune", "03_qat", "04_export", "report.md", "report.html",
+            "run.json"} <= files
+    assert (tmp_path / "demo" / "04_export" / "model_int8.tflite").is_file()
+    assert "smaller (gzip) than the float32 teacher" in result.stdout
+    assert "| 4. export | model_int8.tflite |" in result.stdout
     assert "fully_quantize" not in result.stderr
 
 

@@ -7,8 +7,8 @@ import pytest
 import tfcompress
 
 GOLDEN = {
-    "tfcompress": ["__version__", "cluster", "data", "distill", "export", "pipeline", "quantize",
-                   "testing", "train"],
+    "tfcompress": ["__version__", "cluster", "data", "distill", "export", "pipeline", "prune",
+                   "quantize", "testing", "train"],
     "tfcompress.distill": [
         "AttentionDistillation", "CallableTeacher", "Distiller", "HiddenStateDistillation",
         "SoftTargetDistillation", "TeacherCache", "TeacherCacheMismatchError", "TransferReport",
@@ -46,4 +46,4 @@ def test_subpackages_load_lazily():
     assert tfcompress.export.to_tflite is importlib.import_module(
         "tfcompress.export").to_tflite
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
-        tfcompress.nope
+        tfcompress.__getattr__("nope")

@@ -15,8 +15,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("cluster", "data", "distill", "export", "pipeline", "quantize", "testing",
-                "train")
+_SUBPACKAGES = ("cluster", "data", "distill", "export", "pipeline", "prune", "quantize",
+                "testing", "train")
 
 __all__ = ["__version__", *_SUBPACKAGES]
 

@@ -33,8 +33,7 @@ def _progress(message):
 def _cmd_demo(args):
     from tfcompress import demo
 
-    demo.run_demo(out_dir=args.out, epochs=args.epochs, threads=args.threads,
-                  runs=args.runs, progress=_progress)
+    demo.run_demo(out_dir=args.out, quick=args.quick, force=args.force, progress=_progress)
     return EXIT_OK
 
 
@@ -139,15 +138,15 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     demo = sub.add_parser(
-        "demo", help="train a digits CNN on embedded data, export every mode, verify, compare",
-        description="Train a small CNN on scikit-learn's bundled digits (real data, no "
-        "download), export it to TFLite in every mode, verify each file against Keras in "
-        "LiteRT, time it, and print a size/accuracy/latency table.",
+        "demo", help="run the default pipeline on embedded digits: train, prune, QAT, int8",
+        description="Run the shipped recipe on scikit-learn's bundled digits (real data, no "
+        "download): train a CNN teacher, prune it to 85%% sparsity, fine-tune it "
+        "quantization-aware keeping the zeros, export int8 TFLite, verify the file in LiteRT "
+        "against Keras, and write OUT/report.md and OUT/report.html with plots.",
     )
     demo.add_argument("--out", default="tfcompress_demo", help="output folder (created)")
-    demo.add_argument("--epochs", type=_positive_int, default=20, help="training epochs")
-    demo.add_argument("--threads", type=_positive_int, default=1, help="LiteRT threads")
-    demo.add_argument("--runs", type=_positive_int, default=200, help="timed runs per file")
+    demo.add_argument("--quick", action="store_true", help="at most 2 epochs per stage")
+    demo.add_argument("--force", action="store_true", help="rerun finished stages")
     demo.set_defaults(func=_cmd_demo)
 
     exp = sub.add_parser(

@@ -106,6 +106,12 @@ def random_bert_inputs(n, vocabulary_size=100, sequence_length=16, seed=0):
     }
 
 
+def accuracy(model, x, y, batch_size=256):
+    """Top-1 accuracy of a Keras model (logits or probabilities out) on integer labels."""
+    predictions = model.predict(x, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(predictions, axis=-1) == np.asarray(y)))
+
+
 def assert_exports_int8(model, representative_data=None, data=None, min_agreement=0.9,
                         op_names=None):
     """Export `model` to full-int8 TFLite and assert every compute op runs in int8.

@@ -29,3 +29,14 @@ def tiny_bert_teacher(bert_data):
     inputs, labels = bert_data
     model.fit(inputs, labels, epochs=1, batch_size=32, verbose=0)
     return model
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(trained_cnn):
+    """A private copy: keras.distillation.Distiller freezes its teacher (trainable=False),
+    and the session-wide model must stay trainable for the other test folders."""
+    import keras
+
+    copy = keras.models.clone_model(trained_cnn)
+    copy.set_weights(trained_cnn.get_weights())
+    return copy

@@ -8,6 +8,7 @@ input shapes and dtypes before any converter sees them.
 """
 
 import dataclasses
+
 import numpy as np
 
 from tfcompress.errors import CalibrationDataError
@@ -139,8 +140,9 @@ def _check_and_batch(arrays, specs, what, first_index):
         ):
             raise CalibrationDataError(
                 f"The {what} for input '{spec.name}' has shape {value.shape[1:]} per sample, "
-                f"but the model expects {_shape_str(spec.shape[1:])} (shape {_shape_str(spec.shape)}"
-                " with the batch axis first). Reshape the data to match the model's input."
+                f"but the model expects {_shape_str(spec.shape[1:])} (shape "
+                f"{_shape_str(spec.shape)} with the batch axis first). Reshape the data to "
+                "match the model's input."
             )
         kind = value.dtype.kind
         if spec.is_float:

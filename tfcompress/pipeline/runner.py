@@ -130,7 +130,6 @@ def _stage_model(recipe, record, out_dir):
 
 
 def _current_model(recipe, records, out_dir):
-    import keras
 
     if not records:
         return data_lib.load_model(recipe.model)

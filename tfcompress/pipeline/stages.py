@@ -166,3 +166,48 @@ def cluster_stage(ctx, spec):
     compile_for_labels(clustered, spec.learning_rate)
     fit(ctx, clustered, spec)
     return cluster.strip_clustering(clustered)
+
+
+def _steps_per_epoch(ctx, spec):
+    x = ctx.data.x_train
+    n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+    return max(1, -(-n // spec.batch_size))
+
+
+def _pattern(text):
+    # "1x4" in YAML means a (1, 4) block; "2:4" and "unstructured" pass through.
+    if "x" in text and all(p.isdigit() for p in text.split("x")):
+        return tuple(int(p) for p in text.split("x"))
+    return text
+
+
+@stage("prune")
+def prune_stage(ctx, spec):
+    from tfcompress import prune
+
+    steps = _steps_per_epoch(ctx, spec)
+    # Reach the target by 70% of the steps, then fine-tune at full sparsity.
+    end_step = max(2, int(0.7 * steps * spec.epochs))
+    frequency = max(1, steps // 4)
+    if spec.schedule == "constant":
+        schedule = prune.ConstantSparsity(spec.final_sparsity, begin_step=0, frequency=frequency)
+    else:
+        schedule = prune.PolynomialDecay(spec.initial_sparsity, spec.final_sparsity,
+                                         begin_step=0, end_step=end_step, frequency=frequency)
+    pruned = prune.prune_low_magnitude(ctx.model, schedule, pattern=_pattern(spec.pattern),
+                                       scope=spec.scope)
+    compile_for_labels(pruned, spec.learning_rate)
+    fit(ctx, pruned, spec, callbacks=[prune.UpdatePruningStep()])
+    stripped = prune.strip_pruning(pruned)
+    ctx.record["sparsity_report"] = str(prune.sparsity_report(stripped))
+    return stripped
+
+
+@stage("remove_units")
+def remove_units_stage(ctx, spec):
+    from tfcompress import prune
+
+    smaller = prune.remove_units(ctx.model, spec.fraction)
+    ctx.record["parameters_before"] = int(ctx.model.count_params())
+    compile_for_labels(smaller, spec.learning_rate)
+    return fit(ctx, smaller, spec)

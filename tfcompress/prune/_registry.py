@@ -48,9 +48,32 @@ def prunable_weights(layer):
     return ()
 
 
+def prunable_targets(layer):
+    """`(sublayer, PrunableWeight)` pairs to mask in `layer`, in a fixed order.
+
+    A prunable layer gives itself. A composite layer (one that creates Dense /
+    EinsumDense / ... layers in its own code, like keras-hub's
+    `TransformerEncoder`) gives the prunable layers inside it, so its
+    attention and feed-forward kernels can be pruned without rewriting it.
+    """
+    own = prunable_weights(layer)
+    if own:
+        return [(layer, spec) for spec in own]
+    flatten = getattr(layer, "_flatten_layers", None)
+    if flatten is None:
+        return []
+    return [(sub, spec) for sub in flatten(include_self=False, recursive=True)
+            for spec in prunable_weights(sub)]
+
+
+def is_composite(layer):
+    """Whether `layer` is not prunable itself but holds prunable layers."""
+    return not prunable_weights(layer) and bool(prunable_targets(layer))
+
+
 def is_prunable(layer):
-    """Whether our engine can prune `layer`."""
-    return bool(prunable_weights(layer))
+    """Whether our engine can prune `layer` (itself, or the layers inside it)."""
+    return bool(prunable_targets(layer))
 
 
 def is_conv(layer):

@@ -67,7 +67,7 @@ def _check_step(name, value, allow_minus_one=False):
     ok = isinstance(value, int) and not isinstance(value, bool)
     ok = ok and (value >= 0 or (allow_minus_one and value == -1))
     if not ok:
-        expected = "a non-negative int, or -1 for no end" if allow_minus_one else "a non-negative int"
+        expected = "a non-negative int" + (", or -1 for no end" if allow_minus_one else "")
         raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
 
 
@@ -199,11 +199,16 @@ class PolynomialDecay(PruningSchedule):
 
 
 def get(identifier):
-    """Return a schedule from a schedule, a float (constant sparsity from step 0) or a config."""
+    """Return a schedule from a schedule, a float or a config.
+
+    A float `s` means `ConstantSparsity(s, begin_step=1)`: pruned at the first
+    training step (step 1), masks refreshed every 100 steps (tfmot's default
+    frequency).
+    """
     if isinstance(identifier, PruningSchedule):
         return identifier
     if isinstance(identifier, float):
-        return ConstantSparsity(identifier, begin_step=0, frequency=1)
+        return ConstantSparsity(identifier, begin_step=1)
     if isinstance(identifier, dict):
         return keras.saving.deserialize_keras_object(identifier)
     raise TypeError(

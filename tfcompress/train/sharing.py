@@ -21,7 +21,7 @@ def _validate_groups(model, groups):
         if missing:
             raise ValueError(
                 f"Model '{model.name}' has no layer named {missing}. Its layers with weights: "
-                + ", ".join(n for n, l in by_name.items() if l.weights))
+                + ", ".join(n for n, layer in by_name.items() if layer.weights))
         again = seen.intersection(group)
         if again:
             raise ValueError(f"Layers {sorted(again)} appear in more than one sharing group.")

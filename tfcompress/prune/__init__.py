@@ -1,0 +1,50 @@
+"""Pruning: zero the least important weights during fit(), or remove whole units.
+
+One API for both Kerases: Keras 3 models (keras-hub included) use our own
+mask wrappers; tf_keras models go through tensorflow-model-optimization.
+
+Example:
+
+>>> from tfcompress import prune
+>>> pruned = prune.prune_low_magnitude(model, schedule=prune.ConstantSparsity(0.8, 0))
+>>> pruned.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+>>> pruned.fit(x, y, epochs=3, callbacks=[prune.UpdatePruningStep()])
+>>> small = prune.strip_pruning(pruned)
+>>> print(prune.sparsity_report(small))
+"""
+
+from tfcompress.prune.api import prune_low_magnitude, strip_pruning
+from tfcompress.prune.callbacks import PruningSummaries, UpdatePruningStep
+from tfcompress.prune.errors import (
+    MissingPruningStepError,
+    NoPrunableLayersError,
+    UnsupportedPruningModelError,
+)
+from tfcompress.prune.export import SparseExportResult, to_sparse_tflite
+from tfcompress.prune.plan import PruningPlan
+from tfcompress.prune.report import LayerSparsity, SparsityReport, sparsity_report
+from tfcompress.prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+from tfcompress.prune.structured import count_macs, remove_units
+from tfcompress.prune.wrapper import PruneLowMagnitude
+
+__all__ = [
+    "ConstantSparsity",
+    "LayerSparsity",
+    "MissingPruningStepError",
+    "NoPrunableLayersError",
+    "PolynomialDecay",
+    "PruneLowMagnitude",
+    "PruningPlan",
+    "PruningSchedule",
+    "PruningSummaries",
+    "SparseExportResult",
+    "SparsityReport",
+    "UnsupportedPruningModelError",
+    "UpdatePruningStep",
+    "count_macs",
+    "prune_low_magnitude",
+    "remove_units",
+    "sparsity_report",
+    "strip_pruning",
+    "to_sparse_tflite",
+]

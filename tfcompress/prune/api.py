@@ -1,0 +1,260 @@
+"""`prune_low_magnitude` and `strip_pruning`: one API, dispatched on the model's flavour."""
+
+import logging
+
+import numpy as np
+
+from tfcompress import _flavor
+from tfcompress.prune import _registry, patterns
+from tfcompress.prune import plan as plan_lib
+from tfcompress.prune import schedules as schedules_lib
+from tfcompress.prune.errors import UnsupportedPruningModelError
+from tfcompress.prune.wrapper import IMPORTANCES, SCOPES, PruneLowMagnitude
+
+logger = logging.getLogger("tfcompress.prune")
+
+_OVERRIDE_KEYS = ("schedule", "pattern", "importance")
+
+
+def prune_low_magnitude(model, schedule=None, *, pattern="unstructured", importance="magnitude",
+                        scope="layer", skip="auto", layers=None, overrides=None,
+                        importance_data=None, importance_loss=None, importance_batches=8,
+                        verbose=False):
+    """Return a copy of `model` whose prunable layers are zeroed on a schedule.
+
+    Keras 3 models (keras-hub included) get our `PruneLowMagnitude` wrappers;
+    tf_keras models go through tensorflow-model-optimization with the same
+    options where tfmot has them. The input model is never changed.
+    Train the result with `fit(..., callbacks=[UpdatePruningStep()])`, then
+    `strip_pruning` it. The result is not compiled.
+
+    By default the first convolution and the last Dense layer (the
+    classifier) are left dense: they hold few weights and cost the most
+    accuracy. Pass `skip=None` to prune them too.
+
+    Args:
+        model: a built functional or Sequential model (Keras 3 or tf_keras).
+        schedule: `ConstantSparsity`, `PolynomialDecay`, or a float target
+            sparsity (pruned at the first training step, masks refreshed every
+            100 steps). Steps count training batches from 1, as in tfmot.
+            Defaults to `ConstantSparsity(0.5, begin_step=0)` (a new one per call).
+        pattern: `"unstructured"`, an N:M string (`"2:4"`), or a block shape
+            `(rows, cols)`.
+        importance: `"magnitude"` or `"taylor"` (|w * dL/dw| summed over
+            `importance_batches` batches of `importance_data`; Keras 3 only).
+        scope: `"layer"` (each layer reaches the target) or `"global"` (one
+            magnitude ranking across all pruned layers; Keras 3 only).
+        skip: `"auto"` (first conv and classifier), a list of layer names,
+            or `None` to skip nothing.
+        layers: names of the layers to prune (default: every prunable one).
+        overrides: per-layer options, `{name: {"schedule": ..., "pattern":
+            ..., "importance": ...}}`, or `{name: None}` to leave a layer dense.
+        importance_data: `(x, y)` arrays or a `tf.data.Dataset` of `(x, y)`
+            batches, for `importance="taylor"`.
+        importance_loss: a Keras loss (name or object) for `"taylor"`.
+        importance_batches: how many batches the Taylor scores sum over.
+        verbose: print the plan (which layers are pruned and why others are not).
+
+    Returns:
+        A new, uncompiled model of the same flavour.
+
+    Example:
+
+    >>> from tfcompress import prune
+    >>> pruned = prune.prune_low_magnitude(
+    ...     model, schedule=prune.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=200,
+    ...                                           frequency=20))
+    >>> pruned.compile("adam", "sparse_categorical_crossentropy")
+    >>> pruned.fit(x, y, epochs=2, callbacks=[prune.UpdatePruningStep()])
+    >>> small = prune.strip_pruning(pruned)
+    """
+    flavor = _flavor.flavor_of(model)
+    if flavor != _flavor.TF_KERAS:
+        _check_cloneable(model)
+    _flavor.check_built(model, what="pruning")
+    schedule = schedules_lib.ConstantSparsity(0.5, 0) if schedule is None else schedule
+    schedule = schedules_lib.get(schedule)
+    pattern = patterns.parse(pattern)
+    if importance not in IMPORTANCES:
+        raise ValueError(f"`importance` must be one of {IMPORTANCES}. "
+                         f"Received: importance={importance!r}")
+    if scope not in SCOPES:
+        raise ValueError(f"`scope` must be one of {SCOPES}. Received: scope={scope!r}")
+    overrides = _check_overrides(overrides)
+    if flavor == _flavor.TF_KERAS:
+        from tfcompress.prune import _tfmot
+
+        if scope != "layer" or importance != "magnitude":
+            raise NotImplementedError(
+                f"Model '{model.name}' is a tf_keras model, pruned by tfmot, which only has "
+                "scope='layer' and importance='magnitude'. Received: "
+                f"scope={scope!r}, importance={importance!r}. Convert the model to Keras 3 "
+                "for these options."
+            )
+        plan = plan_lib.make_plan(model, _tfmot.is_prunable, _tfmot.is_conv, _tfmot.is_dense,
+                                  skip=skip, layers=layers, overrides=overrides)
+        _log_plan(plan, verbose)
+        return _tfmot.prune(model, plan, schedule, pattern, overrides)
+
+    if any(isinstance(layer, PruneLowMagnitude) for layer in plan_lib.flat_layers(model)):
+        raise ValueError(f"Model '{model.name}' is already wrapped for pruning. Call "
+                         "strip_pruning(model) first, or keep training it.")
+    plan = plan_lib.make_plan(model, _registry.is_prunable, _registry.is_conv, _is_dense,
+                              skip=skip, layers=layers, overrides=overrides)
+    if importance == "taylor" or any(o and o.get("importance") == "taylor"
+                                     for o in overrides.values()):
+        if importance_data is None or importance_loss is None:
+            raise ValueError(
+                "importance='taylor' ranks weights by |w * dL/dw|, so it needs data and a "
+                "loss: pass importance_data=(x, y) and importance_loss=... (e.g. "
+                "'sparse_categorical_crossentropy'). Received: "
+                f"importance_data={type(importance_data).__name__}, "
+                f"importance_loss={importance_loss!r}"
+            )
+    options = {}
+    by_name = {layer.name: layer for layer in plan_lib.flat_layers(model)}
+    for name in plan.pruned:
+        opts = {"schedule": schedule, "pattern": pattern, "importance": importance}
+        opts.update((k, v) for k, v in (overrides.get(name) or {}).items())
+        opts["schedule"] = schedules_lib.get(opts["schedule"])
+        opts["pattern"] = patterns.parse(opts["pattern"])
+        for sub, spec in _registry.prunable_targets(by_name[name]):
+            shape = tuple(getattr(sub, spec.attr).shape)
+            patterns.check_shape(opts["pattern"], shape, spec.nm_axis, sub.name)
+        options[name] = opts
+    _log_plan(plan, verbose)
+
+    def wrap(layer, clone):
+        opts = options.get(layer.name)
+        if opts is None:
+            return clone
+        return PruneLowMagnitude(clone, pruning_schedule=opts["schedule"],
+                                 pattern=opts["pattern"], importance=opts["importance"],
+                                 scope=scope)
+
+    pruned = _clone(model, wrap)
+    _copy_weights(model, pruned, mask=False)
+    wrappers = {w.layer.name: w for w in _wrappers(pruned)}
+    taylor_layers = [name for name, o in options.items() if o["importance"] == "taylor"]
+    if taylor_layers:
+        from tfcompress.prune.importance import taylor_scores
+
+        scores = taylor_scores(model, taylor_layers, importance_data, importance_loss,
+                               importance_batches)
+        for name in taylor_layers:
+            for var, value in zip(wrappers[name].importance_scores, scores[name], strict=False):
+                var.assign(value)
+    return pruned
+
+
+def strip_pruning(model):
+    """Return a plain copy of a pruned model, with the zeros baked into the weights.
+
+    Args:
+        model: a model returned by `prune_low_magnitude` (and trained), of
+            either flavour. A model without pruning wrappers is copied as is.
+
+    Returns:
+        A new model of the same flavour, without wrappers, masks or step
+        counters; ready for `tfcompress.export.to_tflite`.
+
+    Example:
+
+    >>> small = strip_pruning(pruned)
+    >>> sparsity_report(small).sparsity
+    0.8
+    """
+    flavor = _flavor.flavor_of(model)
+    if flavor == _flavor.TF_KERAS:
+        from tfcompress.prune import _tfmot
+
+        return _tfmot.strip(model)
+    _check_cloneable(model)
+
+    def unwrap(layer, clone):
+        return clone.layer if isinstance(clone, PruneLowMagnitude) else clone
+
+    stripped = _clone(model, unwrap)
+    _copy_weights(model, stripped, mask=True)
+    return stripped
+
+
+def _is_dense(layer):
+    import keras
+
+    return isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))
+
+
+def _check_overrides(overrides):
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise TypeError("`overrides` must be a dict of layer name -> options dict (or None). "
+                        f"Received: overrides={overrides!r}")
+    for name, opts in overrides.items():
+        if opts is None:
+            continue
+        if not isinstance(opts, dict) or set(opts) - set(_OVERRIDE_KEYS):
+            raise ValueError(
+                f"overrides[{name!r}] must be None or a dict with keys among {_OVERRIDE_KEYS}. "
+                f"Received: {opts!r}"
+            )
+        if "importance" in opts and opts["importance"] not in IMPORTANCES:
+            raise ValueError(f"overrides[{name!r}]['importance'] must be one of {IMPORTANCES}. "
+                             f"Received: {opts['importance']!r}")
+    return dict(overrides)
+
+
+def _check_cloneable(model):
+    import keras
+    from keras.src.models.functional import Functional
+
+    if not isinstance(model, (Functional, keras.Sequential)):
+        raise UnsupportedPruningModelError(
+            f"Model '{model.name}' ({type(model).__name__}) is a subclassed model: its layers "
+            "are created in Python code, so they cannot be wrapped from outside. Build it "
+            "with the functional API or keras.Sequential, or wrap the layers yourself in its "
+            "__init__ with tfcompress.prune.PruneLowMagnitude(layer, pruning_schedule=...)."
+        )
+
+
+def _clone(model, transform):
+    """clone_model with fresh layers from config, passed through `transform(orig, clone)`."""
+    import keras
+
+    def clone_function(layer):
+        clone = layer.__class__.from_config(layer.get_config())
+        return transform(layer, clone)
+
+    return keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+
+
+def _wrappers(model):
+    return [layer for layer in plan_lib.flat_layers(model) if isinstance(layer, PruneLowMagnitude)]
+
+
+def _copy_weights(source, target, mask):
+    """Copy weights layer by layer (matched by name); wrappers on either side are seen through."""
+    def leaf(layer):
+        return layer.layer if isinstance(layer, PruneLowMagnitude) else layer
+
+    sources = {leaf(layer).name: layer for layer in plan_lib.flat_layers(source)}
+    for layer in plan_lib.flat_layers(target):
+        inner = leaf(layer)
+        if not inner.weights:
+            continue
+        src = sources[inner.name]
+        values = [np.asarray(v) for v in leaf(src).get_weights()]
+        if mask and isinstance(src, PruneLowMagnitude):
+            masked = {id(w): np.asarray(w) * np.asarray(m) for w, m in src.pruned_weights}
+            values = [masked.get(id(w), v) for w, v in zip(leaf(src).weights, values, strict=False)]
+        inner.set_weights(values)
+        if isinstance(src, PruneLowMagnitude) and isinstance(layer, PruneLowMagnitude):
+            layer.set_weights(src.get_weights())
+
+
+def _log_plan(plan, verbose):
+    if verbose:
+        print(plan)
+    else:
+        logger.info("%s", plan)

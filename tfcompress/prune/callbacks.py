@@ -1,0 +1,202 @@
+"""Callbacks that drive pruning during `fit()`: step counting and TensorBoard summaries."""
+
+import keras
+import numpy as np
+
+from tfcompress import _flavor
+
+
+def pruning_wrappers(model):
+    """Every `PruneLowMagnitude` layer in a Keras 3 model, nested models included."""
+    from tfcompress.prune.wrapper import PruneLowMagnitude
+
+    found = []
+
+    def visit(layer):
+        if isinstance(layer, PruneLowMagnitude):
+            found.append(layer)
+            return
+        for sub in getattr(layer, "layers", None) or ():
+            visit(sub)
+
+    for layer in model.layers:
+        visit(layer)
+    return found
+
+
+class _TFKerasCompatible:
+    """The private hooks tf_keras' CallbackList asks of a callback.
+
+    Our callbacks are Keras 3 callbacks; these let the same object be passed
+    to a tf_keras model's fit() too.
+    """
+
+    _supports_tf_logs = False
+
+    def _implements_train_batch_hooks(self):
+        return True
+
+    def _implements_test_batch_hooks(self):
+        return False
+
+    def _implements_predict_batch_hooks(self):
+        return False
+
+
+class UpdatePruningStep(_TFKerasCompatible, keras.callbacks.Callback):
+    """Starts (or resumes) the pruning step count of every pruned layer.
+
+    Required whenever a model from `prune_low_magnitude` is trained (tfmot's
+    meaning). Works for Keras 3 models (our engine) and for tf_keras models
+    (it hands over to tfmot's own callback).
+
+    In `scope="global"` it also ranks the weights of all global layers
+    together on each pruning turn and gives every layer its share.
+
+    Example:
+
+    >>> pruned = prune_low_magnitude(model, schedule=ConstantSparsity(0.8, 0))
+    >>> pruned.compile("adam", "sparse_categorical_crossentropy")
+    >>> pruned.fit(x, y, callbacks=[UpdatePruningStep()])
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._tfmot = None
+        self._wrappers = []
+        self._global = []
+        self.step = 0
+
+    def set_model(self, model):
+        if _flavor.is_tf_keras_model(model):
+            from tfcompress.prune import _tfmot
+
+            self._tfmot = _tfmot.sparsity().UpdatePruningStep()
+            self._tfmot.set_model(model)
+        self._model = model
+
+    @property
+    def model(self):
+        return self._model
+
+    def on_train_begin(self, logs=None):
+        if self._tfmot is not None:
+            return self._tfmot.on_train_begin(logs)
+        self._wrappers = pruning_wrappers(self.model)
+        if not self._wrappers:
+            return
+        # Each wrapper counts its own steps in the training graph. Start them at 0
+        # (a fresh model holds -1), or resume from the largest saved count (a
+        # second fit(), or a model reloaded mid-pruning).
+        self.step = max(0, *(int(w.pruning_step.numpy()) for w in self._wrappers))
+        for w in self._wrappers:
+            w._step_callback_attached = True
+            w.pruning_step.assign(self.step)
+        self._global = [w for w in self._wrappers if w.scope == "global"]
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._tfmot is not None:
+            return self._tfmot.on_train_batch_begin(batch, logs)
+        self.step += 1  # the step the layers will count to in this batch
+        if self._global:
+            _assign_global_shares(self._global, self.step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._tfmot is not None:
+            return self._tfmot.on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        if self._tfmot is not None:
+            return self._tfmot.on_train_end(logs) if hasattr(self._tfmot, "on_train_end") else None
+        for w in self._wrappers:
+            w._step_callback_attached = False
+
+
+def _assign_global_shares(wrappers, step):
+    """Rank all global layers' scores together; give each layer its share of zeros."""
+    schedule = wrappers[0].pruning_schedule
+    should_prune, sparsity = schedule(step)
+    if not bool(should_prune):
+        return
+    scores = [np.ravel(np.asarray(w.scores(i))) for w in wrappers for i in range(len(w.masks))]
+    everything = np.concatenate(scores)
+    n_zero = int(round(float(sparsity) * everything.size))
+    if n_zero == 0:
+        threshold = -np.inf
+    else:
+        threshold = np.partition(everything, n_zero - 1)[n_zero - 1]
+    k = 0
+    for w in wrappers:
+        layer_scores = np.concatenate(scores[k:k + len(w.masks)])
+        k += len(w.masks)
+        share = float(np.mean(layer_scores <= threshold)) if n_zero else 0.0
+        # One weight is always kept per layer so that no layer is cut off.
+        share = min(share, 1.0 - 1.0 / layer_scores.size)
+        w.layer_sparsity.assign(share)
+
+
+def _scalar(tf, tag, value, step):
+    # What tf.summary.scalar writes, without needing the tensorboard package
+    # (tf.summary.scalar raises TBNotInstalledError without it).
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "scalars"
+    tf.summary.write(tag, tf.constant(float(value), "float32"), step=int(step),
+                     metadata=metadata.SerializeToString())
+
+
+class PruningSummaries(_TFKerasCompatible, keras.callbacks.Callback):
+    """Writes each pruned layer's sparsity (and the step) to TensorBoard.
+
+    Args:
+        log_dir: folder for the event files.
+        update_freq: `"epoch"` or a number of batches between summaries.
+
+    Example:
+
+    >>> pruned.fit(x, y, callbacks=[UpdatePruningStep(), PruningSummaries("logs")])
+    """
+
+    def __init__(self, log_dir, update_freq="epoch"):
+        super().__init__()
+        if not isinstance(log_dir, (str, bytes)) and not hasattr(log_dir, "__fspath__"):
+            raise TypeError(f"`log_dir` must be a path. Received: log_dir={log_dir!r}")
+        if update_freq != "epoch" and not (isinstance(update_freq, int) and update_freq > 0):
+            raise ValueError("`update_freq` must be 'epoch' or a positive int. "
+                             f"Received: update_freq={update_freq!r}")
+        self.log_dir = log_dir
+        self.update_freq = update_freq
+        self._writer = None
+        self._batches = 0
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
+        self._writer = tf.summary.create_file_writer(str(self.log_dir))
+
+    def _write(self, step):
+        import tensorflow as tf
+
+        from tfcompress.prune.report import sparsity_report
+
+        report = sparsity_report(self.model)
+        with self._writer.as_default():
+            for layer in report.layers:
+                if layer.status == "pruned":
+                    _scalar(tf, f"sparsity/{layer.name}", layer.sparsity, step)
+            _scalar(tf, "sparsity/total", report.sparsity, step)
+        self._writer.flush()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+        if self.update_freq != "epoch" and self._batches % self.update_freq == 0:
+            self._write(self._batches)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.update_freq == "epoch":
+            self._write(epoch)
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,123 @@
+"""Which layers get pruned: the default skips, user choices, and why others are left alone."""
+
+import dataclasses
+
+from tfcompress.prune.errors import NoPrunableLayersError
+
+
+@dataclasses.dataclass(frozen=True)
+class PruningPlan:
+    """What `prune_low_magnitude` wraps and what it leaves alone.
+
+    Attributes:
+        model_name: the model's name.
+        pruned: names of the layers that get masks.
+        skipped: `(name, class_name, reason)` for every other layer with weights.
+    """
+
+    model_name: str
+    pruned: tuple
+    skipped: tuple
+
+    def __str__(self):
+        from tfcompress.prune._table import text_table
+
+        rows = [(name, "pruned", "") for name in self.pruned]
+        rows += [(name, f"left alone ({klass})", reason) for name, klass, reason in self.skipped]
+        return f"Pruning plan for '{self.model_name}'\n" + text_table(
+            ("layer", "decision", "why"), rows)
+
+
+def flat_layers(model):
+    """Leaf layers of a model in order, descending into nested models."""
+    out = []
+
+    def visit(layer):
+        subs = getattr(layer, "layers", None)
+        if subs and hasattr(layer, "inputs"):
+            for sub in subs:
+                visit(sub)
+        else:
+            out.append(layer)
+
+    for layer in model.layers:
+        visit(layer)
+    return out
+
+
+def make_plan(model, is_prunable, is_conv, is_dense, skip="auto", layers=None, overrides=None):
+    """Decide which layers of `model` to prune.
+
+    Args:
+        model: the model.
+        is_prunable: `layer -> bool` for the engine.
+        is_conv: `layer -> bool` (the first conv is skipped by default).
+        is_dense: `layer -> bool` (the last Dense, the classifier, is skipped by default).
+        skip: `"auto"` (first conv and last Dense), a list of layer names, or
+            `()` / `None` to skip nothing.
+        layers: names to prune (all prunable ones when `None`).
+        overrides: dict of layer name -> options; names are checked.
+
+    Returns:
+        A `PruningPlan`.
+    """
+    all_layers = flat_layers(model)
+    names = [layer.name for layer in all_layers]
+    auto = skip == "auto"
+    if isinstance(skip, str) and not auto:
+        raise ValueError("`skip` must be 'auto', a list of layer names, or None. "
+                         f"Received: skip={skip!r}")
+    skip_names = set() if auto or skip is None else set(skip)
+    for what, given in (("skip", skip_names), ("layers", set(layers or ())),
+                        ("overrides", set(overrides or ()))):
+        unknown = sorted(given - set(names))
+        if unknown:
+            raise ValueError(f"`{what}` names layers that model '{model.name}' does not have: "
+                             f"{unknown}. Its layers are: {names}")
+    auto_reasons = {}
+    if auto:
+        prunable = [layer for layer in all_layers if is_prunable(layer)]
+        convs = [layer for layer in prunable if is_conv(layer)]
+        denses = [layer for layer in prunable if is_dense(layer)]
+        if convs:
+            auto_reasons[convs[0].name] = ("first convolution: skipped by default (few weights, "
+                                           "large accuracy cost); pass skip=None to prune it")
+        if denses:
+            auto_reasons[denses[-1].name] = ("final classifier: skipped by default; pass "
+                                             "skip=None to prune it")
+    pruned, skipped = [], []
+    for layer in all_layers:
+        klass = type(layer).__name__
+        if not layer.weights:
+            continue
+        if not is_prunable(layer):
+            skipped.append((layer.name, klass, _not_prunable_reason(layer, is_prunable)))
+        elif layer.name in skip_names:
+            skipped.append((layer.name, klass, "named in skip="))
+        elif layers is not None and layer.name not in layers:
+            skipped.append((layer.name, klass, "not named in layers="))
+        elif layer.name in auto_reasons:
+            skipped.append((layer.name, klass, auto_reasons[layer.name]))
+        elif overrides and layer.name in overrides and overrides[layer.name] is None:
+            skipped.append((layer.name, klass, "overrides[name] is None"))
+        else:
+            pruned.append(layer.name)
+    plan = PruningPlan(model.name, tuple(pruned), tuple(skipped))
+    if not pruned:
+        raise NoPrunableLayersError(
+            f"Model '{model.name}' has no layer left to prune. {plan}\nPrunable layer types are "
+            "Dense, EinsumDense, Conv1D, Conv2D, DepthwiseConv2D and Embedding; pass "
+            "skip=None to also prune the first convolution and the classifier."
+        )
+    return plan
+
+
+def _not_prunable_reason(layer, is_prunable):
+    flatten = getattr(layer, "_flatten_layers", None)
+    inner = [sub for sub in flatten(include_self=False)] if flatten else []
+    inner = [sub for sub in inner if is_prunable(sub)]
+    if inner:
+        kinds = sorted({type(sub).__name__ for sub in inner})
+        return (f"composite layer: its {len(inner)} inner {'/'.join(kinds)} layers are created "
+                "in its own code, and this engine cannot prune inside it")
+    return "not a prunable layer type"
