@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -101,6 +102,17 @@ def test_demo_runs_the_pipeline_and_writes_its_report(tmp_path):
     assert "smaller (gzip) than the float32 teacher" in result.stdout
     assert "| 4. export | model_int8.tflite |" in result.stdout
     assert "fully_quantize" not in result.stderr
+
+
+def test_text_demo_distils_prunes_and_exports_bert(tmp_path):
+    result = run_cli("demo", "--text", "--quick", "--out", str(tmp_path / "text"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads((tmp_path / "text" / f / "record.json").read_text())
+               for f in ("01_train", "02_distill", "03_prune", "04_export")]
+    assert records[1]["parameters"] < records[0]["parameters"] / 2
+    assert records[2]["nonzero_parameters"] < 0.5 * records[2]["parameters"]
+    assert set(records[3]["exports"]) == {"dynamic", "int8"}
+    assert "model_dynamic.tflite" in result.stdout
 
 
 def test_demo_refuses_a_file_as_output_folder(tmp_path):

@@ -33,7 +33,8 @@ def _progress(message):
 def _cmd_demo(args):
     from tfcompress import demo
 
-    demo.run_demo(out_dir=args.out, quick=args.quick, force=args.force, progress=_progress)
+    demo.run_demo(out_dir=args.out, name="sst2" if args.text else "digits", quick=args.quick,
+                  force=args.force, progress=_progress)
     return EXIT_OK
 
 
@@ -47,6 +48,24 @@ def _cmd_run(args):
         raise UsageError(f"tfcompress run: error: {e}") from None
     pipeline.run(recipe, args.out, force=args.force, progress=_progress)
     return EXIT_OK
+
+
+def _cmd_tune(args):
+    from tfcompress import pipeline
+    from tfcompress.pipeline.recipe import RecipeError
+    from tfcompress.pipeline.tune import check_arguments
+
+    try:
+        check_arguments(args.max_accuracy_drop, args.trials)
+        recipe = pipeline.load_recipe(args.recipe)
+    except (ValueError, RecipeError) as e:
+        raise UsageError(f"tfcompress tune: error: {e}") from None
+    result = pipeline.tune(recipe, args.out, max_accuracy_drop=args.max_accuracy_drop,
+                           trials=args.trials, epochs=args.epochs, force=args.force,
+                           progress=_progress)
+    print(result)
+    # A file outside the budget is still written, but the job did not do what was asked.
+    return EXIT_OK if result.within_budget else EXIT_FAILED
 
 
 def _load_model(path):
@@ -146,6 +165,9 @@ def build_parser():
     )
     demo.add_argument("--out", default="tfcompress_demo", help="output folder (created)")
     demo.add_argument("--quick", action="store_true", help="at most 2 epochs per stage")
+    demo.add_argument("--text", action="store_true",
+                      help="the text demo instead: a keras-hub BERT on SST-2 (needs the data, "
+                      "see README 'Datasets'), distilled, pruned, int8")
     demo.add_argument("--force", action="store_true", help="rerun finished stages")
     demo.set_defaults(func=_cmd_demo)
 
@@ -176,6 +198,27 @@ def build_parser():
     run.add_argument("--out", required=True, help="output folder (created)")
     run.add_argument("--force", action="store_true", help="rerun every stage")
     run.set_defaults(func=_cmd_run)
+
+    tune = sub.add_parser(
+        "tune", help="search for the smallest int8 file within an accuracy budget",
+        description="Train the recipe's base model (its leading train/distill stages), rank "
+        "layers by int8 sensitivity, then try sparsity levels, cluster counts, layers kept in "
+        "float and PTQ vs QAT, smallest estimated file first, until one keeps the validation "
+        "accuracy within --max-accuracy-drop of the base model. Writes OUT/best_int8.tflite, "
+        "OUT/tune.json and OUT/tune.md. Exit code 1 when no trial met the budget (the closest "
+        "file is still written).",
+    )
+    tune.add_argument("recipe", help="the recipe YAML file (its compression stages are ignored)")
+    tune.add_argument("--out", required=True, help="output folder (created)")
+    tune.add_argument("--max-accuracy-drop", type=float, default=0.01,
+                      help="largest absolute validation accuracy drop, in [0, 1) "
+                      "(default 0.01)")
+    tune.add_argument("--trials", type=int, default=12,
+                      help="most candidates to train and verify (default 12)")
+    tune.add_argument("--epochs", type=_positive_int, default=2,
+                      help="fine-tuning epochs per prune / cluster / QAT step (default 2)")
+    tune.add_argument("--force", action="store_true", help="rerun the base and every trial")
+    tune.set_defaults(func=_cmd_tune)
 
     ins = sub.add_parser("inspect", help="list the ops and dtypes inside a .tflite file",
                          description="Print the ops of a .tflite file with the dtypes "

@@ -47,19 +47,26 @@ def _table_cells(rows):
 
 
 def summary(records):
-    """Headline numbers: first model vs the smallest exported file."""
+    """Each exported file against the first model's float32 file: one dict per file."""
     first = records[0]
-    exports = [(e, r) for r in records for e in r.get("exports", {}).values()]
-    if not exports or not first.get("float32_gzip_bytes"):
-        return None
-    best, _ = min(exports, key=lambda er: er[0]["gzip_bytes"])
-    return dict(
-        reference_gzip=first["float32_gzip_bytes"], reference_accuracy=first["accuracy"],
-        final_gzip=best["gzip_bytes"], final_bytes=best["bytes"],
-        final_accuracy=best["tflite_accuracy"], file=best["path"],
-        gzip_ratio=first["float32_gzip_bytes"] / best["gzip_bytes"],
-        accuracy_drop=first["accuracy"] - best["tflite_accuracy"],
-    )
+    if not first.get("float32_gzip_bytes"):
+        return []
+    return [
+        dict(file=e["path"], final_bytes=e["bytes"], final_gzip=e["gzip_bytes"],
+             final_accuracy=e["tflite_accuracy"], reference_gzip=first["float32_gzip_bytes"],
+             reference_accuracy=first["accuracy"],
+             gzip_ratio=first["float32_gzip_bytes"] / e["gzip_bytes"],
+             accuracy_change=e["tflite_accuracy"] - first["accuracy"])
+        for r in records for e in r.get("exports", {}).values()
+    ]
+
+
+def headline(item):
+    """One sentence about one exported file."""
+    return (f"**{item['file']}**: {item['final_bytes']:,} bytes ({item['final_gzip']:,} "
+            f"gzipped), **{item['gzip_ratio']:.1f}x** smaller (gzip) than the first model's "
+            f"float32 file; test accuracy {item['final_accuracy']:.4f} vs "
+            f"{item['reference_accuracy']:.4f} (change {item['accuracy_change']:+.4f}).")
 
 
 def _plot_accuracy_vs_size(rows, path):
@@ -157,15 +164,10 @@ def write_report(out_dir, records, title, first_model=None, final_model=None):
                              os.path.join(out_dir, "weight_histograms.png"))
             plots.append(("weight_histograms.png", "Weight histogram, first vs final model"))
     cells = _table_cells(rows)
-    head = summary(records)
+    heads = summary(records)
 
     md = [f"# {title}", ""]
-    if head:
-        md += [f"Smallest file **{head['file']}**: {head['final_bytes']:,} bytes "
-               f"({head['final_gzip']:,} gzipped), **{head['gzip_ratio']:.1f}x** smaller "
-               f"(gzip) than the first model's float32 file; test accuracy "
-               f"{head['final_accuracy']:.4f} vs {head['reference_accuracy']:.4f} "
-               f"(change {-head['accuracy_drop']:+.4f}).", ""]
+    md += [f"- {headline(item)}" for item in heads] + ([""] if heads else [])
     md += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     md += ["| " + " | ".join(c) + " |" for c in cells]
     md += [""] + [f"![{alt}]({name})" for name, alt in plots] + [""]
@@ -180,7 +182,8 @@ def write_report(out_dir, records, title, first_model=None, final_model=None):
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
             "text-align:right}</style></head><body>"
             f"<h1>{html.escape(title)}</h1>"
-            + (f"<p>{html.escape(md[2])}</p>".replace("**", "") if head else "")
+            + "".join(f"<p>{html.escape(headline(item)).replace('**', '')}</p>"
+                      for item in heads)
             + table + "".join(f"<h2>{html.escape(alt)}</h2><img src='{name}' alt='{alt}'>"
                               for name, alt in plots) + "</body></html>")
     _io.atomic_write_text(os.path.join(out_dir, "report.html"), page)
