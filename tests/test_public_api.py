@@ -16,7 +16,7 @@ GOLDEN = {
         "load_teacher_cache", "resolve_layer_map", "transfer_weights",
     ],
     "tfcompress.pipeline": ["Recipe", "RecipeError", "StageContext", "load_recipe", "run",
-                            "stage"],
+                            "stage", "tune"],
     "tfcompress.train": [
         "ClusterConfigError", "ClusterUnreachableError", "NO_DECAY", "adamw",
         "check_model_in_scope", "global_batch_size", "read_tf_config", "scale_learning_rate",

@@ -53,7 +53,7 @@ def _cmd_run(args):
 def _cmd_tune(args):
     from tfcompress import pipeline
     from tfcompress.pipeline.recipe import RecipeError
-    from tfcompress.pipeline.tune import check_arguments
+    from tfcompress.pipeline.tuning import check_arguments
 
     try:
         check_arguments(args.max_accuracy_drop, args.trials)

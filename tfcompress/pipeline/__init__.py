@@ -3,5 +3,6 @@
 from tfcompress.pipeline.recipe import Recipe, RecipeError, load_recipe
 from tfcompress.pipeline.runner import run
 from tfcompress.pipeline.stages import StageContext, stage
+from tfcompress.pipeline.tuning import tune
 
-__all__ = ["Recipe", "RecipeError", "StageContext", "load_recipe", "run", "stage"]
+__all__ = ["Recipe", "RecipeError", "StageContext", "load_recipe", "run", "stage", "tune"]
