@@ -18,6 +18,23 @@ from keras import ops
 from tfcompress.distill import _checks
 
 
+def scale_for_replicas(loss):
+    """Divide a per-replica mean loss by the number of replicas in sync.
+
+    Under `tf.distribute` the gradients of the replicas are summed, so Keras's
+    own losses return `mean / num_replicas` (and `fit()` multiplies the
+    reported value back). A `DistillationLoss` that returns a plain mean must
+    do the same, or its gradient counts `num_replicas` times under
+    MirroredStrategy / MultiWorkerMirroredStrategy.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return loss
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss if replicas == 1 else loss * (1.0 / replicas)
+
+
 @keras.saving.register_keras_serializable(package="tfcompress")
 class SoftTargetDistillation(keras.distillation.DistillationLoss):
     """`T^2 * KL(softmax(teacher / T) || softmax(student / T))`, averaged over examples.
@@ -56,7 +73,7 @@ class SoftTargetDistillation(keras.distillation.DistillationLoss):
             teacher_p = ops.stop_gradient(ops.exp(teacher_log_p))
             kl = ops.sum(teacher_p * (ops.stop_gradient(teacher_log_p) - student_log_q), axis=-1)
             losses.append(ops.mean(kl) * (t * t))
-        return ops.sum(ops.stack(losses))
+        return scale_for_replicas(ops.sum(ops.stack(losses)))
 
     def get_config(self):
         return {"temperature": self.temperature}

@@ -20,6 +20,7 @@ import keras
 from keras import ops
 
 from tfcompress.distill.distiller import TRANSFORMER_FEATURES
+from tfcompress.distill.losses import scale_for_replicas
 from tfcompress.errors import UnsupportedModelError
 
 EMBEDDINGS = "embeddings"
@@ -257,7 +258,7 @@ class HiddenStateDistillation(_TransformerLoss):
                 weights = _token_weights(student_outputs, student)
             error = ops.mean(ops.square(student - teacher), axis=-1, keepdims=True)
             total = total + ops.sum(error * weights) / ops.maximum(ops.sum(weights), 1.0)
-        return total / len(self.pairs)
+        return scale_for_replicas(total / len(self.pairs))
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -295,4 +296,4 @@ class AttentionDistillation(_TransformerLoss):
                 weights = ops.expand_dims(ops.cast(mask, kl.dtype), 1)  # (batch, 1, query)
                 weights = ops.broadcast_to(weights, ops.shape(kl))
                 total = total + ops.sum(kl * weights) / ops.maximum(ops.sum(weights), 1.0)
-        return total / len(self.pairs)
+        return scale_for_replicas(total / len(self.pairs))

@@ -45,7 +45,10 @@ class ActivationQuantizer(keras.layers.Layer):
         self._collector = None  # set by calibrate(): a list that receives float batches
 
     def build(self, input_shape):
-        kw = dict(shape=(), trainable=False, initializer="zeros", aggregation="mean")
+        # autocast=False: under a mixed policy the ranges stay float32 when read in
+        # call() (the fake-quant op takes float32 min/max).
+        kw = dict(shape=(), trainable=False, initializer="zeros", aggregation="mean",
+                  autocast=False)
         self.range_min = self.add_weight(name="range_min", **kw)
         self.range_max = self.add_weight(name="range_max", **kw)
         self.range_set = self.add_weight(name="range_set", **kw)
@@ -160,6 +163,14 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     def quantized_kernel(self):
         """The kernel the layer computes with (fake-quantized, same shape)."""
+        # Under a mixed precision policy, quantize the float32 kernel (the
+        # fake-quant ops take float32); the layer casts the result when it runs.
+        from keras.src.backend.common.variables import AutocastScope
+
+        with AutocastScope(None):
+            return self._quantized_kernel()
+
+    def _quantized_kernel(self):
         kernel = getattr(self.layer, self.kernel_attr)
         scheme = get_scheme(self.weight_scheme)
         w = tf.convert_to_tensor(kernel)
