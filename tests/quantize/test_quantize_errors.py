@@ -67,11 +67,6 @@ def test_subclassed_model():
         quantize.quantize_model(net)
 
 
-def test_keras_hub_model_is_refused_with_the_ptq_route():
-    with pytest.raises(UnsupportedModelError, match="representative_data"):
-        quantize.quantize_model(testing.tiny_bert_classifier())
-
-
 def test_not_a_model():
     with pytest.raises(UnsupportedModelError):
         quantize.quantize_model(object())

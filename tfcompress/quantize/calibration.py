@@ -92,6 +92,7 @@ class CalibrationReport:
 
 def activation_quantizers(model):
     """Every `ActivationQuantizer` in a QAT model, with a readable path."""
+    from tfcompress.quantize.composite import QuantizeComposite
     from tfcompress.quantize.layers import ActivationQuantizer, QuantizeWrapper
 
     found = []
@@ -100,6 +101,8 @@ def activation_quantizers(model):
             found.append((layer.name, layer))
         elif isinstance(layer, QuantizeWrapper) and layer.output_quantizer is not None:
             found.append((f"{layer.name}/output", layer.output_quantizer))
+        elif isinstance(layer, QuantizeComposite):
+            found.extend(layer.used_quantizers())
     return found
 
 

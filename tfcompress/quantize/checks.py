@@ -11,10 +11,11 @@ def _tfmot_qat_layers(model):
 
 
 def _our_qat_layers(model):
+    from tfcompress.quantize.composite import QuantizeComposite
     from tfcompress.quantize.layers import ActivationQuantizer, QuantizeWrapper
 
     return [layer for layer in model.layers
-            if isinstance(layer, (ActivationQuantizer, QuantizeWrapper))]
+            if isinstance(layer, (ActivationQuantizer, QuantizeWrapper, QuantizeComposite))]
 
 
 def is_quantization_aware(model):

@@ -56,11 +56,21 @@ def storage_report(model):
     >>> qat = quantize_model(model, QuantizeConfig(weight_scheme="int4"))
     >>> storage_report(qat).packed_bytes  # about half of .int8_bytes
     """
+    from tfcompress.quantize.composite import QuantizeComposite
     from tfcompress.quantize.layers import QuantizeWrapper
     from tfcompress.quantize.schemes import get_scheme
 
     rows = []
     for layer in model.layers:
+        if isinstance(layer, QuantizeComposite):  # inner kernels: per tensor
+            scheme = get_scheme(layer.weight_scheme)
+            for sub, kernel in layer.kernels():
+                n = int(np.prod(kernel.shape))
+                scales = int(kernel.shape[-1]) if scheme.name == "binary" else 1
+                packed = int(np.ceil(n * scheme.storage_bits / 8)) + 4 * scales
+                rows.append((f"{layer.layer.name}/{sub.name}", scheme.name, n, 4 * n,
+                             n + 4 * scales, packed))
+            continue
         if not isinstance(layer, QuantizeWrapper) or layer.weight_scheme is None:
             continue
         kernel = getattr(layer.layer, layer.kernel_attr)

@@ -7,6 +7,10 @@ Roles:
         (Add, Concatenate, activations, average pooling, ...).
     "passthrough": the converter keeps the input scale (max pooling, Flatten,
         Reshape, Dropout, ...): nothing is added.
+    "composite": a layer that builds Dense / EinsumDense / attention layers in
+        its own code (keras-hub's `TransformerEncoder`): wrapped whole in a
+        `QuantizeComposite`, which fake-quantizes the kernels inside it (per
+        tensor) and the activations between them.
 
 Lookup follows the class hierarchy, so a subclass of `Dense` is a `Dense`.
 Register your own layer with `register_layer(MyLayer, LayerHandler(...))`.
@@ -21,7 +25,7 @@ class LayerHandler:
     """What the QAT transform does with one layer class.
 
     Attributes:
-        role: `"weights"`, `"output"` or `"passthrough"`.
+        role: `"weights"`, `"output"`, `"passthrough"` or `"composite"`.
         granularity: for `"weights"`: `"per_channel"` (last kernel axis),
             `"depthwise"` (per channel of `in * multiplier`) or `"per_tensor"`
             (Dense: the converter transposes its kernel, so per-channel along
@@ -34,9 +38,9 @@ class LayerHandler:
     kernel_attr: str = "kernel"
 
     def __post_init__(self):
-        if self.role not in ("weights", "output", "passthrough"):
-            raise ValueError("LayerHandler.role must be 'weights', 'output' or 'passthrough'. "
-                             f"Received: role={self.role!r}")
+        if self.role not in ("weights", "output", "passthrough", "composite"):
+            raise ValueError("LayerHandler.role must be 'weights', 'output', 'passthrough' or "
+                             f"'composite'. Received: role={self.role!r}")
         if self.role == "weights" and self.granularity not in ("per_channel", "depthwise",
                                                                "per_tensor"):
             raise ValueError("A 'weights' handler needs granularity 'per_channel', 'depthwise' "
@@ -54,6 +58,9 @@ def register_layer(layer_class, handler):
 
 def handler_for(layer):
     """The `LayerHandler` for `layer`, or `None` when the layer is unknown."""
+    if not _KERAS_HUB_REGISTERED and any((k.__module__ or "").startswith(("keras_hub", "keras_nlp"))
+                                         for k in type(layer).__mro__):
+        _register_keras_hub()
     for klass in type(layer).__mro__:
         for registered, handler in _HANDLERS:
             if klass is registered:
@@ -70,6 +77,8 @@ def _register_defaults():
     register_layer(L.DepthwiseConv2D, LayerHandler("weights", "depthwise"))
     register_layer(L.Dense, LayerHandler("weights", "per_tensor"))
     register_layer(L.EinsumDense, LayerHandler("weights", "per_tensor"))
+    # An output range: the converter stores the table at that scale (an int8 GATHER).
+    register_layer(L.Embedding, LayerHandler("output"))
     for cls in (L.Add, L.Subtract, L.Multiply, L.Average, L.Concatenate, L.Maximum,
                 L.Minimum, L.ReLU, L.Activation, L.Softmax, L.LeakyReLU,
                 L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.BatchNormalization,
@@ -84,6 +93,22 @@ def _register_defaults():
     # TFLite's int8 AVERAGE_POOL_2D keeps its input scale.
     for cls in (L.AveragePooling1D, L.AveragePooling2D):
         register_layer(cls, LayerHandler("passthrough"))
+
+
+_KERAS_HUB_REGISTERED = False
+
+
+def _register_keras_hub():
+    """keras-hub's layers, registered the first time one is looked up (no import before)."""
+    global _KERAS_HUB_REGISTERED
+    _KERAS_HUB_REGISTERED = True
+    try:
+        import keras_hub
+    except ImportError:
+        return
+    layers = keras_hub.layers
+    register_layer(layers.TransformerEncoder, LayerHandler("composite"))
+    register_layer(layers.PositionEmbedding, LayerHandler("output"))
 
 
 _register_defaults()

@@ -8,11 +8,15 @@ import numpy as np
 from tfcompress import _flavor
 from tfcompress.errors import UnsupportedModelError
 from tfcompress.quantize import annotate, registry
+from tfcompress.quantize.composite import QuantizeComposite
 from tfcompress.quantize.config import QuantizeConfig
 from tfcompress.quantize.errors import AlreadyQuantizedError, UnsupportedLayerError
 
 # Activations TFLite fuses into CONV_2D / FULLY_CONNECTED; others get their own layer.
 _FUSABLE = ("linear", "relu", "relu6")
+# Graph ops (not layers) whose int8 TFLite kernels keep their input's scale.
+_SCALE_KEEPING_OPS = ("GetItem", "Reshape", "Squeeze", "ExpandDims", "Transpose", "Slice",
+                      "StridedSlice", "Take")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +71,15 @@ def quantize_model(model, config=None, *, representative_data=None, only_annotat
     ranges updated in `fit()`, straight-through gradients, BatchNormalization
     folded into the conv before it. `tfcompress.export.to_tflite(qat, path,
     mode="int8")` turns the result into an all-int8 file with no
-    representative data. tf_keras models go to tfmot's `quantize_model`.
+    representative data. keras-hub tasks and backbones are laid out flat
+    (nested functional models inlined) and each `TransformerEncoder` is
+    wrapped whole in a `QuantizeComposite` (kernels and activations inside it
+    fake-quantized). tf_keras models go to tfmot's `quantize_model`.
     The input model is not changed.
 
     Args:
-        model: a built functional or Sequential model (Keras 3 or tf_keras).
+        model: a built functional or Sequential model (Keras 3, keras-hub or
+            tf_keras).
         config: a `QuantizeConfig` (scheme, layers to keep in float, ...).
         representative_data: optional inputs to initialise the activation
             ranges with `config.calibration`; without it the first training
@@ -99,12 +107,6 @@ def quantize_model(model, config=None, *, representative_data=None, only_annotat
         raise TypeError("config must be a tfcompress.quantize.QuantizeConfig. "
                         f"Received: config={config!r}")
     flavor = _flavor.flavor_of(model)
-    if flavor == _flavor.KERAS_HUB:
-        raise UnsupportedModelError(
-            f"Model '{model.name}' is a keras-hub {type(model).__name__}: its transformer "
-            "layers build their sublayers inside their own code, which the QAT transform "
-            "cannot rewrite yet. Export it with post-training quantization instead: "
-            "tfcompress.export.to_tflite(model, path, mode='int8', representative_data=...).")
     if flavor != _flavor.TF_KERAS:
         _check_graph_model(model)  # before check_built: a subclassed model has no inputs
     _flavor.check_built(model, what="quantization-aware training")
@@ -118,12 +120,13 @@ def quantize_model(model, config=None, *, representative_data=None, only_annotat
         return _tfmot.quantize_model(model, config)
     functional = _as_functional(model)
     _check_not_quantized(functional)
+    functional = _inline_nested(functional)
     plans = _plan(functional, config, only_annotated)
     qat = _clone(functional, plans, config)
     report = QuantizeReport(
         quantized=tuple((layer.name, type(layer).__name__, plans[layer.name].scheme)
                         for layer in functional.layers
-                        if plans[layer.name].action in ("weights", "output")),
+                        if plans[layer.name].action in ("weights", "output", "composite")),
         kept_float=tuple((layer.name, type(layer).__name__, plans[layer.name].reason)
                          for layer in functional.layers if plans[layer.name].action == "float"),
         folded_batchnorm=tuple((layer.name, p.fold_bn.name) for layer in functional.layers
@@ -148,6 +151,47 @@ def _as_functional(model):
         return keras.Model(inputs[0] if len(inputs) == 1 else inputs,
                            outputs[0] if len(outputs) == 1 else outputs, name=model.name)
     return model
+
+
+def _inline_nested(model):
+    """The same graph with nested functional models (a task's backbone) laid out flat.
+
+    keras-hub tasks call their backbone as one layer; the transform needs to
+    see the backbone's own layers. Every layer is copied (config and
+    weights, annotations kept), so the input model gains no new nodes.
+    """
+    import keras
+    from keras import tree
+    from keras.src.models.functional import Functional
+
+    if not any(isinstance(layer, Functional) for layer in model.layers):
+        return model
+    copies = {}  # id(original layer) -> (copy, original); a shared layer stays shared
+
+    def operation_fn(op):
+        if not isinstance(op, Functional):
+            if not isinstance(op, keras.layers.Layer):
+                return op
+            if id(op) not in copies:
+                new = op.__class__.from_config(op.get_config())
+                note = annotate.annotation_of(op)
+                if note is not None:
+                    setattr(new, annotate._ATTR, dict(note))
+                copies[id(op)] = (new, op)
+            return copies[id(op)][0]
+
+        def inline(inputs, *args, **kwargs):
+            return op._run_through_graph(op._standardize_inputs(inputs),
+                                         operation_fn=operation_fn)
+        return inline
+
+    inputs = tree.map_structure(
+        lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name), model.input)
+    outputs = model._run_through_graph(inputs, operation_fn=operation_fn)
+    flat = keras.Model(inputs, outputs, name=model.name)
+    for new, original in copies.values():
+        new.set_weights(original.get_weights())
+    return flat
 
 
 def _check_graph_model(model):
@@ -240,6 +284,14 @@ def _plan(model, config, only_annotated):
                 f"quantize_model(model, QuantizeConfig(skip_layers=('{layer.name}',))) or "
                 "quantize_annotate_layer(layer, quantize=False), or teach the transform with "
                 "tfcompress.quantize.registry.register_layer(cls, LayerHandler(...)).")
+        elif handler.role == "composite":
+            if config.preserve_clusters:
+                raise ValueError(
+                    f"preserve_clusters=True cannot keep the clusters of the kernels inside "
+                    f"'{layer.name}' ({type(layer).__name__}); keep it in float with "
+                    f"QuantizeConfig(skip_layers=('{layer.name}',)) or drop preserve_clusters.")
+            scheme = (note or {}).get("weight_scheme") or config.weight_scheme
+            plans[layer.name] = _Plan("composite", handler, scheme)
         elif handler.role == "weights":
             scheme = (note or {}).get("weight_scheme") or config.weight_scheme
             act = _activation_name(layer)
@@ -299,6 +351,8 @@ def _clone(model, plans, config):
         return name
 
     def clone_function(layer):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # an op of the graph (x[:, 0], reshape, ...): stateless
         plan = plans[layer.name]
         config_ = layer.get_config()
         if plan.action == "folded_bn":
@@ -319,6 +373,11 @@ def _clone(model, plans, config):
                                   preserve_sparsity=config.preserve_sparsity,
                                   preserve_clusters=clusters,
                                   name=unique(f"quant_{layer.name}"))
+        elif plan.action == "composite":
+            new = QuantizeComposite(layer.__class__.from_config(config_),
+                                    weight_scheme=plan.scheme, ema_decay=config.ema_decay,
+                                    preserve_sparsity=config.preserve_sparsity,
+                                    name=unique(f"quant_{layer.name}"))
         elif plan.action == "output":
             new = QuantizeWrapper(layer.__class__.from_config(config_), quantize_output=True,
                                   ema_decay=config.ema_decay, name=unique(f"quant_{layer.name}"))
@@ -329,6 +388,8 @@ def _clone(model, plans, config):
 
     def ensure_quantized(t):
         if not isinstance(t, keras.KerasTensor) or id(t) in quantized:
+            return t
+        if not keras.backend.is_float_dtype(t.dtype):  # token ids, masks: not activations
             return t
         if id(t) not in input_quant:
             name = unique(f"{_producer(t).name}_quant")
@@ -341,8 +402,23 @@ def _clone(model, plans, config):
         original = originals.get(id(new_layer))
         plan = plans[original.name] if original is not None else _Plan("passthrough")
         in_tensors = [t for t in tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+        if not isinstance(new_layer, keras.layers.Layer):  # a graph op: x[:, 0], reshape, ...
+            out = new_layer(*args, **kwargs)
+            floats = [t for t in in_tensors if keras.backend.is_float_dtype(t.dtype)]
+            if type(new_layer).__name__ in _SCALE_KEEPING_OPS and floats and all(
+                    id(t) in quantized for t in floats):
+                for t in tree.flatten(out):
+                    quantized.add(id(t))
+            return out
         if not new_layer._call_has_mask_arg:  # e.g. a folded BatchNormalization's Identity
             kwargs.pop("mask", None)
+        if plan.action == "composite":
+            args = (ensure_quantized(args[0]),) + tuple(args[1:])
+            out = new_layer(*args, **kwargs)
+            if new_layer.output_quantized:
+                for t in tree.flatten(out):
+                    quantized.add(id(t))
+            return out
         if plan.action in ("weights", "output"):
             args = tree.map_structure(ensure_quantized, args)
             out = new_layer(*args, **kwargs)
@@ -372,6 +448,10 @@ def _clone(model, plans, config):
             _copy_kernel_weights(new, original, plan)
         elif plan.action == "output":
             new.layer.set_weights(original.get_weights())
+        elif plan.action == "composite":
+            new.layer.set_weights(original.get_weights())
+            if new.preserve_sparsity:
+                new.set_sparsity_masks()
         elif plan.action != "folded_bn":
             new.set_weights(original.get_weights())
     return qat

@@ -1,0 +1,371 @@
+"""QAT inside composite layers: keras-hub's `TransformerEncoder` and its kin.
+
+A composite layer builds `Dense` / `EinsumDense` / `MultiHeadAttention` /
+`LayerNormalization` layers in its own `build()` and wires them together in
+its own `call()`, so the graph transform cannot put fake-quant between them.
+`QuantizeComposite` wraps such a layer whole (its code and config stay
+untouched) and, while it runs, routes those inner layers through
+fake-quantizing versions of their `call`:
+
+- `Dense` / `EinsumDense`: input fake-quantized (unless it already is), kernel
+  fake-quantized per tensor with the weight scheme, output (before a
+  non-fusable activation such as GELU) fake-quantized: an int8
+  FULLY_CONNECTED in TFLite;
+- `MultiHeadAttention`: the scaled query, the attention scores and the
+  softmax probabilities and the attention context fake-quantized, so the two
+  attention matmuls become int8 BATCH_MATMUL (the masked softmax itself stays
+  float: the mask adds -1e9 to masked scores, a range int8 cannot hold);
+- `LayerNormalization`: input (the residual sum) and output fake-quantized,
+  so residual ADDs run in int8 (the normalisation arithmetic stays float).
+
+The activation ranges are `ActivationQuantizer`s owned by the wrapper (EMA
+ranges, updated in `fit()`), so the QAT model trains, calibrates, saves and
+loads like any other.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from tfcompress.quantize.layers import ActivationQuantizer
+from tfcompress.quantize.schemes import get_scheme
+
+_FUSED = ("relu", "relu6")
+_STATE = "_tfcompress_qat_state"
+
+
+def _activation_name(layer):
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return "linear"
+    name = keras.activations.serialize(activation)
+    return name if isinstance(name, str) else getattr(activation, "__name__", str(name))
+
+
+def _kind(layer):
+    """Which hook an inner layer gets: "dense", "attention", "norm" or None."""
+    L = keras.layers
+    if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
+        return None
+    if isinstance(layer, (L.Dense, L.EinsumDense)):
+        return "dense"
+    if isinstance(layer, L.MultiHeadAttention):
+        # A subclass with its own attention math keeps it (and stays float).
+        if type(layer)._compute_attention is L.MultiHeadAttention._compute_attention:
+            return "attention"
+        return None
+    if isinstance(layer, L.LayerNormalization):
+        return "norm"
+    return None
+
+
+_SLOTS = {
+    "dense": ("input", "output"),
+    "attention": ("query_scaled", "key", "value", "scores", "probs", "context"),
+    "norm": ("input", "output"),
+}
+
+
+class _State:
+    """Per-call bookkeeping of one wrapper (plain Python: not tracked, not saved)."""
+
+    def __init__(self, wrapper):
+        self.wrapper = wrapper
+        self.active = False
+        self.training = None
+        self.marked = {}  # id(tensor) -> tensor, for tensors that carry a fake-quant range
+
+    def mark(self, x):
+        self.marked[id(x)] = x
+        return x
+
+    def is_marked(self, x):
+        return id(x) in self.marked
+
+    def quantize(self, layer, slot, x):
+        if getattr(x, "_keras_mask", None) is not None:  # the masked softmax's output
+            from keras.src.backend import set_keras_mask
+
+            set_keras_mask(x, None)
+        key = f"{id(layer)}/{slot}"
+        quantizer = self.wrapper._quantizer_for[key]
+        self.wrapper._used.add(key)
+        return self.mark(quantizer(x, training=self.training))
+
+    def ensure(self, layer, slot, x):
+        if self.is_marked(x) or not keras.backend.is_float_dtype(x.dtype):
+            return x
+        return self.quantize(layer, slot, x)
+
+    def kernel(self, layer):
+        # Under a mixed precision policy, quantize the float32 kernel.
+        from keras.src.backend.common.variables import AutocastScope
+
+        with AutocastScope(None):
+            w = tf.cast(tf.convert_to_tensor(layer.kernel), "float32")
+        mask = self.wrapper._mask_for.get(id(layer))
+        if mask is not None:
+            w = w * mask
+        w = get_scheme(self.wrapper.weight_scheme).quantize(w, per_channel=False)
+        return ops.cast(w, layer.compute_dtype)
+
+
+def _state(layer):
+    state = layer.__dict__.get(_STATE)
+    return state if state is not None and state.active else None
+
+
+def _as_matmul(layer):
+    """`(contracted input axes, kernel output shape)` when the layer is a 2-D matmul.
+
+    `Dense`, and `EinsumDense` equations that contract the last input axes
+    with the first kernel axes and keep the rest in order ("abc,cde->abde",
+    "abcd,cde->abe"), compute `reshape(x, (-1, in)) @ reshape(kernel, (in,
+    out))`: written that way, the converter emits one FULLY_CONNECTED with its
+    bias fused, whose output is the fake-quantized tensor. `None` otherwise.
+    """
+    kernel_shape = tuple(layer.kernel.shape)
+    if not isinstance(layer, keras.layers.EinsumDense):
+        return 1, kernel_shape[1:]
+    equation = layer.equation.replace(" ", "")
+    try:
+        lhs, out = equation.split("->")
+        x_axes, k_axes = lhs.split(",")
+    except ValueError:
+        return None
+    if "." in equation:
+        return None
+    contracted = [a for a in k_axes if a not in out]
+    n = len(contracted)
+    if (n == 0 or not x_axes.endswith("".join(contracted)) or k_axes[:n] != "".join(contracted)
+            or out != x_axes[:-n] + k_axes[n:]):
+        return None
+    return n, kernel_shape[n:]
+
+
+def _dense_call(self, inputs, training=None):
+    state = _state(self)
+    if state is None:
+        return super(type(self), self).call(inputs, training=training)
+    x = state.ensure(self, "input", inputs)
+    kernel = state.kernel(self)
+    plan = _as_matmul(self)
+    bias = self.bias
+    if plan is not None and bias is not None and len(bias.shape) > len(plan[1]):
+        plan = None
+    if plan is None:
+        y = ops.einsum(self.equation, x, kernel)
+        if bias is not None:
+            y = ops.add(y, bias)
+        out_shape = None
+    else:
+        n, rest = plan
+        units = int(np.prod(rest)) if rest else 1
+        out_shape = tf.concat([tf.shape(x)[:-n], tf.constant(rest, "int32")], 0)
+        y = ops.matmul(tf.reshape(x, (-1, int(np.prod(kernel.shape[:n])))),
+                       tf.reshape(kernel, (-1, units)))
+        if bias is not None:
+            y = ops.add(y, tf.reshape(ops.broadcast_to(bias, rest), (units,)))
+    activation = _activation_name(self)
+    if activation in _FUSED:
+        y = state.quantize(self, "output", self.activation(y))
+    else:
+        y = state.quantize(self, "output", y)
+    if out_shape is not None:
+        y = state.mark(tf.reshape(y, out_shape))
+        y.set_shape(self.compute_output_shape(inputs.shape))
+    if activation not in _FUSED and self.activation is not None:
+        y = self.activation(y)
+    return y
+
+
+def _norm_call(self, inputs):
+    state = _state(self)
+    if state is None:
+        return super(type(self), self).call(inputs)
+    x = state.ensure(self, "input", inputs)
+    return state.quantize(self, "output", super(type(self), self).call(x))
+
+
+def _compute_attention(self, query, key, value, attention_mask=None, training=None,
+                       return_attention_scores=False, use_causal_mask=False):
+    state = _state(self)
+    if state is None:
+        return super(type(self), self)._compute_attention(
+            query, key, value, attention_mask=attention_mask, training=training,
+            return_attention_scores=return_attention_scores, use_causal_mask=use_causal_mask)
+    # MultiHeadAttention's explicit-scores path, with fake-quant on every matmul operand.
+    if use_causal_mask:
+        causal = self._compute_causal_mask(query, value)
+        attention_mask = causal if attention_mask is None else ops.logical_and(
+            ops.cast(attention_mask, "bool"), causal)
+    query = ops.multiply(query, ops.cast(self._inverse_sqrt_key_dim, query.dtype))
+    query = state.quantize(self, "query_scaled", query)
+    key = state.ensure(self, "key", key)
+    value = state.ensure(self, "value", value)
+    scores = state.quantize(self, "scores", ops.einsum(self._dot_product_equation, key, query))
+    probs = state.quantize(self, "probs", self._masked_softmax(scores, attention_mask))
+    final = self._dropout_layer(probs, training=training) if self._dropout > 0.0 else probs
+    context = ops.einsum(self._combine_equation, final, value)
+    return state.quantize(self, "context", context), probs
+
+
+_HOOKS = {"dense": {"call": _dense_call}, "norm": {"call": _norm_call},
+          "attention": {"_compute_attention": _compute_attention}}
+_HOOKED_CLASSES = {}
+
+
+def _hooked_class(cls, kind):
+    key = (cls, kind)
+    if key not in _HOOKED_CLASSES:
+        _HOOKED_CLASSES[key] = type(cls.__name__, (cls,), dict(
+            _HOOKS[kind], __module__=cls.__module__, __qualname__=cls.__qualname__,
+            _tfcompress_qat_hooked=True))
+    return _HOOKED_CLASSES[key]
+
+
+def inner_targets(layer):
+    """`(sublayer, kind)` for the inner layers `QuantizeComposite` hooks, in a fixed order."""
+    flatten = getattr(layer, "_flatten_layers", None)
+    if flatten is None:
+        return []
+    found = []
+    for sub in flatten(include_self=False, recursive=True):
+        kind = _kind(sub)
+        if kind is not None:
+            found.append((sub, kind))
+    return found
+
+
+def is_composite(layer):
+    """Whether `layer` holds Dense / EinsumDense layers that `QuantizeComposite` can hook."""
+    return any(kind == "dense" for _, kind in inner_targets(layer))
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantizeComposite(keras.layers.Wrapper):
+    """Quantization-aware training of a composite layer, inner layers included.
+
+    Wraps a layer that builds its own `Dense` / `EinsumDense` /
+    `MultiHeadAttention` / `LayerNormalization` layers (keras-hub's
+    `TransformerEncoder`) and fake-quantizes their kernels (per tensor) and
+    the activations between them, as the module docstring lists. Arguments
+    other than the first (`padding_mask=`, ...) are passed through.
+
+    Args:
+        layer: the composite layer (built or not).
+        weight_scheme: a `tfcompress.quantize.schemes` name for the inner kernels.
+        ema_decay: moving-average decay of the activation ranges.
+        preserve_sparsity: keep the zeros of the inner kernels (PQAT): each gets
+            a fixed 0/1 mask, set by `quantize_model` from the float kernel.
+        **kwargs: base `Layer` arguments.
+
+    Example:
+
+    >>> q = QuantizeComposite(keras_hub.layers.TransformerEncoder(64, 2))
+    >>> y = q(x, padding_mask=mask)
+    """
+
+    def __init__(self, layer, weight_scheme="int8", ema_decay=0.99, preserve_sparsity=False,
+                 **kwargs):
+        super().__init__(layer, **kwargs)
+        self.weight_scheme = get_scheme(weight_scheme).name
+        self.ema_decay = float(ema_decay)
+        self.preserve_sparsity = bool(preserve_sparsity)
+        object.__setattr__(self, "_used", set())
+        object.__setattr__(self, "_output_quantized", False)
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        targets = inner_targets(self.layer)
+        if not any(kind == "dense" for _, kind in targets):
+            raise ValueError(
+                f"QuantizeComposite found no Dense or EinsumDense layer inside "
+                f"'{self.layer.name}' ({type(self.layer).__name__}) after building it; there is "
+                "nothing to quantize inside it. Keep it in float with "
+                "QuantizeConfig(skip_layers=(...)).")
+        state = _State(self)
+        quantizer_for, mask_for, slot_names = {}, {}, []
+        self.activation_quantizers = []
+        self.sparsity_masks = []
+        for sub, kind in targets:
+            sub_path = getattr(sub, "path", None) or sub.name
+            parts = sub_path.split("/")  # keep the path inside the wrapped layer
+            if self.layer.name in parts[:-1]:
+                cut = len(parts) - 1 - parts[::-1].index(self.layer.name)
+                sub_path = "/".join(parts[cut + 1:])
+            else:
+                sub_path = sub.name
+            for slot in _SLOTS[kind]:
+                name = f"{sub_path}/{slot}".replace("/", "__")
+                q = ActivationQuantizer(ema_decay=self.ema_decay, name=name)
+                q.build(None)
+                self.activation_quantizers.append(q)
+                quantizer_for[f"{id(sub)}/{slot}"] = q
+                slot_names.append((f"{id(sub)}/{slot}", f"{sub_path}/{slot}"))
+            if kind == "dense" and self.preserve_sparsity:
+                mask = self.add_weight(name=f"{sub_path.replace('/', '__')}__sparsity_mask",
+                                       shape=tuple(sub.kernel.shape), initializer="ones",
+                                       trainable=False)
+                self.sparsity_masks.append(mask)
+                mask_for[id(sub)] = mask
+            sub.__class__ = _hooked_class(type(sub), kind)
+            object.__setattr__(sub, _STATE, state)
+        object.__setattr__(self, "_state", state)
+        object.__setattr__(self, "_quantizer_for", quantizer_for)
+        object.__setattr__(self, "_mask_for", mask_for)
+        object.__setattr__(self, "_slot_names", slot_names)
+        object.__setattr__(self, "_targets", [(sub, kind) for sub, kind in targets])
+        self.built = True
+
+    def call(self, inputs, *args, training=None, **kwargs):
+        state = self._state
+        state.active, state.training, state.marked = True, training, {}
+        try:
+            state.mark(inputs)  # the transform quantizes the composite's first input
+            if self.layer._call_has_training_arg:
+                kwargs["training"] = training
+            outputs = self.layer(inputs, *args, **kwargs)
+            object.__setattr__(self, "_output_quantized",
+                               all(state.is_marked(t) for t in tf.nest.flatten(outputs)))
+        finally:
+            state.active, state.training, state.marked = False, None, {}
+        return outputs
+
+    @property
+    def output_quantized(self):
+        """Whether the last call's outputs came out of a fake-quant (known after a call)."""
+        return self._output_quantized
+
+    def used_quantizers(self):
+        """`(path, ActivationQuantizer)` for the ranges the wrapped layer's call uses."""
+        if not self.built:
+            return []
+        return [(f"{self.name}/{path}", self._quantizer_for[key])
+                for key, path in self._slot_names if key in self._used]
+
+    def kernels(self):
+        """`(inner layer, kernel variable)` for every fake-quantized inner kernel."""
+        return [(sub, sub.kernel) for sub, kind in self._targets if kind == "dense"]
+
+    def set_sparsity_masks(self):
+        """Set each inner kernel's sparsity mask from its zeros (`preserve_sparsity`)."""
+        for sub, _ in self.kernels():
+            mask = self._mask_for.get(id(sub))
+            if mask is not None:
+                kernel = keras.ops.convert_to_numpy(sub.kernel)
+                mask.assign((kernel != 0).astype("float32"))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(weight_scheme=self.weight_scheme, ema_decay=self.ema_decay,
+                      preserve_sparsity=self.preserve_sparsity)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        return cls(**config)
