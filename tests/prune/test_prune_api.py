@@ -7,11 +7,11 @@ import pytest
 from tfcompress import prune, testing
 
 PUBLIC = [
-    "ConstantSparsity", "LayerSparsity", "MissingPruningStepError", "NoPrunableLayersError",
-    "PolynomialDecay", "PruneLowMagnitude", "PruningPlan", "PruningSchedule",
-    "PruningSummaries", "SparseExportResult", "SparsityReport", "UnsupportedPruningModelError",
-    "UpdatePruningStep", "count_macs", "prune_low_magnitude", "remove_units", "sparsity_report",
-    "strip_pruning", "to_sparse_tflite",
+    "ConstantSparsity", "HeadPrunedTransformerEncoder", "LayerSparsity",
+    "MissingPruningStepError", "NoPrunableLayersError", "PolynomialDecay", "PruneLowMagnitude",
+    "PruningPlan", "PruningSchedule", "PruningSummaries", "SparseExportResult", "SparsityReport",
+    "UnsupportedPruningModelError", "UpdatePruningStep", "count_macs", "prune_low_magnitude",
+    "remove_heads", "remove_units", "sparsity_report", "strip_pruning", "to_sparse_tflite",
 ]
 
 

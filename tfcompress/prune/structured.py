@@ -38,7 +38,8 @@ def remove_units(model, fraction=0.5, *, criterion="l1", layers=None, importance
 
     For a keras-hub model (task or backbone), the feed-forward units of every
     `TransformerEncoder` are removed instead (one `fraction` for all layers,
-    as its config holds one `intermediate_dim`); attention heads are kept.
+    as its config holds one `intermediate_dim`); attention heads are kept
+    here: remove them with `remove_heads`.
 
     Args:
         model: a built Keras 3 functional or Sequential model.
