@@ -22,18 +22,24 @@ BENCHMARKS = {
     "prune": "benchmarks.prune",
     "quantize": "benchmarks.quantize",
     "distill": "benchmarks.distill",
+    "distributed": "benchmarks.distributed",
+    "summary": "benchmarks.summary",
 }
 
 
-def run_all(names, quick=False, write=True):
-    """Run the named benchmarks; returns rows of (name, status, seconds, error)."""
+def run_all(names, quick=False, write=True, options=None):
+    """Run the named benchmarks; returns rows of (name, status, seconds, error).
+
+    `options` maps a benchmark name to extra keyword arguments of its run(),
+    e.g. {"summary": {"tasks": [...], "methods": [...]}}.
+    """
     rows = []
     for name in names:
         start = time.perf_counter()
         print(f"== {name}", flush=True)
         try:
             module = importlib.import_module(BENCHMARKS[name])
-            module.run(quick=quick, write=write)
+            module.run(quick=quick, write=write, **(options or {}).get(name, {}))
             status, error = "ok", ""
         except Exception as e:  # a failed benchmark is a row, not the end of the run
             traceback.print_exc()
@@ -55,13 +61,26 @@ def main(argv=None):
     parser.add_argument("--only", nargs="+", metavar="NAME",
                         help=f"run only these: {', '.join(BENCHMARKS)}")
     parser.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
+    parser.add_argument("--tasks", nargs="+", metavar="TASK",
+                        help="Summary rows of these tasks only (see benchmarks/tasks.py)")
+    parser.add_argument("--methods", nargs="+", metavar="METHOD",
+                        help="Summary rows of these methods only (see benchmarks/summary.py)")
     args = parser.parse_args(argv)
     names = args.only or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from "
                      f"{', '.join(BENCHMARKS)}")
-    rows = run_all(names, quick=args.quick, write=not args.no_write)
+    options = {}
+    if args.tasks or args.methods:
+        from benchmarks import summary
+
+        try:
+            summary.check_names(args.tasks, args.methods)
+        except ValueError as e:
+            parser.error(str(e))
+        options["summary"] = {"tasks": args.tasks, "methods": args.methods}
+    rows = run_all(names, quick=args.quick, write=not args.no_write, options=options)
     return 0 if all(r[1] == "ok" for r in rows) else 1
 
 

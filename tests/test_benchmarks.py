@@ -58,3 +58,63 @@ def test_update_section_replaces_in_place(scratch_md):
     text = scratch_md.read_text()
     assert "second" in text and "first" not in text
     assert text.index("## A") < text.index("## B")
+
+
+# --- the cross-task Summary (benchmarks/summary.py) -----------------------------------------
+
+@pytest.fixture
+def tiny_task(monkeypatch):
+    """The digits CNN trained for one epoch, as task "tiny"."""
+    import dataclasses
+
+    from benchmarks import tasks
+
+    task = dataclasses.replace(tasks.TASKS["digits_cnn"], name="tiny", epochs=(1, 1),
+                               tune_epochs=(1, 1))
+    monkeypatch.setitem(tasks.TASKS, "tiny", task)
+    return task
+
+
+def test_summary_quick_run_on_one_tiny_task_writes_its_rows(scratch_md, tiny_task):
+    from benchmarks import summary
+
+    rows = summary.run(quick=True, write=True, tasks=["tiny"], methods=["float", "prune"])
+    assert [r[:3] for r in rows] == [["tiny", "float baseline", "ok"],
+                                     ["tiny", "pruning 80%, ours", "ok"]]
+    assert all(len(r) == len(summary.HEADERS) for r in rows)
+    text = scratch_md.read_text()
+    assert "## Summary" in text and "**quick mode**" in text
+    assert "| tiny | float baseline | ok |" in text and "| tiny | pruning 80%, ours | ok |" in text
+
+
+def test_summary_failed_method_and_failed_cell_are_shown_and_the_rest_still_run(
+        scratch_md, tiny_task, monkeypatch):
+    from benchmarks import summary
+
+    def broken(ctx):
+        raise RuntimeError("disk on fire")
+
+    def no_file(ctx):  # the method "works" but its file is missing: only those cells fail
+        return summary.Result(ctx.model, str(scratch_md.parent / "missing.tflite"))
+
+    monkeypatch.setattr(summary, "METHODS", {"broken": ("broken method", broken),
+                                             "float": summary.METHODS["float"],
+                                             "no_file": ("no file", no_file)})
+    rows = summary.run(quick=True, write=True, tasks=["tiny"])
+    by_method = {r[1]: r for r in rows}
+    assert by_method["broken method"][2] == "**failed**: RuntimeError: disk on fire"
+    assert by_method["float baseline"][2] == "ok"
+    assert by_method["float baseline"][3][0].isdigit()  # an accuracy, not an error
+    assert by_method["no file"][2] == "ok" and by_method["no file"][5].startswith("error:")
+    assert "disk on fire" in scratch_md.read_text()
+
+
+@pytest.mark.parametrize("flag,kind", [("--tasks", "task"), ("--methods", "method")])
+def test_unknown_summary_task_or_method_exits_2(capsys, flag, kind):
+    from benchmarks import summary
+
+    for main in (runner.main, summary.main):
+        with pytest.raises(SystemExit) as info:
+            main([flag, "nope", "--no-write"])
+        assert info.value.code == 2
+        assert f"unknown {kind} nope" in capsys.readouterr().err
