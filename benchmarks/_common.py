@@ -81,3 +81,22 @@ def median_spread(values, fmt="{:.3f}"):
     """'median (min-max)' as text."""
     return (fmt.format(statistics.median(values)) + " (" + fmt.format(min(values)) + "-"
             + fmt.format(max(values)) + ")")
+
+
+def litert_runner(path, num_threads=1):
+    """A LiteRT runner for timing a `.tflite` file (the edge kit's own code)."""
+    from tfcompress_edge.runner import TFLiteRunner
+
+    return TFLiteRunner(path, num_threads=num_threads)
+
+
+def script_main(run, doc, argv=None):
+    """The command line every benchmark script shares: `--quick`, `--no-write`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer epochs and repetitions")
+    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    run(quick=args.quick, write=not args.no_write)
+    return 0

@@ -7,7 +7,6 @@ teacher cache (alternating repetitions). Prints a table and updates the
 Run: python -m benchmarks.distill [--quick]
 """
 
-import argparse
 import os
 import statistics
 import tempfile
@@ -16,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from benchmarks import _common  # noqa: E402
 from benchmarks._common import alternating_times, markdown_table, median_spread, update_section  # noqa: E402,E501
 
 TEACHER = dict(filters=(16, 32), dense_units=64)
@@ -184,13 +184,7 @@ def report(r):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer epochs and repetitions")
-    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
-    args = parser.parse_args(argv)
-    run(quick=args.quick, write=not args.no_write)
-    return 0
-
+    return _common.script_main(run, __doc__, argv)
 
 def run(quick=False, write=True):
     """Measure, print the table, and (with `write`) update BENCHMARKS.md."""

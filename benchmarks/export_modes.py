@@ -4,7 +4,6 @@ Run: `python -m benchmarks.export_modes [--quick]`. Prints a table and
 rewrites the "Export modes" section of BENCHMARKS.md.
 """
 
-import argparse
 import os
 import statistics
 import sys
@@ -43,7 +42,7 @@ def run(quick=False, write=True):
         checks[mode] = export.verify(results[mode].path, model, (data.x_test, data.y_test))
 
     # Alternate the files within each repetition so machine noise hits all alike.
-    runners = {mode: _runner(r.path) for mode, r in results.items()}
+    runners = {mode: _common.litert_runner(r.path) for mode, r in results.items()}
     latency = {mode: [] for mode in results}
     for _ in range(repetitions):
         for mode, runner in runners.items():
@@ -85,19 +84,8 @@ def run(quick=False, write=True):
     return rows
 
 
-def _runner(path):
-    from tfcompress_edge.runner import TFLiteRunner
-
-    return TFLiteRunner(path, num_threads=1)
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer epochs and repetitions")
-    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
-    args = parser.parse_args(argv)
-    run(quick=args.quick, write=not args.no_write)
-    return 0
+    return _common.script_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

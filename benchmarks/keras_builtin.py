@@ -4,7 +4,6 @@ The export column comes from a real attempt with the TFLite converter on
 every route, not from a note. Run: `python -m benchmarks.keras_builtin`.
 """
 
-import argparse
 import os
 import sys
 import tempfile
@@ -80,12 +79,7 @@ def run(quick=False, write=True):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args(argv)
-    run(quick=args.quick, write=not args.no_write)
-    return 0
+    return _common.script_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ plain fit() (alternating repetitions), the sparse TFLite encoding's latency,
 and remove_units at 50% of units.
 """
 
-import argparse
 import os
 import statistics
 import sys
@@ -129,7 +128,7 @@ def run(quick=False, write=True):
     small_acc_before = _accuracy(small, data)
     small.fit(data.x_train, data.y_train, epochs=tune_epochs, batch_size=32, verbose=0)
     small_file = export.to_tflite(small, os.path.join(folder, "small.tflite"))
-    runners = {name: _runner(path) for name, path in (
+    runners = {name: _common.litert_runner(path) for name, path in (
         ("dense", files["dense"].path), ("pruned", files["keras3"].path),
         ("sparse", sparse_file.path), ("half units", small_file.path))}
     runs = 200 if quick else 1000
@@ -212,7 +211,7 @@ def _wide_remove_units(data, quick, repetitions, runs, folder):
     half.fit(data.x_train, data.y_train, epochs=2 if quick else 4, batch_size=32, verbose=0)
     files = {name: export.to_tflite(model, os.path.join(folder, f"wide_{name}.tflite"))
              for name, model in (("dense", wide), ("half", half))}
-    runners = {name: _runner(f.path) for name, f in files.items()}
+    runners = {name: _common.litert_runner(f.path) for name, f in files.items()}
     latency = {name: [] for name in runners}
     for _ in range(repetitions):
         for name, runner in runners.items():
@@ -256,19 +255,8 @@ def _step_timer(engine):
     return StepTimer()
 
 
-def _runner(path):
-    from tfcompress_edge.runner import TFLiteRunner
-
-    return TFLiteRunner(path, num_threads=1)
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer epochs and repetitions")
-    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
-    args = parser.parse_args(argv)
-    run(quick=args.quick, write=not args.no_write)
-    return 0
+    return _common.script_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

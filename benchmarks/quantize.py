@@ -10,7 +10,6 @@ the TFLite files (raw and gzip -9); latency is LiteRT on one thread;
 training overhead is one fit() epoch against plain fit(), alternating runs.
 """
 
-import argparse
 import os
 import sys
 import tempfile
@@ -191,12 +190,7 @@ def run(quick=False, write=True):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer epochs and repetitions")
-    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
-    args = parser.parse_args(argv)
-    run(quick=args.quick, write=not args.no_write)
-    return 0
+    return _common.script_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":
