@@ -52,5 +52,5 @@ def run_demo(out_dir="tfcompress_demo", name="digits", quick=False, force=False,
               f"test accuracy {item['final_accuracy']:.4f} vs teacher "
               f"{item['reference_accuracy']:.4f}.")
     with open(os.path.join(out_dir, "report.md"), encoding="utf-8") as f:
-        print("\n" + "\n".join(line for line in f if line.startswith("|")))
+        print("\n" + "".join(line for line in f if line.startswith("|")))
     return records
