@@ -137,3 +137,18 @@ def test_embedding_einsum_and_depthwise_are_prunable():
     report = prune.sparsity_report(pruned)
     for name in names:
         assert report[name].sparsity == pytest.approx(0.5, abs=0.01)
+
+
+def test_depthwise_convolutions_stay_dense_by_default():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="stem")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = keras.layers.Conv2D(8, 1, name="pw")(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="out")(x), name="mobile")
+    pruned = prune.prune_low_magnitude(model, 0.5, verbose=True)
+    names = {w.layer.name for w in prune.callbacks.pruning_wrappers(pruned)}
+    assert names == {"pw"}
+    everything = prune.prune_low_magnitude(model, 0.5, skip=None)
+    assert {w.layer.name for w in prune.callbacks.pruning_wrappers(everything)} == {
+        "stem", "dw", "pw", "out"}
