@@ -4,11 +4,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcompress._layers import Wrapper
 from tfcompress.cluster.init import assign, initial_centroids
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
-class ClusterWeights(keras.layers.Wrapper):
+class ClusterWeights(Wrapper):
     """Computes a layer with its kernel shared among `number_of_clusters` values.
 
     `centroids` (trainable, shape `(k,)`) hold the values and `indices`
@@ -88,9 +89,3 @@ class ClusterWeights(keras.layers.Wrapper):
         config.update(number_of_clusters=self.number_of_clusters, init=self.init,
                       kernel_attr=self.kernel_attr)
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
-        return cls(**config)

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from tfcompress._layers import Wrapper
 from tfcompress.prune import _registry, patterns
 from tfcompress.prune import schedules as schedules_lib
 
@@ -43,7 +44,7 @@ class _MaskConstraint:
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
-class PruneLowMagnitude(keras.layers.Wrapper):
+class PruneLowMagnitude(Wrapper):
     """Wraps a layer and zeroes its least important weights on a schedule.
 
     Each prunable weight (the kernel of `Dense`, `EinsumDense`, `Conv1D`,

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from tfcompress._layers import Wrapper
 from tfcompress.quantize.layers import ActivationQuantizer
 from tfcompress.quantize.schemes import get_scheme
 
@@ -244,7 +245,7 @@ def is_composite(layer):
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
-class QuantizeComposite(keras.layers.Wrapper):
+class QuantizeComposite(Wrapper):
     """Quantization-aware training of a composite layer, inner layers included.
 
     Wraps a layer that builds its own `Dense` / `EinsumDense` /
@@ -363,9 +364,3 @@ class QuantizeComposite(keras.layers.Wrapper):
         config.update(weight_scheme=self.weight_scheme, ema_decay=self.ema_decay,
                       preserve_sparsity=self.preserve_sparsity)
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
-        return cls(**config)

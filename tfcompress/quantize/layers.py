@@ -7,6 +7,7 @@ model saves and loads as `.keras`.
 import keras
 import tensorflow as tf
 
+from tfcompress._layers import Wrapper
 from tfcompress.quantize import _ops
 from tfcompress.quantize.schemes import get_scheme
 
@@ -91,7 +92,7 @@ class ActivationQuantizer(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
-class QuantizeWrapper(keras.layers.Wrapper):
+class QuantizeWrapper(Wrapper):
     """Runs a layer with a fake-quantized kernel and a fake-quantized output.
 
     The wrapped layer computes as usual through `stateless_call`, with its
@@ -215,9 +216,3 @@ class QuantizeWrapper(keras.layers.Wrapper):
                       ema_decay=self.ema_decay, preserve_sparsity=self.preserve_sparsity,
                       preserve_clusters=self.preserve_clusters)
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
-        return cls(**config)
