@@ -100,3 +100,28 @@ def script_main(run, doc, argv=None):
     args = parser.parse_args(argv)
     run(quick=args.quick, write=not args.no_write)
     return 0
+
+
+def step_timer(engine="keras3"):
+    """A callback (of the engine's Keras) recording the time between batch starts."""
+    if engine == "keras3":
+        import keras
+
+        base = keras.callbacks.Callback
+    else:
+        import tf_keras
+
+        base = tf_keras.callbacks.Callback
+
+    class StepTimer(base):
+        def __init__(self):
+            super().__init__()
+            self.times, self._last = [], None
+
+        def on_train_batch_begin(self, batch, logs=None):
+            now = time.perf_counter()
+            if self._last is not None:
+                self.times.append(now - self._last)
+            self._last = now
+
+    return StepTimer()

@@ -35,10 +35,10 @@ def _measure(repetitions):
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import time
 
     import keras
 
+    from benchmarks import _common
     from tfcompress import prune, quantize, testing, train
     from tfcompress.data import load_digits
 
@@ -48,17 +48,6 @@ def _measure(repetitions):
     steps = len(data.x_train) // GLOBAL_BATCH
     strategies = {"one device": tf.distribute.OneDeviceStrategy("/cpu:0"),
                   "MirroredStrategy": train.strategy(devices=["/cpu:0", "/cpu:1"], log=False)}
-
-    class StepTimer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.times, self._last = [], None
-
-        def on_train_batch_begin(self, batch, logs=None):
-            now = time.perf_counter()
-            if self._last is not None:
-                self.times.append(now - self._last)
-            self._last = now
 
     def build(kind, strategy):
         with strategy.scope():
@@ -81,7 +70,7 @@ def _measure(repetitions):
     quartiles = {f"{k}|{s}": [] for k, s in runs}
     for repetition in range(repetitions + 1):
         for (kind, name), (model, callbacks) in runs.items():
-            timer = StepTimer()
+            timer = _common.step_timer()
             model.fit(dataset, epochs=1, verbose=0, callbacks=callbacks + [timer])
             if repetition:
                 quartiles[f"{kind}|{name}"].append(statistics.quantiles(timer.times[1:], n=4)[0])

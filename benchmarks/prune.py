@@ -93,7 +93,7 @@ def run(quick=False, write=True):
     medians = {name: [] for name in runs}
     for repetition in range(repetitions + 1):
         for name, (model, callbacks) in runs.items():
-            timer = _step_timer(name.split()[0])
+            timer = _common.step_timer(name.split()[0])
             model.fit(data.x_train, data.y_train, epochs=1, batch_size=32, verbose=0,
                       callbacks=callbacks + [timer])
             if repetition:  # the first round traces the train functions
@@ -226,33 +226,6 @@ def _wide_remove_units(data, quick, repetitions, runs, folder):
                      _common.median_spread([t * 1000 for t in latency[name]], "{:.1f}"),
                      ratio])
     return rows
-
-
-def _step_timer(engine):
-    """A callback (of the engine's Keras) recording the time between batch starts."""
-    import time
-
-    if engine == "keras3":
-        import keras
-
-        base = keras.callbacks.Callback
-    else:
-        import tf_keras
-
-        base = tf_keras.callbacks.Callback
-
-    class StepTimer(base):
-        def __init__(self):
-            super().__init__()
-            self.times, self._last = [], None
-
-        def on_train_batch_begin(self, batch, logs=None):
-            now = time.perf_counter()
-            if self._last is not None:
-                self.times.append(now - self._last)
-            self._last = now
-
-    return StepTimer()
 
 
 def main(argv=None):

@@ -282,14 +282,13 @@ def _latencies(results, settings, sequence_length):
 
 def _step_overheads(results, ctx, settings):
     """Per method: step time of its training / plain fit(), one ratio per A/B repetition."""
-    from benchmarks.prune import _step_timer
 
     x, y = head(ctx.data.x_train, settings.timed_steps * BATCH), ctx.data.y_train[
         :settings.timed_steps * BATCH]
 
     def step_time(model, callbacks):
         engine = "tf_keras" if type(model).__module__.startswith("tf_keras") else "keras3"
-        timer = _step_timer(engine)
+        timer = _common.step_timer(engine)
         model.fit(x, y, epochs=1, batch_size=BATCH, verbose=0, callbacks=[*callbacks, timer])
         return statistics.quantiles(timer.times[1:], n=4)[0]  # bursts land above it
 
