@@ -20,7 +20,7 @@ from keras_hub.src.models.bert.bert_backbone import BertBackbone
 from tfcompress import _flavor
 from tfcompress.errors import UnsupportedModelError
 from tfcompress.prune.errors import UnsupportedPruningModelError
-from tfcompress.prune.plan import flat_layers
+from tfcompress.prune.structured_hub import copy_sliced_weights
 
 _BUILD_LOCK = threading.RLock()
 
@@ -257,14 +257,7 @@ def remove_heads(model, heads=0.5, *, criterion="l1", verbose=False):
         task_config = model.get_config()
         task_config["backbone"] = new_backbone
         new = type(model).from_config(task_config)
-    old_layers = {layer.name: layer for layer in flat_layers(model)}
-    for layer in flat_layers(new):
-        old = old_layers[layer.name]
-        values = [np.asarray(v) for v in old.get_weights()]
-        if layer.name in keeps:
-            values = _slice_attention(old, values, keeps[layer.name])
-        if values:
-            layer.set_weights(values)
+    copy_sliced_weights(model, new, keeps, _slice_attention)
     if verbose:
         for block in blocks:
             print(f"{block.name}: attention heads {block.num_heads} -> "

@@ -90,17 +90,26 @@ def remove_ffn_units(model, fraction, criterion="l1", verbose=False):
             node = node[key]
         node[path[-1]] = int(n_keep)
     new = type(model).from_config(config)
+    copy_sliced_weights(model, new, keeps, _slice_ffn)
+    if verbose:
+        print(f"{len(blocks)} encoder layers: feed-forward units {units} -> {n_keep}")
+    return new
+
+
+def copy_sliced_weights(model, new, keeps, slice_fn):
+    """Copy every layer's weights from `model` into the rebuilt `new`, by layer name.
+
+    Layers named in `keeps` get `slice_fn(old_layer, values, keep)` first, which
+    keeps only the units (or heads) listed in `keep`.
+    """
     old_layers = {layer.name: layer for layer in flat_layers(model)}
     for layer in flat_layers(new):
         old = old_layers[layer.name]
         values = [np.asarray(v) for v in old.get_weights()]
         if layer.name in keeps:
-            values = _slice_ffn(old, values, keeps[layer.name])
+            values = slice_fn(old, values, keeps[layer.name])
         if values:
             layer.set_weights(values)
-    if verbose:
-        print(f"{len(blocks)} encoder layers: feed-forward units {units} -> {n_keep}")
-    return new
 
 
 def _slice_ffn(block, values, keep):

@@ -8,7 +8,7 @@ import numpy as np
 from tfcompress import _flavor
 from tfcompress.errors import UnsupportedModelError
 from tfcompress.quantize import annotate, registry
-from tfcompress.quantize.composite import QuantizeComposite
+from tfcompress.quantize.composite import QuantizeComposite, _activation_name
 from tfcompress.quantize.config import QuantizeConfig
 from tfcompress.quantize.errors import AlreadyQuantizedError, UnsupportedLayerError
 
@@ -236,16 +236,6 @@ def _inbound(layer, model_nodes):
 
 def _producer(tensor):
     return tensor._keras_history.operation
-
-
-def _activation_name(layer):
-    import keras
-
-    activation = getattr(layer, "activation", None)
-    if activation is None:
-        return "linear"
-    name = keras.activations.serialize(activation)
-    return name if isinstance(name, str) else getattr(activation, "__name__", str(name))
 
 
 def _plan(model, config, only_annotated):
