@@ -70,3 +70,12 @@ def atomic_write_bytes(path, data):
 def atomic_write_text(path, text):
     """Write `text` (UTF-8) to `path` through a temporary file and a rename."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_keras(model, path):
+    """`model.save(path)` as `.keras`, through a temporary file and a rename."""
+    # Keras insists on the .keras suffix: save beside the temporary name, then move.
+    with atomic_path(path) as tmp:
+        model.save(tmp + ".keras")
+        os.replace(tmp + ".keras", tmp)
+    return path

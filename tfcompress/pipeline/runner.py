@@ -100,7 +100,7 @@ def run(recipe, out_dir, force=False, progress=print):
         model = stages_lib.get_stage(spec.type)(ctx, spec)
         record["seconds"] = round(time.perf_counter() - start, 2)
         record.update(measure(model, data, folder))
-        _save_model(model, model_path)
+        _io.atomic_save_keras(model, model_path)
         record["status"] = "done"
         _io.atomic_write_text(record_path, json.dumps(record, indent=2, default=str))
         records.append(record)
@@ -134,11 +134,3 @@ def _current_model(recipe, records, out_dir):
     if not records:
         return data_lib.load_model(recipe.model)
     return _stage_model(recipe, records[-1], out_dir)
-
-
-def _save_model(model, path):
-    # Keras wants the .keras suffix: save beside the temporary name, then rename.
-    with _io.atomic_path(path) as tmp:
-        target = tmp + ".keras"
-        model.save(target)
-        os.replace(target, tmp)

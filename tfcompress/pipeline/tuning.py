@@ -496,9 +496,7 @@ class _Search:
             model = cluster_stage(self._stage_context(folder, pruned), spec)
             if sparsity > 0:
                 _restore_zeros(model, pruned)
-        with _io.atomic_path(path) as tmp:
-            model.save(tmp + ".keras")
-            os.replace(tmp + ".keras", tmp)
+        _io.atomic_save_keras(model, path)
         _io.atomic_write_text(stamp, json.dumps(self.settings))
         self._models[key] = model
         return model
