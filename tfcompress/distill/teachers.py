@@ -125,7 +125,13 @@ def _inputs_like(model):
     def copy(t):
         return keras.Input(batch_shape=t.shape, dtype=t.dtype, name=getattr(t, "name", None))
 
-    structure = model.input if isinstance(model.input, dict) else None
+    # A Keras 3 Sequential that was never called has `inputs` but raises on `input`;
+    # only a functional model can take a dict of inputs anyway.
+    try:
+        structure = model.input
+    except AttributeError:
+        structure = None
+    structure = structure if isinstance(structure, dict) else None
     if structure is not None:
         return {k: copy(v) for k, v in structure.items()}
     copies = [copy(t) for t in inputs]
