@@ -10,9 +10,7 @@ take (tf_keras, SavedModel, callables, cached outputs), and transformer losses.
 import keras
 
 from tfcompress.distill import _checks
-
-# Key under which transformer losses find hidden states / attention maps.
-TRANSFORMER_FEATURES = "tfcompress_transformer_features"
+from tfcompress.distill.transformer import TRANSFORMER_FEATURES, TransformerFeatureExtractor
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -88,8 +86,6 @@ class Distiller(keras.distillation.Distiller):
                 "the live teacher's hidden states, but the teacher is a TeacherCache, which "
                 "holds logits only. Pass the teacher model itself."
             )
-        from tfcompress.distill.transformer import TransformerFeatureExtractor
-
         others = [n for n in layer_names if n != TRANSFORMER_FEATURES]
         return TransformerFeatureExtractor(
             model, layer_names=others, with_final_output=model is not self.student
@@ -189,6 +185,13 @@ def distiller(
             f"The student '{student.name}' is a tf_keras model; keras.distillation trains "
             "Keras 3 students only. Build the student with `import keras` (Keras 3); the "
             "teacher may stay a tf_keras model."
+        )
+    if teacher is student:
+        # Keras freezes the teacher: the student would silently never train.
+        raise ValueError(
+            f"The teacher and the student are the same model '{student.name}'; the teacher "
+            "is frozen during distillation, so the student would never train. Pass a "
+            f"separate (smaller) student model. Received: student is teacher ({student.name!r})."
         )
     if isinstance(teacher, TeacherCache):
         teacher.check_student(student)

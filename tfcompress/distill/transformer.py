@@ -19,9 +19,12 @@ that do not return attention scores.
 import keras
 from keras import ops
 
-from tfcompress.distill.distiller import TRANSFORMER_FEATURES
 from tfcompress.distill.losses import scale_for_replicas
 from tfcompress.errors import UnsupportedModelError
+
+# The key under which a feature extractor returns a keras-hub backbone's hidden
+# states and attention maps (the Distiller asks for it like a layer name).
+TRANSFORMER_FEATURES = "tfcompress_transformer_features"
 
 EMBEDDINGS = "embeddings"
 
