@@ -87,10 +87,10 @@ def cluster_weights(model, number_of_clusters=16, init="kmeans++", skip_layers=(
 def _cluster_keras3(model, k, init, skip, seed):
     import keras
 
+    from tfcompress._graph import check_graph_model
     from tfcompress.cluster.layers import ClusterWeights
-    from tfcompress.quantize.transform import _check_graph_model
 
-    _check_graph_model(model)
+    check_graph_model(model, "cluster")
     if any(isinstance(layer, ClusterWeights) for layer in model.layers):
         raise ValueError(f"Model '{model.name}' is already clustered; strip_clustering it first.")
     unknown = skip - {layer.name for layer in model.layers}

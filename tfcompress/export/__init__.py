@@ -7,7 +7,7 @@ runs the file beside the Keras model, `inspect` lists its ops and dtypes,
 
 from tfcompress.export.benchmark import benchmark
 from tfcompress.export.c_array import to_c_array
-from tfcompress.export.calibration import InputSpec, input_specs
+from tfcompress._inputs import InputSpec, input_specs
 from tfcompress.export.convert import ExportResult, gzip_size, to_tflite
 from tfcompress.export.inspect import COMPUTE_OPS, OpInfo, TensorInfo, TFLiteInfo, inspect
 from tfcompress.export.modes import ExportMode, available_modes, get_mode, register_mode

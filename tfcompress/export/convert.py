@@ -13,7 +13,7 @@ import warnings
 
 from tfcompress import _flavor, _io
 from tfcompress.errors import CalibrationDataError, ConversionError
-from tfcompress.export import calibration as calib
+from tfcompress import _inputs as calib
 from tfcompress.export.modes import get_mode
 
 
@@ -187,7 +187,7 @@ def _convert(model, flavor, export_mode, calibration, int8_io, verbose,
 
     failures = []
     for route in _routes(flavor):
-        with tempfile.TemporaryDirectory(prefix="tfcompress-export-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"tfcompress-export-{os.getpid()}-") as tmp:
             try:
                 with _quiet(not verbose):
                     converter = _make_converter(route, model, flavor, tmp, tf)

@@ -7,7 +7,7 @@ import numpy as np
 
 from tfcompress import _flavor
 from tfcompress.errors import VerificationError
-from tfcompress.export import calibration as calib
+from tfcompress import _inputs as calib
 from tfcompress.export._litert import load_runner
 
 

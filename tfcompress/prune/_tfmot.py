@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from tfcompress._graph import flat_layers
 from tfcompress.prune import schedules as schedules_lib
 
 
@@ -120,7 +121,7 @@ def strip(model):
     """tfmot's strip_pruning, then a copy with the masks multiplied in."""
     sk = sparsity()
     stripped = _copy(sk.strip_pruning(model))
-    by_name = {layer.name: layer for layer in _flat(stripped)}
+    by_name = {layer.name: layer for layer in flat_layers(stripped)}
     for wrapper in _wrappers(model):
         target = by_name[wrapper.layer.name]
         masked = {id(w): np.asarray(w) * np.asarray(m) for w, m, _ in wrapper.pruning_vars}
@@ -129,31 +130,22 @@ def strip(model):
     return stripped
 
 
-def _flat(model):
-    out = []
-    for layer in model.layers:
-        if hasattr(layer, "layers") and hasattr(layer, "inputs"):
-            out.extend(_flat(layer))
-        else:
-            out.append(layer)
-    return out
+def layer_weights(model):
+    """`(name, class name, status, weights, kernels)` per weighted leaf layer.
 
-
-def layer_sparsities(model):
-    from tfcompress.prune.report import LayerSparsity, _count, _zeros
-
+    The kernels of a wrapped layer come with their masks applied;
+    `prune.report` turns these into `LayerSparsity` rows.
+    """
     wrapper = _wrapper_class()
     out = []
-    for layer in _flat(model):
+    for layer in flat_layers(model):
         if isinstance(layer, wrapper):
             inner = layer.layer
             masked = [np.asarray(w) * np.asarray(m) for w, m, _ in layer.pruning_vars]
-            out.append(LayerSparsity(inner.name, type(inner).__name__, "pruned",
-                                     _count(inner.weights), _count(masked), _zeros(masked)))
+            out.append((inner.name, type(inner).__name__, "pruned", inner.weights, masked))
         elif layer.weights:
             prunable = is_prunable(layer)
             kernels = [getattr(layer, name) for name in _weight_names(layer)] if prunable else []
-            out.append(LayerSparsity(layer.name, type(layer).__name__,
-                                     "prunable" if prunable else "not prunable",
-                                     _count(layer.weights), _count(kernels), _zeros(kernels)))
+            out.append((layer.name, type(layer).__name__,
+                        "prunable" if prunable else "not prunable", layer.weights, kernels))
     return out

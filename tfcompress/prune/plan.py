@@ -2,6 +2,7 @@
 
 import dataclasses
 
+from tfcompress._graph import flat_layers
 from tfcompress.prune.errors import NoPrunableLayersError
 
 
@@ -26,23 +27,6 @@ class PruningPlan:
         rows += [(name, f"left alone ({klass})", reason) for name, klass, reason in self.skipped]
         return f"Pruning plan for '{self.model_name}'\n" + text_table(
             ("layer", "decision", "why"), rows)
-
-
-def flat_layers(model):
-    """Leaf layers of a model in order, descending into nested models."""
-    out = []
-
-    def visit(layer):
-        subs = getattr(layer, "layers", None)
-        if subs and hasattr(layer, "inputs"):
-            for sub in subs:
-                visit(sub)
-        else:
-            out.append(layer)
-
-    for layer in model.layers:
-        visit(layer)
-    return out
 
 
 def make_plan(model, is_prunable, is_conv, is_dense, skip="auto", layers=None, overrides=None):

@@ -119,7 +119,7 @@ def sparsity_report(model):
     if flavor == _flavor.TF_KERAS:
         from tfcompress.prune import _tfmot
 
-        layers = _tfmot.layer_sparsities(model)
+        layers = [_row(*entry) for entry in _tfmot.layer_weights(model)]
     else:
         layers = _keras3_layer_sparsities(model)
     return SparsityReport(model_name=model.name, layers=tuple(layers))
@@ -133,6 +133,11 @@ def _zeros(arrays):
     return int(sum(np.count_nonzero(np.asarray(a) == 0) for a in arrays))
 
 
+def _row(name, class_name, status, weights, kernels):
+    return LayerSparsity(name, class_name, status, _count(weights), _count(kernels),
+                         _zeros(kernels))
+
+
 def _keras3_layer_sparsities(model):
     from tfcompress.prune import _registry
     from tfcompress.prune.wrapper import PruneLowMagnitude
@@ -143,8 +148,7 @@ def _keras3_layer_sparsities(model):
         if isinstance(layer, PruneLowMagnitude):
             inner = layer.layer
             masked = [np.asarray(w) * np.asarray(m) for w, m in layer.pruned_weights]
-            out.append(LayerSparsity(inner.name, type(inner).__name__, "pruned",
-                                     _count(inner.weights), _count(masked), _zeros(masked)))
+            out.append(_row(inner.name, type(inner).__name__, "pruned", inner.weights, masked))
             return
         sub_layers = getattr(layer, "layers", None)
         if sub_layers:
@@ -155,9 +159,8 @@ def _keras3_layer_sparsities(model):
             return
         specs = _registry.prunable_targets(layer)
         kernels = [getattr(sub, spec.attr) for sub, spec in specs]
-        out.append(LayerSparsity(layer.name, type(layer).__name__,
-                                 "prunable" if specs else "not prunable",
-                                 _count(layer.weights), _count(kernels), _zeros(kernels)))
+        out.append(_row(layer.name, type(layer).__name__,
+                        "prunable" if specs else "not prunable", layer.weights, kernels))
 
     for layer in model.layers:
         visit(layer)

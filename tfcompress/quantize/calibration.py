@@ -129,7 +129,7 @@ def calibrate(model, data, method="minmax", percentile=99.99, max_samples=512, b
     >>> report.method
     'mse'
     """
-    from tfcompress.export import calibration as calib
+    from tfcompress import _inputs as calib
 
     if method not in _METHODS:
         raise ValueError(f"method must be one of {CALIBRATION_METHODS}. "

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 
 from tfcompress import _flavor
-from tfcompress.errors import UnsupportedModelError
+from tfcompress._graph import check_graph_model
 from tfcompress.quantize import annotate, registry
 from tfcompress.quantize.composite import QuantizeComposite, _activation_name
 from tfcompress.quantize.config import QuantizeConfig
@@ -195,16 +195,7 @@ def _inline_nested(model):
 
 
 def _check_graph_model(model):
-    import keras
-    from keras.src.models.functional import Functional
-
-    if isinstance(model, (keras.Sequential, Functional)):
-        return
-    raise UnsupportedModelError(
-        f"Model '{model.name}' is a subclassed model ({type(model).__name__}): its layer graph "
-        "is only known inside its call(), so fake-quant cannot be placed between layers. "
-        "Rebuild it as a functional model (keras.Model(inputs, outputs)) or a "
-        "keras.Sequential, or quantize the functional parts it is made of.")
+    check_graph_model(model, "quantize")
 
 
 def _check_not_quantized(model):

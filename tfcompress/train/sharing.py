@@ -1,8 +1,7 @@
 """Cross-layer parameter sharing (ALBERT style): N layers, one set of weights."""
 
 
-def _all_layers(model):
-    return list(model._flatten_layers(include_self=False, recursive=True))
+from tfcompress._graph import all_layers as _all_layers
 
 
 def _validate_groups(model, groups):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tfcompress.errors import CalibrationDataError
-from tfcompress.export.calibration import InputSpec, calibration_set, collect
+from tfcompress._inputs import InputSpec, calibration_set, collect
 
 IMAGE = [InputSpec("image", (None, 8, 8, 1), "float32")]
 BERT = [InputSpec(n, (None, None), "int32")
