@@ -226,7 +226,15 @@ def _clone(model, transform):
         clone = layer.__class__.from_config(layer.get_config())
         return transform(layer, clone)
 
-    return keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    # clone_model compiles the copy when the source is compiled; the result is
+    # documented (and, in tfmot, is) uncompiled: the optimizer state of the
+    # source does not belong to the new weights anyway.
+    compiled = getattr(model, "compiled", False)
+    model.compiled = False
+    try:
+        return keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    finally:
+        model.compiled = compiled
 
 
 def _wrappers(model):

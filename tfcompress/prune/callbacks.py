@@ -162,6 +162,9 @@ class PruningSummaries(_TFKerasCompatible, keras.callbacks.Callback):
         super().__init__()
         if not isinstance(log_dir, (str, bytes)) and not hasattr(log_dir, "__fspath__"):
             raise TypeError(f"`log_dir` must be a path. Received: log_dir={log_dir!r}")
+        if not str(log_dir if not isinstance(log_dir, bytes) else log_dir.decode()).strip():
+            raise ValueError("`log_dir` must name a folder for the TensorBoard event files, "
+                             f"e.g. 'logs/pruning'. Received: log_dir={log_dir!r}")
         if update_freq != "epoch" and not (isinstance(update_freq, int) and update_freq > 0):
             raise ValueError("`update_freq` must be 'epoch' or a positive int. "
                              f"Received: update_freq={update_freq!r}")

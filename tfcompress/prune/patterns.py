@@ -104,10 +104,14 @@ def check_shape(pattern, shape, nm_axis, layer_name):
 
 
 def _keep_top(flat_scores, sparsity):
-    """0/1 mask keeping the round((1 - sparsity) * n) highest of a 1-D score tensor."""
+    """0/1 mask keeping the round((1 - sparsity) * n) highest of a 1-D score tensor.
+
+    At least one is always kept, as tfmot does: a small layer at high sparsity
+    would otherwise be cut off entirely.
+    """
     n = flat_scores.shape[0]
     keep = n - ops.cast(ops.round(ops.cast(sparsity, "float32") * n), "int32")
-    keep = ops.clip(keep, 0, n)
+    keep = ops.clip(keep, 1, n)
     _, idx = ops.top_k(flat_scores, k=keep, sorted=False)
     updates = ops.ones_like(idx, dtype="float32")
     return ops.scatter(ops.expand_dims(idx, -1), updates, (n,))

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from tfcompress._layers import Wrapper
+from tfcompress._layers import Wrapper, build_inner_from_call, positional_call_args
 from tfcompress.prune import _registry, patterns
 from tfcompress.prune import schedules as schedules_lib
 
@@ -113,6 +113,12 @@ class PruneLowMagnitude(Wrapper):
         self.scope = scope
         # Set by UpdatePruningStep; checked when the training graph is traced.
         self._step_callback_attached = False
+
+    def __call__(self, *args, **kwargs):
+        args, kwargs = positional_call_args(self.layer, args, kwargs)
+        if not self.built:
+            build_inner_from_call(self.layer, args, kwargs)
+        return super().__call__(*args, **kwargs)
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -235,6 +241,11 @@ class PruneLowMagnitude(Wrapper):
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
+
+    def compute_output_spec(self, *args, **kwargs):
+        # The inner layer's own rule sees every input (MultiHeadAttention's query and value).
+        kwargs.pop("training", None)
+        return self.layer.compute_output_spec(*args, **kwargs)
 
     def get_config(self):
         config = super().get_config()
