@@ -46,7 +46,6 @@ def to_sparse_tflite(model, path):
     """
     import tensorflow as tf
 
-    from tfcompress.export import gzip_size
     from tfcompress.prune.callbacks import pruning_wrappers
 
     flavor = _flavor.flavor_of(model)
@@ -62,7 +61,7 @@ def to_sparse_tflite(model, path):
         converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
         data = converter.convert()
     _io.atomic_write_bytes(path, data)
-    return SparseExportResult(path, len(data), gzip_size(data), _count_sparse(path))
+    return SparseExportResult(path, len(data), _io.gzip_size(data), _count_sparse(path))
 
 
 def _count_sparse(path):
