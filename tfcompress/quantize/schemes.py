@@ -1,9 +1,14 @@
 """Weight quantization schemes: one small registered object per scheme.
 
 A scheme turns a float kernel into the values the layer computes with during
-QAT. Every scheme ends with an 8-bit symmetric fake-quant, because TFLite
-stores int8: a 4-bit or binary kernel is an int8 kernel whose values sit on a
-coarser grid (`storage_bits` says what a packed format would need).
+QAT. The int4 and int2 schemes (`"int4"`, `"int4_block32"`, ..., `"int2"`,
+`"int2_block32"`, ...) put the kernel on exactly the grid litert-quantizer
+writes into a `.tflite` file (`tfcompress.quantize.lowbit.litert_grid`), one
+scale per output channel or per block of inputs, so
+`tfcompress.export.to_tflite(qat, path, mode="int4")` stores the trained
+weights unchanged, packed 2 (or 4) per byte. Exported with `mode="int8"`, the
+converter stores those values as int8. The int8 and binary schemes end with an
+8-bit symmetric fake-quant.
 
 Example:
 
@@ -29,6 +34,11 @@ class WeightScheme:
         pre_quantize: `fn(w) -> w` applied before the final int8 fake-quant
             (channels on the last axis), or `None`.
         num_bits: the grid of `pre_quantize` for n-bit schemes (for reports).
+        block_size: for litert-grid schemes, inputs per scale (0: one scale
+            per output channel).
+        litert_grid: the kernel goes onto litert-quantizer's grid
+            (`num_bits`, `block_size`) and nothing else: `per_channel` is
+            ignored, since the file's grid is per output channel or block.
     """
 
     name: str
@@ -36,9 +46,15 @@ class WeightScheme:
     storage_bits: int
     pre_quantize: Optional[Callable] = None
     num_bits: Optional[int] = None
+    block_size: int = 0
+    litert_grid: bool = False
 
     def quantize(self, w, per_channel):
         """Fake-quantize kernel `w` (channels last); per-tensor int8 when not `per_channel`."""
+        if self.litert_grid:
+            from tfcompress.quantize.lowbit import litert_grid
+
+            return litert_grid(w, self.num_bits, self.block_size)
         if self.pre_quantize is not None:
             w = self.pre_quantize(w, per_channel)
         return _ops.fake_quant_symmetric(w, 8, per_channel)
@@ -81,21 +97,24 @@ def available_schemes():
     return list(_SCHEMES)
 
 
-def _n_bit(num_bits):
-    def pre(w, per_channel):
-        return _ops.fake_quant_symmetric(w, num_bits, per_channel)
-    return pre
-
-
 def _binary(w, per_channel):
     # The scale is per output channel whatever the int8 granularity.
     return _ops.binarize(w)
 
 
 register_scheme(WeightScheme("int8", "8-bit symmetric weights", 8))
-register_scheme(WeightScheme("int4", "4-bit symmetric weights (15 levels)", 4,
-                             _n_bit(4), num_bits=4))
-register_scheme(WeightScheme("int2", "2-bit symmetric (ternary) weights", 2,
-                             _n_bit(2), num_bits=2))
+register_scheme(WeightScheme("int4", "4-bit symmetric weights (15 levels), one scale per "
+                             "output channel (litert-quantizer's grid)", 4, num_bits=4,
+                             litert_grid=True))
+register_scheme(WeightScheme("int2", "2-bit symmetric (ternary) weights, one scale per output "
+                             "channel (litert-quantizer's grid)", 2, num_bits=2,
+                             litert_grid=True))
 register_scheme(WeightScheme("binary", "sign(w) * mean|w| per output channel", 1,
                              _binary, num_bits=1))
+for _bits in (4, 2):
+    for _block in (32, 64, 128):
+        register_scheme(WeightScheme(
+            f"int{_bits}_block{_block}",
+            f"{_bits}-bit symmetric weights, one scale per {_block} inputs of an output "
+            "channel (litert-quantizer's blockwise grid)", _bits, num_bits=_bits,
+            block_size=_block, litert_grid=True))
