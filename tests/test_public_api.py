@@ -7,8 +7,8 @@ import pytest
 import tfcompress
 
 GOLDEN = {
-    "tfcompress": ["__version__", "cluster", "data", "distill", "export", "pipeline", "prune",
-                   "quantize", "testing", "train"],
+    "tfcompress": ["Entry", "Report", "__version__", "cluster", "data", "distill", "export",
+                   "pipeline", "prune", "quantize", "report_of", "testing", "train"],
     "tfcompress.distill": [
         "AttentionDistillation", "CallableTeacher", "Distiller", "HiddenStateDistillation",
         "SoftTargetDistillation", "TeacherCache", "TeacherCacheMismatchError", "TransferReport",

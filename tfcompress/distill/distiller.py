@@ -9,6 +9,7 @@ take (tf_keras, SavedModel, callables, cached outputs), and transformer losses.
 
 import keras
 
+from tfcompress._report import Entry, Report, attach
 from tfcompress.distill import _checks
 from tfcompress.distill.transformer import TRANSFORMER_FEATURES, TransformerFeatureExtractor
 
@@ -159,7 +160,8 @@ def distiller(
 
     Returns:
         A `tfcompress.distill.Distiller` (a `keras.distillation.Distiller`),
-        not compiled.
+        not compiled. Its `tfcompress_report` (a `tfcompress.Report`) lists the
+        losses and their weights.
 
     Example:
 
@@ -209,11 +211,21 @@ def distiller(
             "`extra_loss_weights` needs one weight per extra loss. Received: "
             f"{len(extra_losses)} extra_losses and extra_loss_weights={extra_loss_weights!r}."
         )
-    return Distiller(
+    all_losses = losses + extra_losses
+    all_weights = weights + [float(w) for w in extra_loss_weights]
+    d = Distiller(
         teacher=teacher,
         student=student,
-        distillation_losses=losses + extra_losses,
-        distillation_loss_weights=weights + [float(w) for w in extra_loss_weights],
+        distillation_losses=all_losses,
+        distillation_loss_weights=all_weights,
         student_loss_weight=alpha,
         name=name,
     )
+    report = Report(
+        "distiller", student.name,
+        done=[Entry(type(loss).__name__, "DistillationLoss", f"weight {w:g}")
+              for loss, w in zip(all_losses, all_weights)]
+        + [Entry("labels", "", f"task loss weight alpha={alpha:g}")],
+        details={"alpha": alpha, "temperature": temperature,
+                 "teacher": getattr(teacher, "name", type(teacher).__name__)})
+    return attach(d, report)

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from tfcompress import _flavor
+from tfcompress._report import Entry, Report, attach
 from tfcompress.prune.errors import NoPrunableLayersError, UnsupportedPruningModelError
 
 CRITERIA = ("l1", "l2", "taylor")
@@ -57,7 +58,9 @@ def remove_units(model, fraction=0.5, *, criterion="l1", layers=None, importance
         verbose: print which layers shrank and why others did not.
 
     Returns:
-        A new, uncompiled Keras 3 model with fewer parameters.
+        A new, uncompiled Keras 3 model with fewer parameters. Its
+        `tfcompress_report` (a `tfcompress.Report`) lists each layer shrunk
+        and each layer left alone with the reason.
 
     Example:
 
@@ -124,13 +127,16 @@ def remove_units(model, fraction=0.5, *, criterion="l1", layers=None, importance
             + ". Eligible are Dense/Conv1D/Conv2D layers whose output reaches one Dense or "
             "Conv layer through BatchNormalization, activations, pooling or Flatten."
         )
+    report = Report(
+        "remove_units", model.name,
+        done=[Entry(name, type(graph.layers[name]).__name__,
+                    f"{_units(graph.layers[name])} -> {len(keep)} units")
+              for name, keep in plan.items()],
+        skipped=[Entry(name, type(graph.layers[name]).__name__, reason)
+                 for name, reason in skipped])
     if verbose:
-        for name, keep in plan.items():
-            units = _units(graph.layers[name])
-            print(f"{name}: {units} -> {len(keep)} units")
-        for name, reason in skipped:
-            print(f"{name}: left alone ({reason})")
-    return _rebuild(model, graph, plan)
+        print(report)
+    return attach(_rebuild(model, graph, plan), report)
 
 
 def _fractions(model, graph, fraction, layers):

@@ -10,6 +10,7 @@ need a backbone that builds its encoders with an explicit head size.
 
 import numpy as np
 
+from tfcompress._report import Entry, Report, attach
 from tfcompress.errors import UnsupportedModelError
 from tfcompress.prune.plan import flat_layers
 
@@ -91,9 +92,12 @@ def remove_ffn_units(model, fraction, criterion="l1", verbose=False):
         node[path[-1]] = int(n_keep)
     new = type(model).from_config(config)
     copy_sliced_weights(model, new, keeps, _slice_ffn)
+    report = Report("remove_units", model.name,
+                    done=[Entry(block.name, type(block).__name__,
+                                f"feed-forward units {units} -> {n_keep}") for block in blocks])
     if verbose:
-        print(f"{len(blocks)} encoder layers: feed-forward units {units} -> {n_keep}")
-    return new
+        print(report)
+    return attach(new, report)
 
 
 def copy_sliced_weights(model, new, keeps, slice_fn):
