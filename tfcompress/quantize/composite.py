@@ -29,6 +29,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfcompress._layers import Wrapper
+from tfcompress.quantize._ops import fake_quant_activation
 from tfcompress.quantize.layers import ActivationQuantizer
 from tfcompress.quantize.schemes import get_scheme
 
@@ -92,7 +93,14 @@ class _State:
         key = f"{id(layer)}/{slot}"
         quantizer = self.wrapper._quantizer_for[key]
         self.wrapper._used.add(key)
-        return self.mark(quantizer(x, training=self.training))
+        y = quantizer(x, training=self.training)
+        if key in self.wrapper._symmetric and quantizer._collector is None:
+            # Zero point 0 on the right operand of an attention matmul: XNNPACK runs
+            # an int8 BATCH_MATMUL only then (else LiteRT's slow reference kernel).
+            m = tf.maximum(-quantizer.range_min, quantizer.range_max)
+            y = ops.cast(fake_quant_activation(tf.cast(x, "float32"), -m * 128.0 / 127.0, m),
+                         x.dtype)
+        return self.mark(y)
 
     def ensure(self, layer, slot, x):
         if self.is_marked(x) or not keras.backend.is_float_dtype(x.dtype):
@@ -318,6 +326,14 @@ class QuantizeComposite(Wrapper):
         object.__setattr__(self, "_quantizer_for", quantizer_for)
         object.__setattr__(self, "_mask_for", mask_for)
         object.__setattr__(self, "_slot_names", slot_names)
+        symmetric = set()
+        for sub, kind in targets:
+            if kind == "attention":
+                symmetric.add(f"{id(sub)}/query_scaled")
+                value_dense = getattr(sub, "_value_dense", None)
+                if value_dense is not None and f"{id(value_dense)}/output" in quantizer_for:
+                    symmetric.add(f"{id(value_dense)}/output")
+        object.__setattr__(self, "_symmetric", symmetric)
         object.__setattr__(self, "_targets", [(sub, kind) for sub, kind in targets])
         self.built = True
 
