@@ -28,18 +28,33 @@ def _model_with_custom_layer():
     return keras.Model(inp, keras.layers.Dense(3, name="head")(h))
 
 
-def test_unsupported_layer_names_it_and_says_how_to_keep_it_float():
+def test_strict_mode_names_the_unsupported_layer_and_says_what_to_do():
     with pytest.raises(UnsupportedLayerError) as e:
-        quantize.quantize_model(_model_with_custom_layer())
+        quantize.quantize_model(_model_with_custom_layer(), QuantizeConfig(strict=True))
     message = str(e.value)
     assert "'my_scale'" in message and "Scale" in message
     assert "skip_layers=('my_scale',)" in message and "quantize=False" in message
+    assert "register_layer" in message and "Received: " in message
+
+
+def test_unknown_layer_is_kept_float_by_default_and_reported():
+    qat = quantize.quantize_model(
+        _model_with_custom_layer(), representative_data=np.ones((8, 8), "float32")
+    )
+    assert type(qat.get_layer("my_scale")).__name__ == "Scale"
+    rows = {row[0]: row for row in qat.quantize_report.kept_float}
+    assert rows["my_scale"][1] == "Scale" and "no int8 rule" in rows["my_scale"][2]
+    assert "my_scale" in str(qat.quantize_report)
+    assert {r[0] for r in qat.quantize_report.quantized} == {"fc", "head"}
 
 
 def test_skip_layers_keeps_the_unsupported_layer_in_float():
     model = _model_with_custom_layer()
-    qat = quantize.quantize_model(model, QuantizeConfig(skip_layers=("my_scale",)),
-                                  representative_data=np.ones((8, 8), "float32"))
+    qat = quantize.quantize_model(
+        model,
+        QuantizeConfig(skip_layers=("my_scale",)),
+        representative_data=np.ones((8, 8), "float32"),
+    )
     assert type(qat.get_layer("my_scale")).__name__ == "Scale"
     assert ("my_scale", "Scale", "QuantizeConfig.skip_layers") in qat.quantize_report.kept_float
     # the Dense after the float layer gets its own input quantizer

@@ -16,13 +16,15 @@ def test_returns_new_model_and_leaves_input_untouched(float_cnn):
     assert [type(layer).__name__ for layer in float_cnn.layers] == classes
     for a, b in zip(before, float_cnn.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    wrapped = {layer.layer.name: layer for layer in qat.layers
-               if isinstance(layer, QuantizeWrapper)}
+    wrapped = {
+        layer.layer.name: layer for layer in qat.layers if isinstance(layer, QuantizeWrapper)
+    }
     assert set(wrapped) == {"conv0", "conv1", "dense", "logits"}
     assert wrapped["conv0"].granularity == "per_channel"
     assert wrapped["dense"].granularity == "per_tensor"
-    np.testing.assert_array_equal(wrapped["conv1"].layer.kernel.numpy(),
-                                  float_cnn.get_layer("conv1").kernel.numpy())
+    np.testing.assert_array_equal(
+        wrapped["conv1"].layer.kernel.numpy(), float_cnn.get_layer("conv1").kernel.numpy()
+    )
     assert any(isinstance(layer, ActivationQuantizer) for layer in qat.layers)  # input quant
     assert [r[0] for r in qat.quantize_report.quantized] == ["conv0", "conv1", "dense", "logits"]
 
@@ -38,8 +40,9 @@ def test_qat_converts_to_all_int8_without_representative_data(qat_cnn, qat_cnn_t
 def test_qat_accuracy_close_to_float(float_cnn, qat_cnn, qat_cnn_tflite, digits, accuracy):
     float_acc = accuracy(float_cnn, digits.x_test, digits.y_test)
     qat_acc = accuracy(qat_cnn, digits.x_test, digits.y_test)
-    tflite_acc = export.verify(qat_cnn_tflite, qat_cnn,
-                               (digits.x_test, digits.y_test)).tflite_accuracy
+    tflite_acc = export.verify(
+        qat_cnn_tflite, qat_cnn, (digits.x_test, digits.y_test)
+    ).tflite_accuracy
     assert float_acc > 0.9
     # The benchmark reports the exact gap; the test leaves room for seeds/threads.
     assert qat_acc >= float_acc - 0.02 and tflite_acc >= float_acc - 0.02
@@ -65,8 +68,9 @@ def residual_cnn(digits, compile_classifier):
     y = L.ReLU(name="dw_relu")(y)
     y = L.Conv2D(8, 1, name="pw")(y)
     x = L.Add(name="res")([x, y])
-    x = L.Concatenate(name="cat")([L.AveragePooling2D(2, name="avg")(x),
-                                   L.MaxPooling2D(2, name="maxp")(x)])
+    x = L.Concatenate(name="cat")(
+        [L.AveragePooling2D(2, name="avg")(x), L.MaxPooling2D(2, name="maxp")(x)]
+    )
     x = L.GlobalAveragePooling2D(name="gap")(x)
     x = L.Reshape((16,), name="reshape")(x)
     x = L.Dense(16, activation="relu6", name="fc")(x)
@@ -80,17 +84,19 @@ def test_batchnorm_is_folded_exactly(residual_cnn, digits):
     qat = quantize.quantize_model(residual_cnn)
     assert dict(qat.quantize_report.folded_batchnorm) == {"stem": "stem_bn", "dw": "dw_bn"}
     x = digits.x_test[:16]
-    # The float layer inside the wrapper, on its own, equals conv -> BN(inference).
+    # The folded kernel and bias, in float, equal conv -> BN(inference).
     expected = keras.Model(residual_cnn.input, residual_cnn.get_layer("stem_bn").output)(x)
-    folded = qat.get_layer("quant_stem").layer(x)
+    kernel, bias = qat.get_layer("quant_stem").folded()
+    folded = keras.ops.conv(x, kernel, padding="same") + bias
     np.testing.assert_allclose(folded, expected, atol=1e-4)
 
 
-def test_residual_cnn_converts_all_int8(residual_cnn, digits, tmp_path, compile_classifier,
-                                        convert_int8):
-    qat = compile_classifier(quantize.quantize_model(residual_cnn,
-                                                     representative_data=digits.x_train[:256]),
-                             lr=1e-3)
+def test_residual_cnn_converts_all_int8(
+    residual_cnn, digits, tmp_path, compile_classifier, convert_int8
+):
+    qat = compile_classifier(
+        quantize.quantize_model(residual_cnn, representative_data=digits.x_train[:256]), lr=1e-3
+    )
     qat.fit(digits.x_train, digits.y_train, epochs=1, batch_size=32, verbose=0)
     info = export.inspect(convert_int8(qat, tmp_path / "res.tflite"))
     assert info.float_compute_ops() == []
@@ -104,8 +110,14 @@ def test_residual_cnn_converts_all_int8(residual_cnn, digits, tmp_path, compile_
 
 def test_sequential_mlp_and_softmax_head(tmp_path, convert_int8):
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(4, activation="softmax")], name="seq")
+    model = keras.Sequential(
+        [
+            keras.Input((16,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(4, activation="softmax"),
+        ],
+        name="seq",
+    )
     x = np.random.default_rng(0).normal(size=(128, 16)).astype("float32")
     qat = quantize.quantize_model(model, representative_data=x)
     # softmax is moved out of the Dense so the FULLY_CONNECTED output has its own range
@@ -131,8 +143,9 @@ def test_save_load_round_trip_and_keeps_training(qat_cnn, digits, tmp_path, comp
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat_cnn.predict(x, verbose=0))
     assert quantize.is_quantization_aware(loaded)
     quantize.check_ranges_set(loaded)
-    compile_classifier(loaded, lr=1e-3).fit(digits.x_train[:64], digits.y_train[:64], epochs=1,
-                                            verbose=0)
+    compile_classifier(loaded, lr=1e-3).fit(
+        digits.x_train[:64], digits.y_train[:64], epochs=1, verbose=0
+    )
 
 
 def test_int8_io_for_qat(qat_cnn, digits, tmp_path):
@@ -189,8 +202,9 @@ def test_fit_under_mirrored_strategy():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", _MIRRORED], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "OK" in done.stdout
     assert float(done.stdout.split("OK")[1]) > 0

@@ -1,7 +1,7 @@
 """`QuantizeConfig`: what `quantize_model` does, as one small frozen object."""
 
 import dataclasses
-from typing import Tuple
+from typing import Optional, Tuple
 
 from tfcompress.quantize.schemes import get_scheme
 
@@ -27,6 +27,13 @@ class QuantizeConfig:
         preserve_clusters: CQAT: keep the shared values of a clustered
             (stripped) model's kernels; needs `fold_batchnorm=False` when the
             model has BatchNormalization after a clustered conv.
+        freeze_bn_delay: training steps during which BatchNormalization
+            (folded or not) normalises with batch statistics and keeps
+            updating its moving statistics; after it they are frozen, as at
+            export. `None` never freezes; 0 freezes from the first step
+            (can make an untrained deep network's outputs constant).
+        strict: raise `UnsupportedLayerError` for a layer without a rule
+            instead of keeping it in float (and naming it in the report).
 
     Example:
 
@@ -42,6 +49,8 @@ class QuantizeConfig:
     percentile: float = 99.99
     preserve_sparsity: bool = False
     preserve_clusters: bool = False
+    freeze_bn_delay: Optional[int] = 1000
+    strict: bool = False
 
     def __post_init__(self):
         get_scheme(self.weight_scheme)  # raises with the list of schemes
@@ -49,10 +58,22 @@ class QuantizeConfig:
             object.__setattr__(self, "skip_layers", (self.skip_layers,))
         object.__setattr__(self, "skip_layers", tuple(self.skip_layers))
         if self.calibration not in CALIBRATION_METHODS:
-            raise ValueError(f"calibration must be one of {CALIBRATION_METHODS}. "
-                             f"Received: calibration={self.calibration!r}")
+            raise ValueError(
+                f"calibration must be one of {CALIBRATION_METHODS}. "
+                f"Received: calibration={self.calibration!r}"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1). Received: ema_decay={self.ema_decay!r}")
+        if self.freeze_bn_delay is not None and (
+            isinstance(self.freeze_bn_delay, bool)
+            or not isinstance(self.freeze_bn_delay, int)
+            or self.freeze_bn_delay < 0
+        ):
+            raise ValueError(
+                "freeze_bn_delay must be a number of training steps >= 0, or None "
+                f"(never freeze). Received: freeze_bn_delay={self.freeze_bn_delay!r}"
+            )
         if not 50.0 < self.percentile <= 100.0:
-            raise ValueError(f"percentile must be in (50, 100]. Received: "
-                             f"percentile={self.percentile!r}")
+            raise ValueError(
+                f"percentile must be in (50, 100]. Received: percentile={self.percentile!r}"
+            )

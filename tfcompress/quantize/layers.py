@@ -37,8 +37,10 @@ class ActivationQuantizer(keras.layers.Layer):
     def __init__(self, num_bits=8, ema_decay=0.99, **kwargs):
         super().__init__(**kwargs)
         if num_bits != 8:
-            raise ValueError("Activations are quantized to 8 bits (TFLite int8). "
-                             f"Received: num_bits={num_bits!r}")
+            raise ValueError(
+                "Activations are quantized to 8 bits (TFLite int8). "
+                f"Received: num_bits={num_bits!r}"
+            )
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1). Received: ema_decay={ema_decay!r}")
         self.num_bits = int(num_bits)
@@ -48,8 +50,9 @@ class ActivationQuantizer(keras.layers.Layer):
     def build(self, input_shape):
         # autocast=False: under a mixed policy the ranges stay float32 when read in
         # call() (the fake-quant op takes float32 min/max).
-        kw = dict(shape=(), trainable=False, initializer="zeros", aggregation="mean",
-                  autocast=False)
+        kw = dict(
+            shape=(), trainable=False, initializer="zeros", aggregation="mean", autocast=False
+        )
         self.range_min = self.add_weight(name="range_min", **kw)
         self.range_max = self.add_weight(name="range_max", **kw)
         self.range_set = self.add_weight(name="range_set", **kw)
@@ -121,30 +124,48 @@ class QuantizeWrapper(Wrapper):
     ...                     granularity="per_channel", name="quant_conv")
     """
 
-    def __init__(self, layer, weight_scheme=None, granularity=None, kernel_attr="kernel",
-                 quantize_output=True, ema_decay=0.99, preserve_sparsity=False,
-                 preserve_clusters=0, **kwargs):
+    def __init__(
+        self,
+        layer,
+        weight_scheme=None,
+        granularity=None,
+        kernel_attr="kernel",
+        quantize_output=True,
+        ema_decay=0.99,
+        preserve_sparsity=False,
+        preserve_clusters=0,
+        **kwargs,
+    ):
         super().__init__(layer, **kwargs)
         if (preserve_sparsity or preserve_clusters) and weight_scheme is None:
-            raise ValueError("preserve_sparsity / preserve_clusters need a weight_scheme. "
-                             "Received: weight_scheme=None")
+            raise ValueError(
+                "preserve_sparsity / preserve_clusters need a weight_scheme. "
+                "Received: weight_scheme=None"
+            )
         if not isinstance(preserve_clusters, int) or preserve_clusters < 0:
-            raise ValueError("preserve_clusters is a number of clusters (0 for off). "
-                             f"Received: preserve_clusters={preserve_clusters!r}")
+            raise ValueError(
+                "preserve_clusters is a number of clusters (0 for off). "
+                f"Received: preserve_clusters={preserve_clusters!r}"
+            )
         self.preserve_sparsity = bool(preserve_sparsity)
         self.preserve_clusters = int(preserve_clusters)
         if weight_scheme is not None:
             weight_scheme = get_scheme(weight_scheme).name
             if granularity not in _GRANULARITIES:
-                raise ValueError(f"granularity must be one of {_GRANULARITIES} when weights are "
-                                 f"quantized. Received: granularity={granularity!r}")
+                raise ValueError(
+                    f"granularity must be one of {_GRANULARITIES} when weights are "
+                    f"quantized. Received: granularity={granularity!r}"
+                )
         self.weight_scheme = weight_scheme
         self.granularity = granularity
         self.kernel_attr = kernel_attr
         self.quantize_output = bool(quantize_output)
         self.ema_decay = float(ema_decay)
-        self.output_quantizer = (ActivationQuantizer(ema_decay=ema_decay, name="output_quant")
-                                 if quantize_output else None)
+        self.output_quantizer = (
+            ActivationQuantizer(ema_decay=ema_decay, name="output_quant")
+            if quantize_output
+            else None
+        )
 
     def build(self, input_shape=None):
         if not self.layer.built:
@@ -154,12 +175,17 @@ class QuantizeWrapper(Wrapper):
         if self.weight_scheme is not None:
             shape = tuple(getattr(self.layer, self.kernel_attr).shape)
             if self.preserve_sparsity:
-                self.sparsity_mask = self.add_weight(name="sparsity_mask", shape=shape,
-                                                     initializer="ones", trainable=False)
+                self.sparsity_mask = self.add_weight(
+                    name="sparsity_mask", shape=shape, initializer="ones", trainable=False
+                )
             if self.preserve_clusters:
-                self.cluster_ids = self.add_weight(name="cluster_ids", shape=shape,
-                                                   dtype="int32", initializer="zeros",
-                                                   trainable=False)
+                self.cluster_ids = self.add_weight(
+                    name="cluster_ids",
+                    shape=shape,
+                    dtype="int32",
+                    initializer="zeros",
+                    trainable=False,
+                )
         self.built = True
 
     def quantized_kernel(self):
@@ -172,15 +198,17 @@ class QuantizeWrapper(Wrapper):
             return self._quantized_kernel()
 
     def _quantized_kernel(self):
-        kernel = getattr(self.layer, self.kernel_attr)
+        return self.quantize_weight(tf.convert_to_tensor(getattr(self.layer, self.kernel_attr)))
+
+    def quantize_weight(self, w):
+        """Fake-quantize a tensor shaped like the kernel, the way this wrapper does its kernel."""
         scheme = get_scheme(self.weight_scheme)
-        w = tf.convert_to_tensor(kernel)
         if self.preserve_sparsity:
             w = w * self.sparsity_mask
         if self.preserve_clusters:
-            means = tf.math.unsorted_segment_mean(tf.reshape(w, [-1]),
-                                                  tf.reshape(self.cluster_ids, [-1]),
-                                                  self.preserve_clusters)
+            means = tf.math.unsorted_segment_mean(
+                tf.reshape(w, [-1]), tf.reshape(self.cluster_ids, [-1]), self.preserve_clusters
+            )
             w = tf.gather(means, self.cluster_ids)
         if self.granularity == "depthwise":  # (kh, kw, in, mult) -> channels in * mult
             shape = tf.shape(w)
@@ -188,20 +216,56 @@ class QuantizeWrapper(Wrapper):
             return tf.reshape(scheme.quantize(flat, per_channel=True), shape)
         return scheme.quantize(w, per_channel=self.granularity == "per_channel")
 
-    def call(self, inputs, training=None, mask=None):
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        if mask is not None and self.layer._call_has_mask_arg:
+            kwargs["mask"] = mask
+        if self.layer._call_has_training_arg:
+            kwargs["training"] = training
         if self.weight_scheme is None:
-            kwargs = {"mask": mask} if mask is not None and self.layer._call_has_mask_arg else {}
-            outputs = self.layer(inputs, training=training, **kwargs)
-        else:
-            kernel = getattr(self.layer, self.kernel_attr)
-            qkernel = self.quantized_kernel()
-            trainable = [qkernel if v is kernel else v for v in self.layer.trainable_variables]
-            non_trainable = [v.value for v in self.layer.non_trainable_variables]
-            kwargs = {"training": training} if self.layer._call_has_training_arg else {}
-            outputs, _ = self.layer.stateless_call(trainable, non_trainable, inputs, **kwargs)
-        if self.output_quantizer is not None:
-            outputs = self.output_quantizer(outputs, training=training)
-        return outputs
+            return self.quantize_output_of(self.layer(inputs, **kwargs), training)
+        kernel = getattr(self.layer, self.kernel_attr)
+        return self.run_with(
+            inputs, {id(kernel): self.quantized_kernel()}, training, call_kwargs=kwargs
+        )
+
+    def quantize_output_of(self, outputs, training):
+        if self.output_quantizer is None:
+            return outputs
+        return self.output_quantizer(outputs, training=training)
+
+    def run_with(self, inputs, replace, training=None, scale=None, call_kwargs=None):
+        """Run the wrapped layer with variables replaced, then the output fake-quant.
+
+        Args:
+            inputs: the layer's input.
+            replace: `{id(variable): tensor}` to compute with instead.
+            training: passed to the output quantizer.
+            scale: optional per-channel factor applied before the output
+                fake-quant (`outputs * scale[0] + scale[1]`).
+            call_kwargs: call arguments of the wrapped layer.
+
+        A `Dense` on an input of rank > 2 runs on the input flattened to 2-D,
+        so the converter fuses its bias into one FULLY_CONNECTED (Keras'
+        MatMul -> Reshape -> BiasAdd keeps the bias apart, in float); the
+        output is reshaped back after its fake-quant.
+        """
+        trainable = [replace.get(id(v), v) for v in self.layer.trainable_variables]
+        non_trainable = [replace.get(id(v), v.value) for v in self.layer.non_trainable_variables]
+        restore = None
+        if (
+            isinstance(self.layer, keras.layers.Dense)
+            and not isinstance(inputs, (list, tuple))
+            and len(inputs.shape) > 2
+        ):
+            restore = _flattened_output_shape(inputs, self.layer.units)
+            inputs = tf.reshape(inputs, (-1, inputs.shape[-1]))
+        outputs, _ = self.layer.stateless_call(
+            trainable, non_trainable, inputs, **(call_kwargs or {})
+        )
+        if scale is not None:
+            outputs = outputs * scale[0] + scale[1]
+        outputs = self.quantize_output_of(outputs, training)
+        return outputs if restore is None else tf.reshape(outputs, restore)
 
     def compute_output_spec(self, *args, **kwargs):
         kwargs.pop("training", None)
@@ -211,8 +275,21 @@ class QuantizeWrapper(Wrapper):
 
     def get_config(self):
         config = super().get_config()
-        config.update(weight_scheme=self.weight_scheme, granularity=self.granularity,
-                      kernel_attr=self.kernel_attr, quantize_output=self.quantize_output,
-                      ema_decay=self.ema_decay, preserve_sparsity=self.preserve_sparsity,
-                      preserve_clusters=self.preserve_clusters)
+        config.update(
+            weight_scheme=self.weight_scheme,
+            granularity=self.granularity,
+            kernel_attr=self.kernel_attr,
+            quantize_output=self.quantize_output,
+            ema_decay=self.ema_decay,
+            preserve_sparsity=self.preserve_sparsity,
+            preserve_clusters=self.preserve_clusters,
+        )
         return config
+
+
+def _flattened_output_shape(inputs, units):
+    """The shape a Dense output flattened to 2-D gets back: static where it is known."""
+    dims = list(inputs.shape[:-1])
+    if all(d is not None for d in dims[1:]):
+        return [-1] + [int(d) for d in dims[1:]] + [int(units)]
+    return tf.concat([tf.shape(inputs)[:-1], [int(units)]], 0)

@@ -31,6 +31,10 @@ class LayerHandler:
             (Dense: the converter transposes its kernel, so per-channel along
             Keras' last axis would be the wrong axis).
         kernel_attr: attribute holding the kernel variable.
+
+    The behaviour (which layer replaces the original, how its weights are
+    copied) lives on the role object: `handler.behaviour` is the registered
+    `tfcompress.quantize.roles.Role` named by `role`.
     """
 
     role: str
@@ -38,13 +42,30 @@ class LayerHandler:
     kernel_attr: str = "kernel"
 
     def __post_init__(self):
-        if self.role not in ("weights", "output", "passthrough", "composite"):
-            raise ValueError("LayerHandler.role must be 'weights', 'output', 'passthrough' or "
-                             f"'composite'. Received: role={self.role!r}")
-        if self.role == "weights" and self.granularity not in ("per_channel", "depthwise",
-                                                               "per_tensor"):
-            raise ValueError("A 'weights' handler needs granularity 'per_channel', 'depthwise' "
-                             f"or 'per_tensor'. Received: granularity={self.granularity!r}")
+        from tfcompress.quantize import roles
+
+        if self.role not in roles.role_names():
+            raise ValueError(
+                f"LayerHandler.role must be one of {roles.role_names()} (add one "
+                "with tfcompress.quantize.roles.register_role). "
+                f"Received: role={self.role!r}"
+            )
+        if self.role == "weights" and self.granularity not in (
+            "per_channel",
+            "depthwise",
+            "per_tensor",
+        ):
+            raise ValueError(
+                "A 'weights' handler needs granularity 'per_channel', 'depthwise' "
+                f"or 'per_tensor'. Received: granularity={self.granularity!r}"
+            )
+
+    @property
+    def behaviour(self):
+        """The `tfcompress.quantize.roles.Role` that carries out this handler."""
+        from tfcompress.quantize import roles
+
+        return roles.get_role(self.role)
 
 
 _HANDLERS = []  # (class, handler); later registrations win
@@ -58,8 +79,9 @@ def register_layer(layer_class, handler):
 
 def handler_for(layer):
     """The `LayerHandler` for `layer`, or `None` when the layer is unknown."""
-    if not _KERAS_HUB_REGISTERED and any((k.__module__ or "").startswith(("keras_hub", "keras_nlp"))
-                                         for k in type(layer).__mro__):
+    if not _KERAS_HUB_REGISTERED and any(
+        (k.__module__ or "").startswith(("keras_hub", "keras_nlp")) for k in type(layer).__mro__
+    ):
         _register_keras_hub()
     for klass in type(layer).__mro__:
         for registered, handler in _HANDLERS:
@@ -70,25 +92,78 @@ def handler_for(layer):
 
 def _register_defaults():
     import keras
+    from keras.src.applications.convnext import LayerScale
+
+    from tfcompress.quantize import batchnorm  # noqa: F401  (registers the BatchNorm roles)
 
     L = keras.layers
-    for cls in (L.Conv1D, L.Conv2D):
+    for cls in (L.Conv1D, L.Conv2D, L.Conv3D):
         register_layer(cls, LayerHandler("weights", "per_channel"))
+    # Transposed kernels are (..., out, in): per-channel on the last axis would be wrong.
+    for cls in (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose):
+        register_layer(cls, LayerHandler("weights", "per_tensor"))
     register_layer(L.DepthwiseConv2D, LayerHandler("weights", "depthwise"))
     register_layer(L.Dense, LayerHandler("weights", "per_tensor"))
     register_layer(L.EinsumDense, LayerHandler("weights", "per_tensor"))
     # An output range: the converter stores the table at that scale (an int8 GATHER).
     register_layer(L.Embedding, LayerHandler("output"))
-    for cls in (L.Add, L.Subtract, L.Multiply, L.Average, L.Concatenate, L.Maximum,
-                L.Minimum, L.ReLU, L.Activation, L.Softmax, L.LeakyReLU,
-                L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.BatchNormalization,
-                L.LayerNormalization):
+    register_layer(L.BatchNormalization, LayerHandler("batchnorm"))
+    register_layer(L.MultiHeadAttention, LayerHandler("composite"))
+    # Elementwise layers: an output range is all the converter needs.
+    for cls in (
+        L.Add,
+        L.Subtract,
+        L.Multiply,
+        L.Average,
+        L.Concatenate,
+        L.Maximum,
+        L.Minimum,
+        L.ReLU,
+        L.Activation,
+        L.Softmax,
+        L.LeakyReLU,
+        L.PReLU,
+        L.ELU,
+        L.GlobalAveragePooling1D,
+        L.GlobalAveragePooling2D,
+        L.GlobalAveragePooling3D,
+        L.AveragePooling3D,
+        L.LayerNormalization,
+        L.Rescaling,
+        L.Normalization,
+        LayerScale,
+    ):
         register_layer(cls, LayerHandler("output"))
-    for cls in (L.InputLayer, L.MaxPooling1D, L.MaxPooling2D, L.GlobalMaxPooling1D,
-                L.GlobalMaxPooling2D, L.Flatten, L.Reshape, L.Dropout, L.SpatialDropout1D,
-                L.SpatialDropout2D, L.ZeroPadding1D, L.ZeroPadding2D, L.Cropping1D,
-                L.Cropping2D, L.Identity, L.Permute, L.UpSampling2D, L.GaussianNoise,
-                L.ActivityRegularization):
+    for cls in (
+        L.InputLayer,
+        L.MaxPooling1D,
+        L.MaxPooling2D,
+        L.MaxPooling3D,
+        L.GlobalMaxPooling1D,
+        L.GlobalMaxPooling2D,
+        L.GlobalMaxPooling3D,
+        L.Flatten,
+        L.Reshape,
+        L.Dropout,
+        L.SpatialDropout1D,
+        L.SpatialDropout2D,
+        L.SpatialDropout3D,
+        L.ZeroPadding1D,
+        L.ZeroPadding2D,
+        L.ZeroPadding3D,
+        L.Cropping1D,
+        L.Cropping2D,
+        L.Cropping3D,
+        L.Identity,
+        L.Permute,
+        L.UpSampling1D,
+        L.UpSampling2D,
+        L.UpSampling3D,
+        L.GaussianNoise,
+        L.GaussianDropout,
+        L.ActivityRegularization,
+        L.RepeatVector,
+    ):
         register_layer(cls, LayerHandler("passthrough"))
     # TFLite's int8 AVERAGE_POOL_2D keeps its input scale.
     for cls in (L.AveragePooling1D, L.AveragePooling2D):

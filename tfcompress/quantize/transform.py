@@ -3,20 +3,15 @@
 import collections
 import dataclasses
 
-import numpy as np
-
 from tfcompress import _flavor
 from tfcompress._graph import check_graph_model
-from tfcompress.quantize import annotate, registry
-from tfcompress.quantize.composite import QuantizeComposite, _activation_name
+from tfcompress.quantize import annotate, batchnorm, registry, roles
+from tfcompress.quantize.composite import _activation_name
 from tfcompress.quantize.config import QuantizeConfig
 from tfcompress.quantize.errors import AlreadyQuantizedError, UnsupportedLayerError
 
 # Activations TFLite fuses into CONV_2D / FULLY_CONNECTED; others get their own layer.
 _FUSABLE = ("linear", "relu", "relu6")
-# Graph ops (not layers) whose int8 TFLite kernels keep their input's scale.
-_SCALE_KEEPING_OPS = ("GetItem", "Reshape", "Squeeze", "ExpandDims", "Transpose", "Slice",
-                      "StridedSlice", "Take")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +22,9 @@ class QuantizeReport:
         quantized: `(layer name, class, weight scheme or None)` per quantized layer.
         kept_float: `(layer name, class, reason)` per layer left in float.
         folded_batchnorm: `(conv name, batchnorm name)` pairs folded together.
+        shared: `(layer name, class, reason)` per layer that could not be
+            rebuilt from its config and is shared with the input model
+            (its weights too: training the QAT model changes them).
         calibration: the calibration method used to initialise ranges, or
             `None` (ranges are then set by the first training steps).
         calibration_samples: inputs used for calibration.
@@ -35,18 +33,23 @@ class QuantizeReport:
     quantized: tuple
     kept_float: tuple
     folded_batchnorm: tuple
+    shared: tuple = ()
     calibration: object = None
     calibration_samples: int = 0
 
     def __str__(self):
-        lines = [f"quantized {len(self.quantized)} layers, kept {len(self.kept_float)} in "
-                 f"float, folded {len(self.folded_batchnorm)} BatchNormalization"]
+        lines = [
+            f"quantized {len(self.quantized)} layers, kept {len(self.kept_float)} in "
+            f"float, folded {len(self.folded_batchnorm)} BatchNormalization"
+        ]
         lines += [f"  quantized {n} ({c}, weights {s or '-'})" for n, c, s in self.quantized]
         lines += [f"  float     {n} ({c}): {r}" for n, c, r in self.kept_float]
         lines += [f"  folded    {b} into {c}" for c, b in self.folded_batchnorm]
+        lines += [f"  shared    {n} ({c}): {r}" for n, c, r in self.shared]
         if self.calibration:
-            lines.append(f"  ranges: {self.calibration} calibration on "
-                         f"{self.calibration_samples} samples")
+            lines.append(
+                f"  ranges: {self.calibration} calibration on {self.calibration_samples} samples"
+            )
         else:
             lines.append("  ranges: set by the first training steps")
         return "\n".join(lines)
@@ -54,12 +57,17 @@ class QuantizeReport:
 
 @dataclasses.dataclass
 class _Plan:
-    action: str  # "weights" | "output" | "passthrough" | "float" | "folded_bn"
+    action: str  # the role's name: "weights", "output", "float", "folded_bn", ...
     handler: object = None
     scheme: object = None
     fold_bn: object = None  # the BatchNormalization folded into this layer
     split_activation: object = None  # activation name moved to its own layer
     reason: str = ""
+    role: object = None  # the tfcompress.quantize.roles.Role that carries it out
+
+    def __post_init__(self):
+        if self.role is None:
+            self.role = roles.get_role(self.action)
 
 
 def quantize_model(model, config=None, *, representative_data=None, only_annotated=False):
@@ -91,8 +99,11 @@ def quantize_model(model, config=None, *, representative_data=None, only_annotat
         A new `keras.Model`; its `.quantize_report` is a `QuantizeReport`.
 
     Raises:
-        UnsupportedLayerError: a layer cannot be quantized (its name, class,
-            and how to keep it in float are in the message).
+        UnsupportedLayerError: with `QuantizeConfig(strict=True)`, a layer
+            has no rule (its name, class, and what to do are in the
+            message). Without `strict`, such a layer is kept in float and
+            named in the report's `kept_float`, as Keras' `model.quantize()`
+            does.
         UnsupportedModelError: a subclassed model, or not a Keras model.
         AlreadyQuantizedError: the model already has fake-quant.
 
@@ -104,8 +115,9 @@ def quantize_model(model, config=None, *, representative_data=None, only_annotat
     """
     config = config if config is not None else QuantizeConfig()
     if not isinstance(config, QuantizeConfig):
-        raise TypeError("config must be a tfcompress.quantize.QuantizeConfig. "
-                        f"Received: config={config!r}")
+        raise TypeError(
+            f"config must be a tfcompress.quantize.QuantizeConfig. Received: config={config!r}"
+        )
     flavor = _flavor.flavor_of(model)
     if flavor != _flavor.TF_KERAS:
         _check_graph_model(model)  # before check_built: a subclassed model has no inputs
@@ -115,29 +127,42 @@ def quantize_model(model, config=None, *, representative_data=None, only_annotat
         from tfcompress.quantize import _tfmot
 
         if representative_data is not None:
-            raise ValueError("representative_data= is for Keras 3 models; tfmot sets tf_keras "
-                             "ranges during fit(). Received: representative_data")
+            raise ValueError(
+                "representative_data= is for Keras 3 models; tfmot sets tf_keras "
+                "ranges during fit(). Received: representative_data"
+            )
         return _tfmot.quantize_model(model, config)
     functional = _as_functional(model)
     _check_not_quantized(functional)
-    functional = _inline_nested(functional)
+    shared = {}
+    functional = _inline_nested(functional, shared)
     plans = _plan(functional, config, only_annotated)
-    qat = _clone(functional, plans, config)
+    qat = _clone(functional, plans, config, shared)
     report = QuantizeReport(
-        quantized=tuple((layer.name, type(layer).__name__, plans[layer.name].scheme)
-                        for layer in functional.layers
-                        if plans[layer.name].action in ("weights", "output", "composite")),
-        kept_float=tuple((layer.name, type(layer).__name__, plans[layer.name].reason)
-                         for layer in functional.layers if plans[layer.name].action == "float"),
-        folded_batchnorm=tuple((layer.name, p.fold_bn.name) for layer in functional.layers
-                               if (p := plans[layer.name]).fold_bn is not None),
+        quantized=tuple(
+            (layer.name, type(layer).__name__, plans[layer.name].scheme)
+            for layer in functional.layers
+            if plans[layer.name].role.quantized
+        ),
+        kept_float=tuple(
+            (layer.name, type(layer).__name__, plans[layer.name].reason)
+            for layer in functional.layers
+            if plans[layer.name].action == "float"
+        ),
+        folded_batchnorm=tuple(
+            (layer.name, p.fold_bn.name)
+            for layer in functional.layers
+            if (p := plans[layer.name]).fold_bn is not None
+        ),
+        shared=tuple(shared.values()),
     )
     if representative_data is not None:
         from tfcompress.quantize.calibration import calibrate
 
         calibrated = calibrate(qat, representative_data, config.calibration, config.percentile)
-        report = dataclasses.replace(report, calibration=calibrated.method,
-                                     calibration_samples=calibrated.samples)
+        report = dataclasses.replace(
+            report, calibration=calibrated.method, calibration_samples=calibrated.samples
+        )
     qat.quantize_report = report
     return qat
 
@@ -148,49 +173,101 @@ def _as_functional(model):
     _check_graph_model(model)
     if isinstance(model, keras.Sequential):
         inputs, outputs = model.inputs, model.outputs
-        return keras.Model(inputs[0] if len(inputs) == 1 else inputs,
-                           outputs[0] if len(outputs) == 1 else outputs, name=model.name)
+        return keras.Model(
+            inputs[0] if len(inputs) == 1 else inputs,
+            outputs[0] if len(outputs) == 1 else outputs,
+            name=model.name,
+        )
     return model
 
 
-def _inline_nested(model):
-    """The same graph with nested functional models (a task's backbone) laid out flat.
+def _nested_graph(layer):
+    """The functional graph of a nested model (a Sequential's own), or `None`."""
+    import keras
+    from keras.src.models.functional import Functional
 
-    keras-hub tasks call their backbone as one layer; the transform needs to
-    see the backbone's own layers. Every layer is copied (config and
-    weights, annotations kept), so the input model gains no new nodes.
+    if isinstance(layer, Functional):
+        return layer
+    if isinstance(layer, keras.Sequential):
+        return getattr(layer, "_functional", None)
+    return None
+
+
+def copy_layer(layer, shared, overrides=None, rebuild=False):
+    """A copy of `layer` for the new model, or `layer` itself.
+
+    A layer without weights that is not changed (`overrides`, `rebuild`) is
+    reused as it is. Otherwise it is rebuilt from its config (and built like
+    the original); when that fails (keras-hub layers whose `get_config`
+    emits derived fields), the original is reused and `shared` records why.
+    """
+    if overrides is None and not rebuild and not layer.weights:
+        return layer
+    config = layer.get_config()
+    config.update(overrides or {})
+    try:
+        new = layer.__class__.from_config(config)
+    except Exception as e:  # noqa: BLE001  (any from_config failure: reuse, and say so)
+        if overrides:
+            raise
+        shared[layer.name] = (
+            layer.name,
+            type(layer).__name__,
+            f"from_config failed ({type(e).__name__}: {str(e)[:120]}); "
+            "the layer is shared with the input model",
+        )
+        return layer
+    build_config = layer.get_build_config() if layer.built else None
+    if build_config and not overrides:
+        try:
+            new.build_from_config(build_config)
+        except Exception:  # noqa: BLE001  (built on first call instead)
+            pass
+    note = annotate.annotation_of(layer)
+    if note is not None:
+        setattr(new, annotate._ATTR, dict(note))
+    return new
+
+
+def _inline_nested(model, shared):
+    """The same graph with nested models (a task's backbone, a Sequential block) laid out flat.
+
+    keras-hub tasks call their backbone as one layer; ConvNeXt calls
+    Sequential blocks. The transform needs to see their own layers. Layers
+    with weights are copied (config and weights, annotations kept), so the
+    input model's weights are not shared.
     """
     import keras
     from keras import tree
-    from keras.src.models.functional import Functional
 
-    if not any(isinstance(layer, Functional) for layer in model.layers):
+    if not any(_nested_graph(layer) is not None for layer in model.layers):
         return model
     copies = {}  # id(original layer) -> (copy, original); a shared layer stays shared
 
     def operation_fn(op):
-        if not isinstance(op, Functional):
+        graph = _nested_graph(op)
+        if graph is None:
             if not isinstance(op, keras.layers.Layer):
                 return op
             if id(op) not in copies:
-                new = op.__class__.from_config(op.get_config())
-                note = annotate.annotation_of(op)
-                if note is not None:
-                    setattr(new, annotate._ATTR, dict(note))
-                copies[id(op)] = (new, op)
+                copies[id(op)] = (copy_layer(op, shared), op)
             return copies[id(op)][0]
 
         def inline(inputs, *args, **kwargs):
-            return op._run_through_graph(op._standardize_inputs(inputs),
-                                         operation_fn=operation_fn)
+            return graph._run_through_graph(
+                graph._standardize_inputs(inputs), operation_fn=operation_fn
+            )
+
         return inline
 
     inputs = tree.map_structure(
-        lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name), model.input)
+        lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name), model.input
+    )
     outputs = model._run_through_graph(inputs, operation_fn=operation_fn)
     flat = keras.Model(inputs, outputs, name=model.name)
     for new, original in copies.values():
-        new.set_weights(original.get_weights())
+        if new is not original:
+            new.set_weights(original.get_weights())
     return flat
 
 
@@ -204,14 +281,16 @@ def _check_not_quantized(model):
     if is_quantization_aware(model):
         raise AlreadyQuantizedError(
             f"Model '{model.name}' already has fake-quant layers (it is a QAT model). Train or "
-            "export it as it is; to start again, quantize the original float model.")
+            "export it as it is; to start again, quantize the original float model."
+        )
     for layer in model.layers:
         mode = getattr(layer, "quantization_mode", None)
         if mode:
             raise AlreadyQuantizedError(
                 f"Layer '{layer.name}' ({type(layer).__name__}) of model '{model.name}' was "
                 f"quantized by Keras (quantization_mode={mode!r}, from model.quantize()). QAT "
-                "needs the float model: quantize the model you had before model.quantize().")
+                "needs the float model: quantize the model you had before model.quantize()."
+            )
 
 
 def _nodes_of(model):
@@ -221,8 +300,11 @@ def _nodes_of(model):
 
 def _inbound(layer, model_nodes):
     # Keras keys a model's nodes as "<id(layer)>_ib-<index>".
-    return [n for i, n in enumerate(layer._inbound_nodes)
-            if model_nodes is None or f"{id(layer)}_ib-{i}" in model_nodes]
+    return [
+        n
+        for i, n in enumerate(layer._inbound_nodes)
+        if model_nodes is None or f"{id(layer)}_ib-{i}" in model_nodes
+    ]
 
 
 def _producer(tensor):
@@ -230,8 +312,6 @@ def _producer(tensor):
 
 
 def _plan(model, config, only_annotated):
-    import keras
-
     model_nodes = _nodes_of(model)
     consumers = collections.Counter()
     for layer in model.layers:
@@ -242,250 +322,203 @@ def _plan(model, config, only_annotated):
     skip = set(config.skip_layers)
     unknown = skip - {layer.name for layer in model.layers}
     if unknown:
-        raise ValueError(f"QuantizeConfig.skip_layers names layers model '{model.name}' does not "
-                         f"have: {sorted(unknown)}. Its layers: "
-                         f"{[layer.name for layer in model.layers]}")
-
-    plans = {}
-    for layer in model.layers:
-        note = annotations[layer.name]
-        handler = registry.handler_for(layer)
-        if isinstance(layer, keras.layers.InputLayer):
-            plans[layer.name] = _Plan("passthrough", handler)
-        elif layer.name in skip:
-            plans[layer.name] = _Plan("float", reason="QuantizeConfig.skip_layers")
-        elif note is not None and not note["quantize"]:
-            plans[layer.name] = _Plan("float", reason="quantize_annotate_layer(quantize=False)")
-        elif only_annotated and note is None:
-            plans[layer.name] = _Plan("float", reason="not annotated (quantize_apply)")
-        elif handler is None:
-            raise UnsupportedLayerError(
-                f"Layer '{layer.name}' ({type(layer).__module__}.{type(layer).__name__}) of model "
-                f"'{model.name}' has no int8 fake-quant rule. Keep it in float with "
-                f"quantize_model(model, QuantizeConfig(skip_layers=('{layer.name}',))) or "
-                "quantize_annotate_layer(layer, quantize=False), or teach the transform with "
-                "tfcompress.quantize.registry.register_layer(cls, LayerHandler(...)).")
-        elif handler.role == "composite":
-            if config.preserve_clusters:
-                raise ValueError(
-                    f"preserve_clusters=True cannot keep the clusters of the kernels inside "
-                    f"'{layer.name}' ({type(layer).__name__}); keep it in float with "
-                    f"QuantizeConfig(skip_layers=('{layer.name}',)) or drop preserve_clusters.")
-            scheme = (note or {}).get("weight_scheme") or config.weight_scheme
-            plans[layer.name] = _Plan("composite", handler, scheme)
-        elif handler.role == "weights":
-            scheme = (note or {}).get("weight_scheme") or config.weight_scheme
-            act = _activation_name(layer)
-            plans[layer.name] = _Plan("weights", handler, scheme,
-                                      split_activation=None if act in _FUSABLE else act)
-        else:
-            plans[layer.name] = _Plan(handler.role, handler)
-
+        raise ValueError(
+            f"QuantizeConfig.skip_layers names layers model '{model.name}' does not "
+            f"have: {sorted(unknown)}. Its layers: "
+            f"{[layer.name for layer in model.layers]}"
+        )
+    plans = {
+        layer.name: _plan_layer(layer, model, config, only_annotated, skip, annotations[layer.name])
+        for layer in model.layers
+    }
     if config.fold_batchnorm:
-        for layer in model.layers:
-            if not isinstance(layer, keras.layers.BatchNormalization):
-                continue
-            if plans[layer.name].action != "output":
-                continue
-            nodes = _inbound(layer, model_nodes)
-            if len(nodes) != 1 or len(nodes[0].input_tensors) != 1:
-                continue
-            conv = _producer(nodes[0].input_tensors[0])
-            p = plans.get(getattr(conv, "name", None))
-            axis = layer.axis if isinstance(layer.axis, int) else -1
-            if (p is not None and p.action == "weights" and p.fold_bn is None
-                    and type(conv).__name__ in ("Conv1D", "Conv2D", "DepthwiseConv2D", "Dense")
-                    and isinstance(conv, _foldable_classes())
-                    and p.split_activation is None and _activation_name(conv) == "linear"
-                    and consumers[id(conv)] == 1 and len(_inbound(conv, model_nodes)) == 1
-                    and axis in (-1, len(layer.input.shape) - 1)
-                    and getattr(conv, "data_format", "channels_last") == "channels_last"):
-                p.fold_bn = layer
-                plans[layer.name] = _Plan("folded_bn")
+        batchnorm.plan_folds(
+            model,
+            plans,
+            lambda layer: _inbound(layer, model_nodes),
+            _producer,
+            consumers,
+            config.freeze_bn_delay,
+        )
     return plans
 
 
-def _foldable_classes():
+def _plan_layer(layer, model, config, only_annotated, skip, note):
     import keras
 
-    L = keras.layers
-    return (L.Conv1D, L.Conv2D, L.DepthwiseConv2D, L.Dense)
+    handler = registry.handler_for(layer)
+    if isinstance(layer, keras.layers.InputLayer):
+        return _Plan("passthrough", handler)
+    if layer.name in skip:
+        return _Plan("float", reason="QuantizeConfig.skip_layers")
+    if note is not None and not note["quantize"]:
+        return _Plan("float", reason="quantize_annotate_layer(quantize=False)")
+    if only_annotated and note is None:
+        return _Plan("float", reason="not annotated (quantize_apply)")
+    if handler is None:
+        what = f"{type(layer).__module__}.{type(layer).__name__}"
+        if config.strict:
+            raise UnsupportedLayerError(
+                f"Layer '{layer.name}' ({what}) of model '{model.name}' has no int8 fake-quant "
+                "rule. Keep it in float with quantize_model(model, QuantizeConfig(skip_layers="
+                f"('{layer.name}',))) or quantize_annotate_layer(layer, quantize=False), or "
+                "teach the transform with tfcompress.quantize.register_layer(cls, "
+                f"LayerHandler(...)). Received: {what}"
+            )
+        return _Plan(
+            "float",
+            reason=f"no int8 rule for {type(layer).__name__} (register one "
+            "with tfcompress.quantize.register_layer)",
+        )
+    if handler.role == "composite" and config.preserve_clusters:
+        raise ValueError(
+            f"preserve_clusters=True cannot keep the clusters of the kernels inside "
+            f"'{layer.name}' ({type(layer).__name__}); keep it in float with "
+            f"QuantizeConfig(skip_layers=('{layer.name}',)) or drop preserve_clusters."
+        )
+    scheme = (note or {}).get("weight_scheme") or config.weight_scheme
+    split = None
+    if handler.role == "weights":
+        act = _activation_name(layer)
+        split = None if act in _FUSABLE else act
+    return _Plan(
+        handler.role,
+        handler,
+        scheme if handler.behaviour.quantized else None,
+        split_activation=split,
+        role=handler.behaviour,
+    )
 
 
-def _clone(model, plans, config):
+class _CloneContext:
+    """What a `Role` may use while the transform clones the graph (see roles.py)."""
+
+    def __init__(self, model, plans, config, shared):
+        import keras
+
+        self.keras = keras
+        self.config = config
+        self.plans = plans
+        self.shared = shared
+        self.originals = {}  # id(new layer) -> original layer
+        self.quantized = set()  # ids of KerasTensors that carry a fake-quant range
+        self.input_quant = {}  # id(tensor) -> quantized tensor
+        self.used_names = {layer.name for layer in model.layers}
+
+    def unique(self, name):
+        base, i = name, 1
+        while name in self.used_names:
+            i += 1
+            name = f"{base}_{i}"
+        self.used_names.add(name)
+        return name
+
+    def copy_layer(self, layer, overrides=None, rebuild=False):
+        return copy_layer(layer, self.shared, overrides, rebuild)
+
+    def plan_of(self, new):
+        return self.plans[self.originals[id(new)].name]
+
+    def original_of(self, new):
+        return self.originals[id(new)]
+
+    def mark(self, outputs):
+        from keras import tree
+
+        for t in tree.flatten(outputs):
+            self.quantized.add(id(t))
+        return outputs
+
+    def all_quantized(self, structure):
+        from keras import tree
+
+        floats = [
+            t
+            for t in tree.flatten(structure)
+            if isinstance(t, self.keras.KerasTensor) and self.keras.backend.is_float_dtype(t.dtype)
+        ]
+        return bool(floats) and all(id(t) in self.quantized for t in floats)
+
+    def ensure_quantized(self, t):
+        from tfcompress.quantize.layers import ActivationQuantizer
+
+        keras = self.keras
+        if not isinstance(t, keras.KerasTensor) or id(t) in self.quantized:
+            return t
+        if not keras.backend.is_float_dtype(t.dtype):  # token ids, masks: not activations
+            return t
+        if id(t) not in self.input_quant:
+            name = self.unique(f"{_producer(t).name}_quant")
+            q = ActivationQuantizer(ema_decay=self.config.ema_decay, name=name)(t)
+            self.quantized.add(id(q))
+            self.input_quant[id(t)] = q
+        return self.input_quant[id(t)]
+
+
+def _graph_op_kinds():
+    """(ops that keep their input's int8 scale, elementwise ops that get an output range)."""
+    from keras.src.ops import core
+    from keras.src.ops import numpy as knp
+
+    keep = tuple(
+        getattr(knp, n)
+        for n in ("GetItem", "Reshape", "Squeeze", "ExpandDims", "Transpose", "Take")
+        if hasattr(knp, n)
+    )
+    keep += tuple(getattr(core, n) for n in ("Slice", "StridedSlice") if hasattr(core, n))
+    arithmetic = tuple(
+        getattr(knp, n)
+        for n in ("Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Negative")
+        if hasattr(knp, n)
+    )
+    return keep, arithmetic
+
+
+def _clone(model, plans, config, shared):
     import keras
     from keras import tree
 
-    from tfcompress.quantize.layers import ActivationQuantizer, QuantizeWrapper
-
-    originals = {}  # id(new layer) -> original layer
-    quantized = set()  # ids of KerasTensors that carry a fake-quant range
-    input_quant = {}  # id(tensor) -> quantized tensor
-    used_names = {layer.name for layer in model.layers}
-
-    def unique(name):
-        base, i = name, 1
-        while name in used_names:
-            i += 1
-            name = f"{base}_{i}"
-        used_names.add(name)
-        return name
+    ctx = _CloneContext(model, plans, config, shared)
+    scale_keeping, arithmetic = _graph_op_kinds()
 
     def clone_function(layer):
         if not isinstance(layer, keras.layers.Layer):
             return layer  # an op of the graph (x[:, 0], reshape, ...): stateless
         plan = plans[layer.name]
-        config_ = layer.get_config()
-        if plan.action == "folded_bn":
-            new = keras.layers.Identity(name=layer.name)
-        elif plan.action == "weights":
-            if plan.fold_bn is not None:
-                config_["use_bias"] = True
-            if plan.split_activation is not None:
-                config_["activation"] = "linear"
-            inner = layer.__class__.from_config(config_)
-            clusters = 0
-            if config.preserve_clusters:
-                clusters = _count_clusters(layer, plan)
-            new = QuantizeWrapper(inner, weight_scheme=plan.scheme,
-                                  granularity=plan.handler.granularity,
-                                  kernel_attr=plan.handler.kernel_attr, quantize_output=True,
-                                  ema_decay=config.ema_decay,
-                                  preserve_sparsity=config.preserve_sparsity,
-                                  preserve_clusters=clusters,
-                                  name=unique(f"quant_{layer.name}"))
-        elif plan.action == "composite":
-            new = QuantizeComposite(layer.__class__.from_config(config_),
-                                    weight_scheme=plan.scheme, ema_decay=config.ema_decay,
-                                    preserve_sparsity=config.preserve_sparsity,
-                                    name=unique(f"quant_{layer.name}"))
-        elif plan.action == "output":
-            new = QuantizeWrapper(layer.__class__.from_config(config_), quantize_output=True,
-                                  ema_decay=config.ema_decay, name=unique(f"quant_{layer.name}"))
-        else:
-            new = layer.__class__.from_config(config_)
-        originals[id(new)] = layer
+        new = plan.role.build(layer, plan, ctx)
+        ctx.originals[id(new)] = layer
         return new
 
-    def ensure_quantized(t):
-        if not isinstance(t, keras.KerasTensor) or id(t) in quantized:
-            return t
-        if not keras.backend.is_float_dtype(t.dtype):  # token ids, masks: not activations
-            return t
-        if id(t) not in input_quant:
-            name = unique(f"{_producer(t).name}_quant")
-            q = ActivationQuantizer(ema_decay=config.ema_decay, name=name)(t)
-            quantized.add(id(q))
-            input_quant[id(t)] = q
-        return input_quant[id(t)]
-
     def call_function(new_layer, *args, **kwargs):
-        original = originals.get(id(new_layer))
-        plan = plans[original.name] if original is not None else _Plan("passthrough")
-        in_tensors = [t for t in tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
-        if not isinstance(new_layer, keras.layers.Layer):  # a graph op: x[:, 0], reshape, ...
+        if not isinstance(new_layer, keras.layers.Layer):  # a graph op: x[:, 0], x + 3, ...
             out = new_layer(*args, **kwargs)
-            floats = [t for t in in_tensors if keras.backend.is_float_dtype(t.dtype)]
-            if type(new_layer).__name__ in _SCALE_KEEPING_OPS and floats and all(
-                    id(t) in quantized for t in floats):
-                for t in tree.flatten(out):
-                    quantized.add(id(t))
+            floats_in = ctx.all_quantized((args, kwargs))
+            if isinstance(new_layer, scale_keeping) and floats_in:
+                ctx.mark(out)
+            elif (
+                isinstance(new_layer, arithmetic)
+                and floats_in
+                and all(
+                    isinstance(t, keras.KerasTensor) and keras.backend.is_float_dtype(t.dtype)
+                    for t in tree.flatten(out)
+                )
+            ):
+                out = tree.map_structure(ctx.ensure_quantized, out)  # x + 3.0, x * (1 / 6)
             return out
         if not new_layer._call_has_mask_arg:  # e.g. a folded BatchNormalization's Identity
             kwargs.pop("mask", None)
-        if plan.action == "composite":
-            args = (ensure_quantized(args[0]),) + tuple(args[1:])
-            out = new_layer(*args, **kwargs)
-            if new_layer.output_quantized:
-                for t in tree.flatten(out):
-                    quantized.add(id(t))
-            return out
-        if plan.action in ("weights", "output"):
-            args = tree.map_structure(ensure_quantized, args)
-            out = new_layer(*args, **kwargs)
-            if plan.split_activation is not None:
-                act = QuantizeWrapper(keras.layers.Activation(plan.split_activation),
-                                      quantize_output=True, ema_decay=config.ema_decay,
-                                      name=unique(f"quant_{original.name}_{plan.split_activation}"))
-                out = act(out)
-            marked = True
-        else:
-            out = new_layer(*args, **kwargs)
-            marked = plan.action in ("passthrough", "folded_bn") and all(
-                id(t) in quantized for t in in_tensors)
-        if marked:
-            for t in tree.flatten(out):
-                quantized.add(id(t))
-        return out
-
-    qat = keras.models.clone_model(model, clone_function=clone_function,
-                                   call_function=call_function)
-    for new in qat.layers:
-        original = originals.get(id(new))
-        if original is None:
-            continue
+        original = ctx.originals.get(id(new_layer))
+        if original is None:  # not cloned by us (cannot happen for layers of the model)
+            return new_layer(*args, **kwargs)
         plan = plans[original.name]
-        if plan.action == "weights":
-            _copy_kernel_weights(new, original, plan)
-        elif plan.action == "output":
-            new.layer.set_weights(original.get_weights())
-        elif plan.action == "composite":
-            new.layer.set_weights(original.get_weights())
-            if new.preserve_sparsity:
-                new.set_sparsity_masks()
-        elif plan.action != "folded_bn":
-            new.set_weights(original.get_weights())
+        return plan.role.call(new_layer, args, kwargs, ctx)
+
+    qat = keras.models.clone_model(
+        model, clone_function=clone_function, call_function=call_function
+    )
+    for new in qat.layers:
+        original = ctx.originals.get(id(new))
+        if original is not None:
+            plan = plans[original.name]
+            plan.role.copy_weights(new, original, plan)
     return qat
-
-
-def _copy_kernel_weights(wrapper, original, plan):
-    if plan.fold_bn is not None:
-        kernel, bias = _fold(original, plan.fold_bn)
-        wrapper.layer.kernel.assign(kernel)
-        wrapper.layer.bias.assign(bias)
-    else:
-        wrapper.layer.set_weights(original.get_weights())
-    kernel = getattr(wrapper.layer, plan.handler.kernel_attr).numpy()
-    if wrapper.preserve_sparsity:
-        wrapper.sparsity_mask.assign((kernel != 0).astype("float32"))
-    if wrapper.preserve_clusters:
-        ids = np.unique(kernel, return_inverse=True)[1].reshape(kernel.shape)
-        wrapper.cluster_ids.assign(ids.astype("int32"))
-
-
-_MAX_CLUSTERS = 256
-
-
-def _count_clusters(layer, plan):
-    if plan.fold_bn is not None:
-        raise ValueError(
-            f"preserve_clusters cannot keep the clusters of '{layer.name}' when "
-            f"'{plan.fold_bn.name}' is folded into it (folding scales each channel apart). "
-            "Pass QuantizeConfig(preserve_clusters=True, fold_batchnorm=False).")
-    kernel = getattr(layer, plan.handler.kernel_attr).numpy()
-    n = len(np.unique(kernel))
-    if n > _MAX_CLUSTERS:
-        raise ValueError(
-            f"preserve_clusters=True, but layer '{layer.name}' has {n} distinct kernel values, "
-            "so it is not clustered. Cluster the model first (tfcompress.cluster.cluster_weights,"
-            " fit, strip_clustering), or skip it with QuantizeConfig(skip_layers=(...)).")
-    return n
-
-
-def _fold(conv, bn):
-    """Kernel and bias of `conv` followed by inference-mode `bn`, as one layer."""
-    import keras
-
-    kernel = np.asarray(conv.kernel.numpy())
-    channels = bn.moving_mean.shape[-1]
-    bias = np.asarray(conv.bias.numpy()) if conv.use_bias else np.zeros(channels, "float32")
-    gamma = np.asarray(bn.gamma.numpy()) if bn.scale else np.ones(channels, "float32")
-    beta = np.asarray(bn.beta.numpy()) if bn.center else np.zeros(channels, "float32")
-    mean = np.asarray(bn.moving_mean.numpy())
-    var = np.asarray(bn.moving_variance.numpy())
-    factor = gamma / np.sqrt(var + bn.epsilon)
-    if isinstance(conv, keras.layers.DepthwiseConv2D):
-        kernel = kernel * factor.reshape(kernel.shape[2], kernel.shape[3])
-    else:
-        kernel = kernel * factor
-    return kernel.astype("float32"), ((bias - mean) * factor + beta).astype("float32")
