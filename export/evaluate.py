@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import zipfile
 
 import numpy as np
 
@@ -67,6 +68,16 @@ def evaluate(model_path, data_path, num_threads=1, runs=50, batch_size=32):
     return result
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="evaluate.py",
@@ -74,13 +85,15 @@ def main(argv=None):
     )
     parser.add_argument("model", help="the .tflite file")
     parser.add_argument("data", help=".npz with x (or x_<input>) and optional y")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
-    parser.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
+    parser.add_argument("--threads", type=_positive_int, default=1,
+                        help="CPU threads (default 1)")
+    parser.add_argument("--runs", type=_positive_int, default=50,
+                        help="timed runs (default 50)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     try:
         result = evaluate(args.model, args.data, num_threads=args.threads, runs=args.runs)
-    except (InvalidModelFileError, FileNotFoundError, ValueError) as e:
+    except (InvalidModelFileError, OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
     if args.json:

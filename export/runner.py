@@ -72,6 +72,9 @@ def make_interpreter(path, num_threads=1, use_xnnpack=True):
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"num_threads must be a whole number of at least 1. "
+                         f"Received: num_threads={num_threads!r}")
     data = read_model_file(path)
     resolver = (
         OpResolverType.AUTO if use_xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
@@ -83,12 +86,30 @@ def make_interpreter(path, num_threads=1, use_xnnpack=True):
             experimental_op_resolver_type=resolver,
         )
         interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as e:
+        _read_all_details(interpreter)
+    except _CORRUPT_FILE_ERRORS as e:
+        # A corrupt tensor name surfaces as UnicodeDecodeError, a corrupt index as
+        # ValueError or TypeError, only when the details are read: read them all now.
         raise InvalidModelFileError(
-            f"LiteRT could not load '{os.fspath(path)}' ({len(data)} bytes): {e}. The file is "
-            "truncated or corrupt; export it again."
+            f"LiteRT could not load '{os.fspath(path)}' ({len(data)} bytes): "
+            f"{type(e).__name__}: {str(e)[:200]}. The file is truncated or corrupt; export it "
+            "again."
         ) from None
     return interpreter
+
+
+_CORRUPT_FILE_ERRORS = (ValueError, RuntimeError, TypeError, KeyError, IndexError,
+                        OverflowError)
+
+
+def _read_all_details(interpreter):
+    interpreter.get_tensor_details()
+    interpreter.get_input_details()
+    interpreter.get_output_details()
+    for key in interpreter.get_signature_list():
+        runner = interpreter.get_signature_runner(key)
+        runner.get_input_details()
+        runner.get_output_details()
 
 
 def quantize_array(x, detail):
@@ -172,11 +193,37 @@ class TFLiteRunner:
             )
         return {names[0]: inputs}
 
+    def _check_shapes(self, named):
+        for name, value in named.items():
+            shape = np.shape(value)
+            want = tuple(int(s) for s in self.input_details[name]["shape_signature"])
+            sample = want[1:]
+            ok = len(shape) == len(want) and all(
+                w == -1 or w == g for w, g in zip(sample, shape[1:]))
+            if not ok:
+                raise ValueError(
+                    f"'{self.path}' input '{name}' takes samples of shape "
+                    f"{tuple(None if s == -1 else s for s in sample)} (batch first); the data's "
+                    f"samples have shape {tuple(shape[1:])}. Reshape the data or use the file "
+                    f"exported for it. Received: array of shape {tuple(shape)}"
+                )
+
+    def _invoke(self, feed):
+        try:
+            return self._runner(**feed)
+        except RuntimeError as e:
+            # Inputs were checked against the file's shapes: a failure here is the file's.
+            raise InvalidModelFileError(
+                f"LiteRT failed to run '{self.path}': {str(e)[:200]}. The file is corrupt or "
+                "was written for another runtime; export it again."
+            ) from None
+
     def run_batch(self, inputs):
         """Run one batch; returns a dict of float outputs keyed by output name."""
         named = self._as_named_inputs(inputs)
+        self._check_shapes(named)
         feed = {n: quantize_array(v, self.input_details[n]) for n, v in named.items()}
-        raw = self._runner(**feed)
+        raw = self._invoke(feed)
         return {n: dequantize_array(raw[n], self.output_details[n]) for n in self.output_names}
 
     def predict(self, inputs, batch_size=32):
@@ -191,6 +238,11 @@ class TFLiteRunner:
             A float array for a single-output model, else a dict of arrays.
         """
         named = self._as_named_inputs(inputs)
+        self._check_shapes(named)
+        lengths = {k: len(v) for k, v in named.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"'{self.path}' inputs need the same number of samples. "
+                             f"Received: {lengths}")
         n = len(next(iter(named.values())))
         if not self._batch_is_dynamic():
             batch_size = 1
@@ -244,7 +296,7 @@ class TFLiteRunner:
             raise ValueError(f"runs must be at least 1. Received: runs={runs}")
         feed = inputs if inputs is not None else self.example_inputs()
         for _ in range(warmup):
-            self._runner(**feed)
+            self._invoke(feed)
         times = []
         for _ in range(runs):
             start = time.perf_counter()
@@ -290,4 +342,16 @@ def labels_to_classes(labels):
     labels = np.asarray(labels)
     if labels.ndim >= 2 and labels.shape[-1] > 1:
         return labels.argmax(axis=-1)
-    return labels.reshape(len(labels)).astype(np.int64)
+    flat = labels.reshape(len(labels))
+    if flat.dtype.kind not in "iubf":
+        raise ValueError(f"Labels must be integer class ids. Received: dtype {flat.dtype}")
+    if flat.dtype.kind == "f":
+        bad = flat[~np.isfinite(flat) | (flat != np.round(flat))]
+        if bad.size:
+            raise ValueError(
+                f"Labels must be whole class ids; {bad.size} are fractional or NaN and would "
+                f"be truncated. Received: labels such as {bad[:3].tolist()}"
+            )
+    if flat.size and flat.min() < 0:
+        raise ValueError(f"Labels must be class ids from 0. Received: min label {flat.min()}")
+    return flat.astype(np.int64)

@@ -16,6 +16,10 @@ EXIT_USAGE = 2
 
 _MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 
+_TRUST_HELP = ("allow code named by the input files to run: recipe factories outside "
+               "tfcompress.*, .h5 models (tf_keras has no safe mode), Lambda layers in .keras "
+               "files. Only for files you trust (see docs/safety.md)")
+
 
 class UsageError(Exception):
     """Bad command-line input: reported in one line with exit code 2."""
@@ -46,7 +50,8 @@ def _cmd_run(args):
         recipe = pipeline.load_recipe(args.recipe)
     except RecipeError as e:
         raise UsageError(f"tfcompress run: error: {e}") from None
-    pipeline.run(recipe, args.out, force=args.force, progress=_progress)
+    pipeline.run(recipe, args.out, force=args.force, progress=_progress,
+                 trust_code=args.trust_code)
     return EXIT_OK
 
 
@@ -60,47 +65,106 @@ def _cmd_tune(args):
         recipe = pipeline.load_recipe(args.recipe)
     except (ValueError, RecipeError) as e:
         raise UsageError(f"tfcompress tune: error: {e}") from None
-    result = pipeline.tune(recipe, args.out, max_accuracy_drop=args.max_accuracy_drop,
-                           trials=args.trials, epochs=args.epochs, force=args.force,
-                           progress=_progress)
+    from tfcompress.pipeline.data import check_recipe_code, trusting
+
+    with trusting(args.trust_code):
+        check_recipe_code(recipe)
+        result = pipeline.tune(recipe, args.out, max_accuracy_drop=args.max_accuracy_drop,
+                               trials=args.trials, epochs=args.epochs, force=args.force,
+                               progress=_progress)
     print(result)
     # A file outside the budget is still written, but the job did not do what was asked.
     return EXIT_OK if result.within_budget else EXIT_FAILED
 
 
-def _load_model(path):
+def _check_model_path(path, trust_code):
+    """Everything about the model file that can be checked without TensorFlow."""
     if not os.path.exists(path):
         raise UsageError(f"tfcompress export: error: no model at '{path}'.")
-    if path.endswith(".keras"):
-        import keras
+    if not path.endswith((".keras", ".h5", ".hdf5")):
+        raise UsageError(
+            f"tfcompress export: error: '{path}' is not a .keras or .h5 model file. Save the "
+            "model with model.save('model.keras') (Keras 3) or model.save('model.h5') "
+            "(tf_keras) first."
+        )
+    from tfcompress.pipeline.data import check_model_file
 
-        return keras.saving.load_model(path)
-    if path.endswith((".h5", ".hdf5")):
-        import tf_keras
+    check_model_file(path, trust_code)
 
-        return tf_keras.models.load_model(path)
-    raise UsageError(
-        f"tfcompress export: error: '{path}' is not a .keras or .h5 model file. Save the model "
-        "with model.save('model.keras') (Keras 3) or model.save('model.h5') (tf_keras) first."
-    )
+
+def _load_model(path, trust_code=False):
+    # The pipeline's loader registers tfcompress's layers (a 03_qat/model.keras holds
+    # fake-quant layers), loads .keras in Keras's safe mode, and .h5 only when trusted.
+    from tfcompress.pipeline.data import load_model_file
+
+    return load_model_file(path, trust_code)
+
+
+def _same_file(a, b):
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_distinct_paths(command, inputs, outputs):
+    """Refuse an output path that is an input or another output, before anything is written.
+
+    Args:
+        command: the command, for the message.
+        inputs: `{option: path}` read by the command (None values ignored).
+        outputs: `{option: path}` written by the command (None values ignored).
+    """
+    outputs = [(o, p) for o, p in outputs.items() if p]
+    inputs = [(o, p) for o, p in inputs.items() if p]
+    for i, (option, path) in enumerate(outputs):
+        for other, other_path in inputs + outputs[:i]:
+            if _same_file(path, other_path):
+                kind = "read" if (other, other_path) in inputs else "written"
+                raise UsageError(
+                    f"tfcompress {command}: error: {option} '{path}' is the same file as "
+                    f"{other} '{other_path}', which is also {kind}; writing it would destroy "
+                    "it. Choose another path."
+                )
 
 
 def _load_npz(path, option):
+    import zipfile
+
     import numpy as np
 
     if not os.path.isfile(path):
         raise UsageError(f"tfcompress export: error: {option} file '{path}' does not exist.")
-    with np.load(path, allow_pickle=False) as data:
-        if "x" in data:
-            x = data["x"]
-        else:
-            x = {k[2:]: data[k] for k in data if k.startswith("x_")}
-            if not x:
-                raise UsageError(
-                    f"tfcompress export: error: {option} file '{path}' needs an array 'x' "
-                    f"(or 'x_<input name>' per input); it has {sorted(data)}."
-                )
-        return (x, data["y"]) if "y" in data else x
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "keys"):
+                raise ValueError("it holds a single array, not named arrays")
+            if "x" in data:
+                x = data["x"]
+            else:
+                x = {k[2:]: data[k] for k in data if k.startswith("x_")}
+                if not x:
+                    raise UsageError(
+                        f"tfcompress export: error: {option} file '{path}' needs an array 'x' "
+                        f"(or 'x_<input name>' per input); it has {sorted(data)}."
+                    )
+            y = data["y"] if "y" in data else None
+    except UsageError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(
+            f"tfcompress export: error: {option} file '{path}' is not an .npz archive of "
+            f"arrays ({reason}). Write it with numpy.savez(path, x=...)."
+        ) from None
+    lengths = {k: len(v) for k, v in (x.items() if isinstance(x, dict) else [("x", x)])}
+    if y is not None:
+        lengths["y"] = len(y)
+    if len(set(lengths.values())) > 1 or 0 in lengths.values():
+        raise UsageError(
+            f"tfcompress export: error: {option} file '{path}' needs the same, non-zero "
+            f"number of rows in every array. Received: {lengths}"
+        )
+    return (x, y) if y is not None else x
 
 
 def _cmd_export(args):
@@ -113,10 +177,19 @@ def _cmd_export(args):
             f"tfcompress export: error: --mode {args.mode} needs --calibration DATA.npz "
             "(a few hundred training inputs in an array 'x')."
         )
+    check_distinct_paths(
+        "export",
+        {"the model": args.model, "--calibration": args.calibration, "--verify": args.verify},
+        {"-o/--output": args.output, "--c-header": args.c_header},
+    )
+    _check_model_path(args.model, args.trust_code)
     calibration = _load_npz(args.calibration, "--calibration") if args.calibration else None
     checks = _load_npz(args.verify, "--verify") if args.verify else None
+    from tfcompress import _io
+
+    _io.remove_stale_temp_dirs()
     _progress(f"loading {args.model}")
-    model = _load_model(args.model)
+    model = _load_model(args.model, args.trust_code)
     _progress(f"converting to {args.mode}")
     result = export.to_tflite(model, args.output, mode=args.mode,
                               representative_data=calibration, int8_io=args.int8_io,
@@ -124,7 +197,10 @@ def _cmd_export(args):
     print(result)
     if checks is not None:
         _progress("verifying against the Keras model")
-        print(export.verify(result.path, model, checks))
+        try:
+            print(export.verify(result.path, model, checks))
+        except ValueError as e:  # data that does not fit the file is the caller's input
+            raise UsageError(f"tfcompress export: error: --verify: {e}") from None
     if args.c_header:
         print(f"wrote {export.to_c_array(result.path, args.c_header)}")
     return EXIT_OK
@@ -141,9 +217,12 @@ def _cmd_bench(args):
     from tfcompress import export
 
     for path in args.files:
-        r = export.benchmark(path, num_threads=args.threads, runs=args.runs)
+        r = export.benchmark(path, num_threads=args.threads, runs=args.runs,
+                             profile=args.profile, sequence_length=args.sequence_length)
         print(f"{path}: median {r.median_ms:.3f} ms, p90 {r.p90_ms:.3f} ms "
               f"({r.runs} runs, {r.num_threads} thread(s))")
+        if r.profile is not None:
+            print(r.profile.summary(top=args.top))
     return EXIT_OK
 
 
@@ -154,6 +233,8 @@ def build_parser():
         "what the .tflite file does.",
     )
     parser.add_argument("--version", action="version", version=f"tfcompress {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the full traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     demo = sub.add_parser(
@@ -186,6 +267,7 @@ def build_parser():
     exp.add_argument("--verify", metavar="NPZ",
                      help="compare the file with the model on these inputs ('x', 'y')")
     exp.add_argument("--c-header", metavar="H", help="also write a C header for TFLite Micro")
+    exp.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
     exp.set_defaults(func=_cmd_export)
 
     run = sub.add_parser(
@@ -197,6 +279,7 @@ def build_parser():
     run.add_argument("recipe", help="the recipe YAML file")
     run.add_argument("--out", required=True, help="output folder (created)")
     run.add_argument("--force", action="store_true", help="rerun every stage")
+    run.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
     run.set_defaults(func=_cmd_run)
 
     tune = sub.add_parser(
@@ -218,6 +301,7 @@ def build_parser():
     tune.add_argument("--epochs", type=_positive_int, default=2,
                       help="fine-tuning epochs per prune / cluster / QAT step (default 2)")
     tune.add_argument("--force", action="store_true", help="rerun the base and every trial")
+    tune.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
     tune.set_defaults(func=_cmd_tune)
 
     ins = sub.add_parser("inspect", help="list the ops and dtypes inside a .tflite file",
@@ -231,6 +315,12 @@ def build_parser():
     bench.add_argument("files", nargs="+")
     bench.add_argument("--threads", type=_positive_int, default=1)
     bench.add_argument("--runs", type=_positive_int, default=100)
+    bench.add_argument("--profile", action="store_true",
+                       help="time each op on its own and show which ops XNNPACK runs")
+    bench.add_argument("--top", type=_positive_int, default=20,
+                       help="op types shown by --profile (most time first)")
+    bench.add_argument("--sequence-length", type=_positive_int, default=16,
+                       help="size of dynamic (-1) non-batch axes in the random inputs")
     bench.set_defaults(func=_cmd_bench)
     return parser
 
@@ -245,10 +335,32 @@ def _positive_int(text):
     return value
 
 
+def _one_line(text):
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _bad_input(e):
+    """Errors about what the user passed (exit 2), as opposed to a run that failed (exit 1)."""
+    from tfcompress import errors
+    from tfcompress.pipeline.recipe import RecipeError
+
+    return isinstance(e, (RecipeError, errors.InvalidModelFileError, errors.UntrustedCodeError,
+                          errors.InvalidTFLiteFileError, errors.CalibrationDataError,
+                          FileNotFoundError, IsADirectoryError, NotADirectoryError))
+
+
 def main(argv=None):
-    """Run the `tfcompress` command; returns the exit code."""
+    """Run the `tfcompress` command; returns the exit code.
+
+    Exit codes: 0 done, 1 the run failed, 2 bad input (one line on stderr),
+    130 interrupted. A traceback is printed only with `--debug`.
+    """
     # TensorFlow's C++ start-up chatter is not for people running a command.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted anywhere on the line, before or after the command.
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -257,7 +369,7 @@ def main(argv=None):
             return EXIT_USAGE
         return args.func(args)
     except UsageError as e:
-        print(str(e), file=sys.stderr)
+        print(_one_line(e), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("tfcompress: interrupted", file=sys.stderr)
@@ -265,10 +377,20 @@ def main(argv=None):
     except Exception as e:
         from tfcompress.errors import TFCompressError
 
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        if _bad_input(e):
+            print(f"tfcompress: error: {_one_line(e)}", file=sys.stderr)
+            return EXIT_USAGE
         if isinstance(e, (TFCompressError, OSError)):
-            print(f"tfcompress: error: {e}", file=sys.stderr)
-            return EXIT_FAILED
-        raise
+            print(f"tfcompress: error: {_one_line(e)}", file=sys.stderr)
+        else:
+            hint = "" if debug else " (rerun with --debug for the traceback)"
+            print(f"tfcompress: error: {type(e).__name__}: {_one_line(e)[:500]}{hint}",
+                  file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

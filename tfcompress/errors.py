@@ -31,3 +31,16 @@ class InvalidTFLiteFileError(TFCompressError, ValueError):
 
 class VerificationError(TFCompressError, ValueError):
     """A written `.tflite` file disagrees with the Keras model beyond tolerance."""
+
+
+class UntrustedCodeError(TFCompressError, ValueError):
+    """Loading would run Python code named by a file (a `.h5` model, a recipe `factory:`)
+    and the caller did not pass `trust_code=True` / `--trust-code`."""
+
+
+class InvalidModelFileError(TFCompressError, ValueError):
+    """A `.keras` / `.h5` model file is missing, empty, truncated or not a model."""
+
+
+class RunInProgressError(TFCompressError, RuntimeError):
+    """Another process holds the lock on the same output folder."""

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from tfcompress.errors import InvalidTFLiteFileError
 from tfcompress.export._litert import tflite_errors
 
 #: Ops that do the multiply-accumulate work; "runs in int8" is asked of these.
@@ -129,9 +130,12 @@ def inspect(path):
         return tuple(dtypes.get(int(i)) for i in indices if int(i) >= 0)
 
     ops = [OpInfo(op["op_name"], names(op["inputs"]), names(op["outputs"]))
-           for op in interpreter._get_ops_details()]
+           for op in _ops_details(interpreter, path)]
 
     signatures = interpreter.get_signature_list()
+    if not signatures:
+        raise InvalidTFLiteFileError(f"'{path}' has no signature; export it again with "
+                                     "tfcompress.export.to_tflite.")
     runner = interpreter.get_signature_runner(next(iter(signatures)))
 
     def tensors(details):
@@ -148,3 +152,14 @@ def inspect(path):
         inputs=tensors(runner.get_input_details()),
         outputs=tensors(runner.get_output_details()),
     )
+
+
+def _ops_details(interpreter, path):
+    # A corrupt op (tensor index out of range, bad name) shows only when listed.
+    try:
+        return interpreter._get_ops_details()
+    except (ValueError, TypeError, RuntimeError, KeyError, IndexError) as e:
+        raise InvalidTFLiteFileError(
+            f"'{path}' has a corrupt op table ({type(e).__name__}: {str(e)[:200]}); export it "
+            "again."
+        ) from None

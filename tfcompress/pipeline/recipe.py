@@ -173,6 +173,52 @@ class Recipe(_Strict):
         return self
 
 
+#: A recipe is a few dozen nodes; aliases that expand past this are a "billion laughs" file.
+MAX_YAML_NODES = 10_000
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                    key_node, yaml.ScalarNode):
+                continue  # `<<: *base` merges may be overridden on purpose
+            line = key_node.start_mark.line + 1
+            if key_node.value in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found the key {key_node.value!r} twice (lines {seen[key_node.value]} and "
+                    f"{line}); keep one", key_node.start_mark)
+            seen[key_node.value] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_expansion(tree, name):
+    """Refuse YAML whose aliases expand to more than `MAX_YAML_NODES` nodes."""
+    sizes = {}
+
+    def size(node):
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = 1  # a recursive alias counts once, then grows through its parents
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        sizes[id(node)] = total
+        if total > MAX_YAML_NODES:
+            raise RecipeError(f"{name}: its YAML aliases expand to more than {MAX_YAML_NODES:,} "
+                              "values; a recipe needs a few dozen. Remove the repeated aliases.")
+        return total
+
+    if tree is not None:
+        size(tree)
+
+
 def load_recipe(source):
     """Read and validate a recipe.
 
@@ -190,12 +236,21 @@ def load_recipe(source):
         name = os.fspath(source)
         if not os.path.isfile(name):
             raise RecipeError(f"No recipe file at '{name}'.")
-        text = open(name, encoding="utf-8").read()
         try:
-            tree = yaml.compose(text)
-            data = yaml.safe_load(text)
+            with open(name, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError as e:
+            raise RecipeError(f"{name} is not UTF-8 text: byte 0x{e.object[e.start]:02x} at "
+                              f"offset {e.start}. Save the recipe as UTF-8.") from None
+        try:
+            tree = yaml.compose(text, Loader=_RecipeLoader)
+            _check_expansion(tree, name)
+            data = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as e:
-            raise RecipeError(f"{name} is not valid YAML: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f", line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise RecipeError(f"{name}{where} is not valid YAML: {problem}") from None
         if not isinstance(data, dict):
             raise RecipeError(f"{name}: a recipe is a mapping with 'model', 'data' and "
                               f"'stages'; the file holds {type(data).__name__}.")

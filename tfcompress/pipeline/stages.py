@@ -5,7 +5,11 @@ current model (or the same one). New stage types register with `@stage`.
 """
 
 import dataclasses
+import json
 import os
+import shutil
+
+from tfcompress import _io
 
 _STAGES = {}
 
@@ -35,6 +39,8 @@ class StageContext:
         progress: called with one line of progress text.
         record: dict the stage may add entries to (saved in record.json).
         history: the types of the stages that ran before this one.
+        key: the stage's resume key; training backups live under it, so a
+            changed recipe never restores another run's weights.
     """
 
     model: object
@@ -43,6 +49,7 @@ class StageContext:
     progress: object
     record: dict
     history: tuple = ()
+    key: str = ""
 
 
 def compile_for_labels(model, learning_rate, optimizer=None):
@@ -56,14 +63,125 @@ def compile_for_labels(model, learning_rate, optimizer=None):
     return model
 
 
-def fit(ctx, model, spec, callbacks=()):
-    """`model.fit` on the recipe's data with a BackupAndRestore inside the stage folder."""
+def backup_folder(folder, key):
+    """Where a stage's training backup lives: one subfolder per stage key."""
+    return os.path.join(folder, "backup", key[:16] or "nokey")
+
+
+def _digest(path):
+    return _io.file_digest(path)[1]
+
+
+def _close_h5_files(path):
+    """Close HDF5 handles a failed write left open on `path`.
+
+    Keras's `save_weights` does not close its file when a write fails (disk
+    full); h5py then flushes it again at interpreter exit and crashes (exit 139).
+    """
+    try:
+        import gc
+
+        import h5py
+
+        gc.collect()
+        target = os.path.abspath(path)
+        for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+            name = fid.name.decode() if isinstance(fid.name, bytes) else fid.name
+            if os.path.abspath(name) == target:
+                try:
+                    fid.close()
+                except Exception:  # noqa: BLE001 - the file is broken either way
+                    pass
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _make_backup_callback(folder, progress, keep):
     import keras
 
+    class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
+        """BackupAndRestore whose backup is written atomically and checked before use.
+
+        The weights file is written to a temporary name and renamed; the
+        metadata records its sha256. A backup whose weights do not match, or
+        that fails to load, is discarded with a warning and training starts over.
+        """
+
+        def __init__(self):
+            super().__init__(folder, delete_checkpoint=not keep)
+
+        def _backup_problem(self):
+            weights, meta = self._weights_path, self._training_metadata_path
+            if not (os.path.exists(weights) or os.path.exists(meta)):
+                return None
+            try:
+                with open(meta, encoding="utf-8") as f:
+                    metadata = json.load(f)
+                if not isinstance(metadata, dict) or not isinstance(metadata.get("epoch"), int):
+                    return f"{meta} holds no epoch"
+            except (OSError, ValueError) as e:
+                return f"{meta} is unreadable ({type(e).__name__})"
+            if not os.path.isfile(weights):
+                return f"{weights} is missing"
+            if metadata.get("weights_sha256") != _digest(weights):
+                return f"{weights} is partial or corrupt (its sha256 differs from the record)"
+            return None
+
+        def _discard(self, problem):
+            progress(f"warning: discarding the training backup: {problem}; the stage "
+                     "trains from the start")
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+        def on_train_begin(self, logs=None):
+            problem = self._backup_problem()
+            if problem:
+                self._discard(problem)
+                return
+            if not os.path.exists(self._weights_path):
+                return
+            before = [v.numpy() for v in self.model.variables]
+            try:
+                self._load_model()
+            except Exception as e:  # noqa: BLE001 - any unloadable backup is discarded
+                for v, value in zip(self.model.variables, before):
+                    v.assign(value)
+                self.model._initial_epoch = 0
+                self._discard(f"{self._weights_path} does not load "
+                              f"({type(e).__name__}: {str(e)[:120]})")
+
+        def _save_model(self):
+            os.makedirs(self.backup_dir, exist_ok=True)
+            tmp = os.path.join(self.backup_dir, f".partial-{os.getpid()}.weights.h5")
+            try:
+                self.model.save_weights(filepath=tmp, overwrite=True)
+            except BaseException:
+                _close_h5_files(tmp)
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+                raise
+            digest = _digest(tmp)
+            os.replace(tmp, self._weights_path)
+            _io.atomic_write_text(self._training_metadata_path, json.dumps(
+                {"epoch": self._current_epoch, "batch": self._last_batch_seen,
+                 "weights_sha256": digest}))
+
+    return SafeBackupAndRestore()
+
+
+def fit(ctx, model, spec, callbacks=()):
+    """`model.fit` on the recipe's data with a checked backup inside the stage folder.
+
+    The backup is kept after `fit()` (the runner removes it once the stage's
+    model is saved), so a kill between the end of training and the save
+    loses nothing.
+    """
     if not model.built:
         # BackupAndRestore needs built weights (a Distiller is built on first call).
         model(_head(ctx.data.x_train))
-    backup = keras.callbacks.BackupAndRestore(os.path.join(ctx.folder, "backup"))
+    # Without a stage key (callers outside the runner) the backup cannot be told apart
+    # from another run's, so it goes when fit() ends, as Keras's own does.
+    backup = _make_backup_callback(backup_folder(ctx.folder, ctx.key), ctx.progress,
+                                   keep=bool(ctx.key))
     history = model.fit(ctx.data.x_train, ctx.data.y_train,
                         validation_data=(ctx.data.x_val, ctx.data.y_val),
                         epochs=spec.epochs, batch_size=spec.batch_size,
@@ -161,8 +279,21 @@ def qat_stage(ctx, spec):
 def cluster_stage(ctx, spec):
     from tfcompress import cluster
 
+    # After pruning, the zeros stay zeros (tfmot's sparsity-preserving clustering).
     clustered = cluster.cluster_weights(ctx.model, number_of_clusters=spec.number_of_clusters,
-                                        init=spec.init)
+                                        init=spec.init,
+                                        preserve_sparsity="prune" in ctx.history)
+    report = getattr(clustered, "cluster_report", None)
+    if report is not None:
+        ctx.record["cluster_report"] = str(report)
+        if not report.clustered:
+            from tfcompress.pipeline.recipe import RecipeError
+
+            raise RecipeError(
+                f"cluster stage: number_of_clusters={spec.number_of_clusters} leaves every "
+                f"layer unclustered ({'; '.join(f'{n}: {r}' for n, r in report.skipped)}). "
+                "Lower number_of_clusters below the kernel sizes. "
+                f"Received: number_of_clusters={spec.number_of_clusters}")
     compile_for_labels(clustered, spec.learning_rate)
     fit(ctx, clustered, spec)
     return cluster.strip_clustering(clustered)
