@@ -26,6 +26,7 @@ GOLDEN = {
         "COMPUTE_OPS", "ExportMode", "ExportResult", "InputSpec", "OpInfo", "TFLiteInfo",
         "TensorInfo", "VerifyResult", "available_modes", "benchmark", "get_mode", "gzip_size",
         "input_specs", "inspect", "register_mode", "to_c_array", "to_tflite", "verify",
+        "LowBitExportResult", "lowbit", "read_weights",
     ],
     "tfcompress.data": [
         "DatasetSplits", "Splits", "TextSplits", "encode_for_bert", "load_digits",

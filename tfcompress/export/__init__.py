@@ -12,12 +12,15 @@ from tfcompress.export.convert import ExportResult, gzip_size, to_tflite
 from tfcompress.export.inspect import COMPUTE_OPS, OpInfo, TensorInfo, TFLiteInfo, inspect
 from tfcompress.export.modes import ExportMode, available_modes, get_mode, register_mode
 from tfcompress.export.verify import VerifyResult, verify
+from tfcompress.export import lowbit  # registers the litert-quantizer modes (int4, ...)
+from tfcompress.export.lowbit import LowBitExportResult, read_weights
 
 __all__ = [
     "COMPUTE_OPS",
     "ExportMode",
     "ExportResult",
     "InputSpec",
+    "LowBitExportResult",
     "OpInfo",
     "TFLiteInfo",
     "TensorInfo",
@@ -28,6 +31,8 @@ __all__ = [
     "gzip_size",
     "input_specs",
     "inspect",
+    "lowbit",
+    "read_weights",
     "register_mode",
     "to_c_array",
     "to_tflite",

@@ -97,6 +97,10 @@ def to_tflite(
     >>> result.bytes, result.calibration_samples
     """
     export_mode = get_mode(mode)
+    if export_mode.writer is not None:  # e.g. the litert-quantizer low-bit modes
+        return export_mode.writer(model, path, representative_data=representative_data,
+                                  int8_io=int8_io, verbose=verbose,
+                                  max_calibration_samples=max_calibration_samples)
     flavor = _flavor.flavor_of(model)
     _flavor.check_built(model, what="export to TFLite")
     path = _io.check_output_path(path, what="TFLite file")

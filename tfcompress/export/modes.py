@@ -19,6 +19,9 @@ class ExportMode:
         configure: `configure(converter, tf, int8_io)` sets the converter's options.
         io_dtype: the integer type `int8_io=True` gives inputs and outputs, or
             `None` where integer I/O makes no sense.
+        writer: `writer(model, path, **to_tflite_options) -> ExportResult` for a
+            mode that writes its file itself (the litert-quantizer modes of
+            `tfcompress.export.lowbit`); `to_tflite` hands over to it.
     """
 
     name: str
@@ -26,6 +29,7 @@ class ExportMode:
     calibration: str
     configure: Callable
     io_dtype: Optional[str] = None
+    writer: Optional[Callable] = None
 
 
 _MODES = {}
