@@ -15,7 +15,8 @@ QUANTIZE = [
     "registry", "schemes", "storage_report",
 ]
 CLUSTER = [
-    "ClusterReport", "ClusterWeights", "assign", "available_inits", "cluster_weights",
+    "CentroidInitialization", "ClusterReport", "ClusterWeights", "assign", "available_inits",
+    "cluster_weights",
     "initial_centroids", "register_init", "strip_clustering",
 ]
 

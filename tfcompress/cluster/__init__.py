@@ -11,10 +11,17 @@ Example:
 """
 
 from tfcompress.cluster.api import ClusterReport, cluster_weights, strip_clustering
-from tfcompress.cluster.init import assign, available_inits, initial_centroids, register_init
+from tfcompress.cluster.init import (
+    CentroidInitialization,
+    assign,
+    available_inits,
+    initial_centroids,
+    register_init,
+)
 from tfcompress.cluster.layers import ClusterWeights
 
 __all__ = [
+    "CentroidInitialization",
     "ClusterReport",
     "ClusterWeights",
     "assign",

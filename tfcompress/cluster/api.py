@@ -5,9 +5,14 @@ import dataclasses
 import numpy as np
 
 from tfcompress import _flavor
-from tfcompress.cluster.init import available_inits
+from tfcompress.cluster.init import CentroidInitialization
 
-_TFMOT_INITS = {"kmeans++": "KMEANS_PLUS_PLUS", "linear": "LINEAR", "density": "DENSITY_BASED"}
+_TFMOT_INITS = {
+    "kmeans++": "KMEANS_PLUS_PLUS",
+    "linear": "LINEAR",
+    "density": "DENSITY_BASED",
+    "random": "RANDOM",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,48 +20,85 @@ class ClusterReport:
     """What `cluster_weights` did (attached to the model as `.cluster_report`).
 
     Attributes:
-        clustered: `(layer name, weights, clusters)` per clustered kernel.
-        skipped: `(layer name, reason)` per layer with a kernel left alone.
+        clustered: `(weight name, weights, clusters)` per clustered weight: the
+            layer's name for a simple layer, `"outer/inner/attr"` for a weight
+            inside a composite layer (`"encoder/query/kernel"`).
+        skipped: `(name, reason)` per layer or weight left alone.
         init: the centroid initialisation.
+        preserve_sparsity: whether zeros are kept.
+        cluster_per_channel: whether convolutions got centroids per channel.
     """
 
     clustered: tuple
     skipped: tuple
     init: str
+    preserve_sparsity: bool = False
+    cluster_per_channel: bool = False
 
     def __str__(self):
-        lines = [f"clustered {len(self.clustered)} kernels ({self.init} init)"]
+        extra = [
+            flag
+            for flag, on in (
+                ("preserve_sparsity", self.preserve_sparsity),
+                ("per channel", self.cluster_per_channel),
+            )
+            if on
+        ]
+        lines = [
+            f"clustered {len(self.clustered)} weights ({self.init} init"
+            + "".join(f", {flag}" for flag in extra)
+            + ")"
+        ]
         lines += [f"  {n}: {w:,} weights -> {k} values" for n, w, k in self.clustered]
         lines += [f"  skipped {n}: {r}" for n, r in self.skipped]
         return "\n".join(lines)
 
 
-def _clusterable(layer):
-    import keras
-
-    L = keras.layers
-    return isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D, L.DepthwiseConv2D, L.EinsumDense))
-
-
-def cluster_weights(model, number_of_clusters=16, init="kmeans++", skip_layers=(), seed=0):
-    """Return a copy of `model` whose kernels each take only `number_of_clusters` values.
+def cluster_weights(
+    model,
+    number_of_clusters=16,
+    init="kmeans++",
+    skip_layers=(),
+    seed=0,
+    *,
+    preserve_sparsity=False,
+    cluster_per_channel=False,
+    cluster_centroids_init=None,
+):
+    """Return a copy of `model` whose weights each take only `number_of_clusters` values.
 
     Keras 3 models get `ClusterWeights` layers of ours (trainable centroids,
     fixed assignments: fine-tune with `fit()`, then `strip_clustering`);
     tf_keras models go to tfmot's `cluster_weights`. The input model is not
-    changed. A float TFLite file of the stripped model gzips to a fraction of
-    its size, since every kernel holds at most `number_of_clusters` distinct
-    values.
+    changed. Clustered are the kernels of `Dense`, `EinsumDense` and
+    convolutions, the pointwise kernels of separable convolutions, `Embedding`
+    tables, the kernels and recurrent kernels of RNN cells, and every such
+    weight inside composite layers (`MultiHeadAttention`, keras-hub
+    `TransformerEncoder` / `TransformerDecoder`) and nested models. A float
+    TFLite file of the stripped model gzips to a fraction of its size, since
+    every weight holds at most `number_of_clusters` distinct values.
+
+    tfmot's call forms work unchanged: a layer (or a list of layers) instead
+    of a model returns wrapped layers to build a model with, and
+    `cluster_centroids_init=CentroidInitialization.KMEANS_PLUS_PLUS` is the
+    same as `init="kmeans++"`.
 
     Args:
-        model: a built functional or Sequential model (Keras 3 or tf_keras).
-        number_of_clusters: values per kernel (16 = 4 bits of index).
-        init: `"kmeans++"`, `"linear"` or `"density"`.
+        model: a built functional or Sequential model (Keras 3 or tf_keras), a
+            Keras 3 layer, or a list of Keras 3 layers.
+        number_of_clusters: values per weight tensor (16 = 4 bits of index).
+        init: `"kmeans++"`, `"linear"`, `"density"`, `"random"`, or a
+            `CentroidInitialization`.
         skip_layers: names of layers to leave unclustered (Keras 3).
-        seed: seed of the k-means++ initialisation (Keras 3).
+        seed: seed of the k-means++ / random initialisation (Keras 3).
+        preserve_sparsity: keep zero weights exactly zero (use it on a pruned
+            model); the zeros count as one of the `number_of_clusters` values.
+        cluster_per_channel: separate centroids for every output channel of a
+            convolution (tfmot's meaning; other layers are clustered whole).
+        cluster_centroids_init: tfmot's name for `init`.
 
     Returns:
-        A new model; Keras 3 models carry `.cluster_report`.
+        A new model carrying `.cluster_report` (Keras 3), or wrapped layer(s).
 
     Example:
 
@@ -64,63 +106,124 @@ def cluster_weights(model, number_of_clusters=16, init="kmeans++", skip_layers=(
     >>> clustered.compile(...); clustered.fit(x, y, epochs=1)
     >>> final = strip_clustering(clustered)
     """
-    if not isinstance(number_of_clusters, (int, np.integer)) or number_of_clusters < 2:
-        raise ValueError("number_of_clusters must be an integer of at least 2. "
-                         f"Received: number_of_clusters={number_of_clusters!r}")
-    if init not in available_inits():
-        raise ValueError(f"init must be one of {available_inits()}. Received: init={init!r}")
+    if (
+        isinstance(number_of_clusters, bool)
+        or not isinstance(number_of_clusters, (int, np.integer))
+        or number_of_clusters < 2
+    ):
+        raise ValueError(
+            "number_of_clusters must be an integer of at least 2. "
+            f"Received: number_of_clusters={number_of_clusters!r}"
+        )
+    if cluster_centroids_init is not None:
+        init = cluster_centroids_init
+    init = CentroidInitialization.resolve(init)
+    options = {
+        "number_of_clusters": int(number_of_clusters),
+        "init": init,
+        "preserve_sparsity": bool(preserve_sparsity),
+        "cluster_per_channel": bool(cluster_per_channel),
+    }
+    if isinstance(model, (list, tuple)):
+        return [cluster_weights(layer, **options) for layer in model]
+    import keras
+
+    if isinstance(model, keras.layers.Layer) and not isinstance(model, keras.Model):
+        from tfcompress.cluster.layers import ClusterWeights
+
+        return ClusterWeights(model, **options)
     flavor = _flavor.flavor_of(model)
     _flavor.check_built(model, what="weight clustering")
     if flavor == _flavor.TF_KERAS:
         import tensorflow_model_optimization as tfmot
 
         if skip_layers:
-            raise ValueError("skip_layers applies to Keras 3 models; for tf_keras use tfmot's "
-                             f"per-layer cluster_weights. Received: skip_layers={skip_layers!r}")
+            raise ValueError(
+                "skip_layers applies to Keras 3 models; for tf_keras use tfmot's "
+                f"per-layer cluster_weights. Received: skip_layers={skip_layers!r}"
+            )
         c = tfmot.clustering.keras
         return c.cluster_weights(
-            model, number_of_clusters=int(number_of_clusters),
-            cluster_centroids_init=getattr(c.CentroidInitialization, _TFMOT_INITS[init]))
-    return _cluster_keras3(model, int(number_of_clusters), init, set(skip_layers), seed)
+            model,
+            number_of_clusters=int(number_of_clusters),
+            cluster_centroids_init=getattr(c.CentroidInitialization, _TFMOT_INITS[init]),
+            preserve_sparsity=bool(preserve_sparsity),
+            cluster_per_channel=bool(cluster_per_channel),
+        )
+    return _cluster_keras3(model, options, set(skip_layers), seed)
 
 
-def _cluster_keras3(model, k, init, skip, seed):
-    import keras
+def _check_finite(name, variable):
+    # One NaN makes k-means spread NaN to (almost) every centroid of the kernel.
+    value = np.asarray(variable.numpy())
+    bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+    if bad:
+        raise ValueError(
+            f"Layer '{name}' has {bad} NaN or infinite weights; clustering would "
+            "spread them to every cluster. Fix the training (lower learning rate, "
+            f"clip gradients) first. Received: {bad} non-finite of "
+            f"{np.size(value)} weights"
+        )
 
-    from tfcompress._graph import check_graph_model
+
+def _plan(model, options, skip):
+    """`{layer name: [attr paths to cluster]}` and the skipped `(name, reason)` rows."""
+    from tfcompress._graph import flat_layers
+    from tfcompress.cluster import _registry
+
+    k = options["number_of_clusters"]
+    plan, clustered, skipped = {}, [], []
+    for layer in flat_layers(model):
+        found = _registry.targets(layer)
+        if not found:
+            continue
+        composite = len(found) > 1 or found[0].layer is not layer
+        if layer.name in skip:
+            skipped.append((layer.name, "skip_layers"))
+            continue
+        keep = []
+        for target in found:
+            label = f"{layer.name}/{target.layer.name}/{target.attr}" if composite else layer.name
+            n = int(np.prod(target.variable.shape))
+            _check_finite(label, target.variable)
+            if n <= k:
+                skipped.append((label, f"only {n} weights for {k} clusters"))
+            else:
+                keep.append(target)
+                clustered.append((label, n, k))
+        if keep:
+            plan[layer.name] = keep
+    return plan, clustered, skipped
+
+
+def _cluster_keras3(model, options, skip, seed):
+
+    from tfcompress._graph import check_graph_model, flat_layers
     from tfcompress.cluster.layers import ClusterWeights
 
     check_graph_model(model, "cluster")
-    if any(isinstance(layer, ClusterWeights) for layer in model.layers):
+    leaves = flat_layers(model)
+    if any(isinstance(layer, ClusterWeights) for layer in leaves):
         raise ValueError(f"Model '{model.name}' is already clustered; strip_clustering it first.")
-    unknown = skip - {layer.name for layer in model.layers}
+    unknown = skip - {layer.name for layer in leaves}
     if unknown:
-        raise ValueError(f"skip_layers names layers model '{model.name}' does not have: "
-                         f"{sorted(unknown)}.")
-    plan = {}
-    skipped = []
-    for layer in model.layers:
-        if not _clusterable(layer):
-            continue
-        n = int(np.prod(layer.kernel.shape))
-        if layer.name in skip:
-            skipped.append((layer.name, "skip_layers"))
-        elif n <= k:
-            skipped.append((layer.name, f"only {n} weights for {k} clusters"))
-        else:
-            plan[layer.name] = n
+        raise ValueError(
+            f"skip_layers names layers model '{model.name}' does not have: "
+            f"{sorted(unknown)}. Its layers are: {[la.name for la in leaves]}"
+        )
+    plan, clustered_rows, skipped = _plan(model, options, skip)
     originals = {}
 
     def clone_function(layer):
         new = layer.__class__.from_config(layer.get_config())
         if layer.name in plan:
-            new = ClusterWeights(new, number_of_clusters=k, init=init,
-                                 name=f"cluster_{layer.name}")
+            new = ClusterWeights(new, name=f"cluster_{layer.name}", **options)
+            new._initialize_on_build = False  # after the weights are copied, below
         originals[id(new)] = layer
         return new
 
-    clustered = keras.models.clone_model(model, clone_function=clone_function)
-    for i, new in enumerate(clustered.layers):
+    clustered = _clone_uncompiled(model, clone_function)
+    for i, new in enumerate(flat_layers(clustered)):
         original = originals.get(id(new))
         if original is None:
             continue
@@ -130,16 +233,33 @@ def _cluster_keras3(model, k, init, skip, seed):
         else:
             new.set_weights(original.get_weights())
     clustered.cluster_report = ClusterReport(
-        clustered=tuple((name, n, k) for name, n in plan.items()), skipped=tuple(skipped),
-        init=init)
+        clustered=tuple(clustered_rows),
+        skipped=tuple(skipped),
+        init=options["init"],
+        preserve_sparsity=options["preserve_sparsity"],
+        cluster_per_channel=options["cluster_per_channel"],
+    )
     return clustered
 
 
+def _clone_uncompiled(model, clone_function):
+    import keras
+
+    # clone_model compiles the copy when the source is compiled; ours are returned uncompiled.
+    compiled = getattr(model, "compiled", False)
+    model.compiled = False
+    try:
+        return keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    finally:
+        model.compiled = compiled
+
+
 def strip_clustering(model):
-    """Replace clustering wrappers with plain layers whose kernels hold the centroid values.
+    """Replace clustering wrappers with plain layers whose weights hold the centroid values.
 
     Args:
-        model: a model from `cluster_weights` (Keras 3 or tf_keras).
+        model: a model from `cluster_weights` (Keras 3 or tf_keras), or one
+            `ClusterWeights` layer (its plain layer is returned).
 
     Returns:
         A new model of ordinary layers, ready for `tfcompress.export.to_tflite`.
@@ -148,14 +268,16 @@ def strip_clustering(model):
 
     >>> final = strip_clustering(clustered)
     """
+    from tfcompress.cluster.layers import ClusterWeights
+
+    if isinstance(model, ClusterWeights):
+        return _stripped_layer(model)
     flavor = _flavor.flavor_of(model)
     if flavor == _flavor.TF_KERAS:
         import tensorflow_model_optimization as tfmot
 
         return tfmot.clustering.keras.strip_clustering(model)
-    import keras
-
-    from tfcompress.cluster.layers import ClusterWeights
+    from tfcompress._graph import flat_layers
 
     originals = {}
 
@@ -165,15 +287,36 @@ def strip_clustering(model):
         originals[id(new)] = layer
         return new
 
-    stripped = keras.models.clone_model(model, clone_function=clone_function)
-    for new in stripped.layers:
+    stripped = _clone_uncompiled(model, clone_function)
+    for new in flat_layers(stripped):
         layer = originals.get(id(new))
         if layer is None:
             continue
-        if isinstance(layer, ClusterWeights):
-            kernel = getattr(layer.layer, layer.kernel_attr)
-            values = layer.clustered_kernel().numpy()
-            new.set_weights([values if v is kernel else v.numpy() for v in layer.layer.weights])
-        else:
-            new.set_weights(layer.get_weights())
+        new.set_weights(
+            _plain_weights(layer) if isinstance(layer, ClusterWeights) else layer.get_weights()
+        )
     return stripped
+
+
+def _plain_weights(wrapper):
+    """The wrapped layer's weights with each clustered one replaced by its shared values."""
+    values = {
+        id(v): np.asarray(wrapper.clustered_value(i)).astype(v.dtype)
+        for i, v in enumerate(wrapper.clustered_weights)
+    }
+    return [values.get(id(v), np.asarray(v.numpy())) for v in wrapper.layer.weights]
+
+
+def _stripped_layer(wrapper):
+    inner = wrapper.layer
+    new = inner.__class__.from_config(inner.get_config())
+    shapes = [tuple(v.shape) for v in inner.weights]
+    if inner.built and not new.built:
+        new.build_from_config(inner.get_build_config())
+    if [tuple(v.shape) for v in new.weights] != shapes:
+        raise ValueError(
+            f"Layer '{inner.name}' could not be rebuilt to strip it; strip the "
+            "model it belongs to instead. Received: a ClusterWeights layer"
+        )
+    new.set_weights(_plain_weights(wrapper))
+    return new

@@ -4,9 +4,58 @@ Each function takes the flat weights of one kernel and `k` and returns `k`
 sorted centroids. Add a method with `register_init(name, fn)`.
 """
 
+import enum
+
 import numpy as np
 
 _INITS = {}
+
+
+class CentroidInitialization(str, enum.Enum):
+    """tfmot's names for the centroid initialisations (`init=` takes either spelling).
+
+    Each member is the string of our own name, so
+    `init=CentroidInitialization.KMEANS_PLUS_PLUS` and `init="kmeans++"` are
+    the same argument.
+
+    Example:
+
+    >>> CentroidInitialization.resolve(CentroidInitialization.DENSITY_BASED)
+    'density'
+    """
+
+    KMEANS_PLUS_PLUS = "kmeans++"
+    LINEAR = "linear"
+    DENSITY_BASED = "density"
+    RANDOM = "random"
+
+    @classmethod
+    def resolve(cls, init):
+        """Our registered name for `init`: one of ours, a member, or tfmot's enum value.
+
+        Args:
+            init: `"kmeans++"`, `CentroidInitialization.LINEAR`, tfmot's
+                `CentroidInitialization.DENSITY_BASED`, ...
+
+        Returns:
+            The registered name (a plain `str`).
+        """
+        if isinstance(init, enum.Enum):
+            # tfmot's own enum (values "CentroidInitialization.LINEAR") or ours.
+            name = init.name
+            if name in cls.__members__:
+                return cls[name].value
+            init = init.value
+        if isinstance(init, str):
+            if init in _INITS:
+                return str(init)
+            short = init.rsplit(".", 1)[-1].upper()
+            if short in cls.__members__:
+                return cls[short].value
+        raise ValueError(
+            f"init must be one of {available_inits()} (or a CentroidInitialization). "
+            f"Received: init={init!r}"
+        )
 
 
 def register_init(name, fn):
@@ -56,6 +105,11 @@ def _linear(w, k, seed):
     return np.linspace(w.min(), w.max(), k)
 
 
+def _random(w, k, seed):
+    # tfmot's RANDOM: uniform between the smallest and the largest weight.
+    return np.random.default_rng(seed).uniform(w.min(), w.max(), k)
+
+
 def _density(w, k, seed):
     return np.quantile(w, (np.arange(k) + 0.5) / k)
 
@@ -81,3 +135,4 @@ def _kmeans_pp(w, k, seed, iterations=30, max_points=20_000):
 register_init("kmeans++", _kmeans_pp)
 register_init("linear", _linear)
 register_init("density", _density)
+register_init("random", _random)
