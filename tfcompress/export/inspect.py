@@ -35,6 +35,24 @@ class OpInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class WeightInfo:
+    """A quantized constant tensor: its bit width and block size (0: per channel/tensor)."""
+
+    name: str
+    dtype: str
+    bits: int
+    block_size: int
+    shape: tuple
+
+
+def _weights(path):
+    from tfcompress.export.lowbit import read_weights
+
+    return tuple(WeightInfo(w.name, w.dtype, w.bits, w.block_size, w.shape)
+                 for w in read_weights(path).values())
+
+
+@dataclasses.dataclass(frozen=True)
 class TensorInfo:
     """A graph input or output."""
 
@@ -55,6 +73,8 @@ class TFLiteInfo:
         ops: list of `OpInfo`, in execution order (builtin kernels, no delegate).
         inputs: the signature's inputs as `TensorInfo`.
         outputs: the signature's outputs as `TensorInfo`.
+        weights: the quantized constant tensors as `WeightInfo` (bit width and
+            block size: int8, int4, int2), in file order.
     """
 
     path: str
@@ -62,6 +82,7 @@ class TFLiteInfo:
     ops: list
     inputs: list
     outputs: list
+    weights: tuple = ()
 
     @property
     def op_histogram(self):
@@ -99,6 +120,9 @@ class TFLiteInfo:
             lines.append(f"  output {t.name}: {t.dtype} {list(t.shape)}")
         for (name, dtype), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"  {n:4d} x {name} ({dtype})")
+        for w in self.weights:
+            block = f", blocks of {w.block_size}" if w.block_size else ""
+            lines.append(f"  weight {w.name}: {w.dtype} {list(w.shape)}{block}")
         return "\n".join(lines)
 
 
@@ -151,6 +175,7 @@ def inspect(path):
         ops=ops,
         inputs=tensors(runner.get_input_details()),
         outputs=tensors(runner.get_output_details()),
+        weights=_weights(path),
     )
 
 
