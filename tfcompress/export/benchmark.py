@@ -1,9 +1,9 @@
-"""`benchmark`: LiteRT latency of a `.tflite` file on this machine."""
+"""`benchmark`: LiteRT latency of a `.tflite` file on this machine, per op on request."""
 
-from tfcompress.export._litert import load_runner
+from tfcompress.export._litert import load_runner, run_errors
 
 
-def benchmark(path, num_threads=1, runs=50, warmup=5):
+def benchmark(path, num_threads=1, runs=50, warmup=5, *, profile=False, sequence_length=16):
     """Time single-sample inference of a `.tflite` file with LiteRT.
 
     Args:
@@ -11,14 +11,36 @@ def benchmark(path, num_threads=1, runs=50, warmup=5):
         num_threads: CPU threads LiteRT may use.
         runs: timed invocations.
         warmup: untimed invocations before timing.
+        profile: also time every op on its own and say which ops LiteRT's
+            XNNPACK delegate runs (see `tfcompress.export.profile`); the
+            result's `.profile` is then an `OpProfile`.
+        sequence_length: size given to dynamic (`-1`) non-batch axes of the
+            random inputs (files with static shapes have none).
 
     Returns:
-        A `LatencyResult` with `median_ms`, `p90_ms`, `mean_ms`, `runs`.
+        A `LatencyResult` with `median_ms`, `p90_ms`, `mean_ms`, `runs`, and
+        `profile` (`None` unless `profile=True`).
+
+    Raises:
+        InvalidTFLiteFileError: the file is not TFLite, or LiteRT cannot run it.
 
     Example:
 
-    >>> benchmark("model_int8.tflite", num_threads=1).median_ms
+    >>> result = benchmark("model_int8.tflite", num_threads=1, profile=True)
+    >>> result.median_ms
+    >>> print(result.profile.summary())
     """
     if num_threads < 1:
         raise ValueError(f"num_threads must be at least 1. Received: num_threads={num_threads}")
-    return load_runner(path, num_threads=num_threads).benchmark(runs=runs, warmup=warmup)
+    runner = load_runner(path, num_threads=num_threads)
+    inputs = runner.example_inputs(sequence_length=sequence_length)
+    if profile:
+        from tfcompress.export.profile import profile as profile_ops
+
+        ops = profile_ops(path, num_threads=num_threads, runs=max(5, min(runs, 50)), inputs=inputs)
+    else:
+        ops = None
+    with run_errors(path):
+        result = runner.benchmark(runs=runs, warmup=warmup, inputs=inputs)
+    result.profile = ops
+    return result

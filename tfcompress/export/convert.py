@@ -2,7 +2,6 @@
 
 import contextlib
 import dataclasses
-import gzip
 import io
 import os
 import re
@@ -12,9 +11,12 @@ import tempfile
 import warnings
 
 from tfcompress import _flavor, _io
-from tfcompress.errors import CalibrationDataError, ConversionError
 from tfcompress import _inputs as calib
+from tfcompress._io import gzip_size  # noqa: F401  (its old home: `export.convert.gzip_size`)
+from tfcompress.errors import CalibrationDataError, ConversionError
+from tfcompress.export import shapes
 from tfcompress.export.modes import get_mode
+from tfcompress.export.shapes import static_specs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +35,8 @@ class ExportResult:
         int8_io: whether inputs and outputs are integer.
         quantization_aware: the model was trained with fake-quant (QAT), so
             its int8 ranges came from training, not calibration.
+        input_shapes: `{input name: shape}` fixed at export, or `None` when
+            the file keeps the model's dynamic shapes.
     """
 
     path: str
@@ -43,6 +47,7 @@ class ExportResult:
     calibration_samples: object = None
     int8_io: bool = False
     quantization_aware: bool = False
+    input_shapes: object = None
 
     def __str__(self):
         calib_note = ", ranges from quantization-aware training" if self.quantization_aware \
@@ -53,11 +58,6 @@ class ExportResult:
                 f"{calib_note}, via {self.route}")
 
 
-def gzip_size(data):
-    """Bytes after `gzip -9`, a fair proxy for what sparsity or clustering saves."""
-    return len(gzip.compress(data, compresslevel=9, mtime=0))
-
-
 def to_tflite(
     model,
     path,
@@ -66,6 +66,10 @@ def to_tflite(
     int8_io=False,
     max_calibration_samples=calib.DEFAULT_MAX_SAMPLES,
     verbose=False,
+    *,
+    batch_size=None,
+    sequence_length=None,
+    input_shape=None,
 ):
     """Convert a Keras model into a `.tflite` file.
 
@@ -86,6 +90,14 @@ def to_tflite(
             int16 for `"int16x8"`), as microcontrollers and NPUs want.
         max_calibration_samples: most samples taken from `representative_data`.
         verbose: show the converter's own messages.
+        batch_size: fix the batch size of every input (1 for edge files).
+            `None` keeps it dynamic.
+        sequence_length: fix axis 1 (tokens, time steps) of every input of
+            rank 2 or more. It must fit the model's position embedding.
+        input_shape: fix shapes input by input: a shape (batch first) for a
+            single-input model or a dict `{input name: shape}`; `None` sizes
+            stay dynamic. Static shapes drop the shape-computing ops
+            (`SHAPE`, `STRIDED_SLICE`, `PACK`, ...) from the file.
 
     Returns:
         An `ExportResult`.
@@ -112,6 +124,9 @@ def to_tflite(
 
     _refuse_keras_quantized(model, flavor)
     specs = calib.input_specs(model)
+    fixed = static_specs(model, specs, batch_size, sequence_length, input_shape)
+    if fixed is not None:
+        specs = fixed
     quantization_aware = False
     if export_mode.name == "int8":
         from tfcompress.quantize import check_ranges_set, is_quantization_aware
@@ -134,24 +149,26 @@ def to_tflite(
         calibration = calib.calibration_set(representative_data, specs, max_calibration_samples)
 
     data, route = _convert(model, flavor, export_mode, calibration, int8_io, verbose,
-                           quantization_aware)
+                           quantization_aware, fixed)
     _io.atomic_write_bytes(path, data)
     return ExportResult(
         path=path,
         mode=mode,
         bytes=len(data),
-        gzip_bytes=gzip_size(data),
+        gzip_bytes=_io.gzip_size(data),
         route=route,
         calibration_samples=None if calibration is None else len(calibration),
         int8_io=bool(int8_io),
         quantization_aware=quantization_aware,
+        input_shapes=None if fixed is None else {s.name: s.shape for s in fixed},
     )
 
 
-def _routes(flavor):
+def _routes(flavor, fixed=None):
     # keras-hub models only convert through a SavedModel (from_keras_model
     # fails on them); plain models take the direct route and fall back.
-    if flavor == _flavor.KERAS_HUB:
+    # Static shapes go through a SavedModel exported with that input signature.
+    if flavor == _flavor.KERAS_HUB or fixed is not None:
         return ("saved_model",)
     return ("from_keras_model", "saved_model")
 
@@ -180,7 +197,7 @@ def _quiet(enabled):
 
 
 def _convert(model, flavor, export_mode, calibration, int8_io, verbose,
-             quantization_aware=False):
+             quantization_aware=False, fixed=None):
     import tensorflow as tf
 
     configure = export_mode.configure
@@ -190,11 +207,11 @@ def _convert(model, flavor, export_mode, calibration, int8_io, verbose,
         from tfcompress.quantize import configure_converter as configure
 
     failures = []
-    for route in _routes(flavor):
+    for route in _routes(flavor, fixed):
         with tempfile.TemporaryDirectory(prefix=f"tfcompress-export-{os.getpid()}-") as tmp:
             try:
                 with _quiet(not verbose):
-                    converter = _make_converter(route, model, flavor, tmp, tf)
+                    converter = _make_converter(route, model, flavor, tmp, tf, fixed)
                     configure(converter, tf, int8_io)
                     if calibration is not None:
                         converter.representative_dataset = calibration.representative_dataset(
@@ -214,14 +231,28 @@ def _convert(model, flavor, export_mode, calibration, int8_io, verbose,
     )
 
 
-def _make_converter(route, model, flavor, tmp, tf):
+def _make_converter(route, model, flavor, tmp, tf, fixed=None):
     if route == "from_keras_model":
         return tf.lite.TFLiteConverter.from_keras_model(model)
     saved = os.path.join(tmp, "saved_model")
+    signature = None
+    if fixed is not None:
+        tensor_specs = shapes.tensor_specs(fixed, tf)
+        if calib.takes_dict(model):
+            signature = [{s.name: t for s, t in zip(fixed, tensor_specs)}]
+        elif len(tensor_specs) == 1:
+            signature = tensor_specs
+        else:
+            signature = [tensor_specs]
     if flavor == _flavor.TF_KERAS:
-        tf.saved_model.save(model, saved)
+        if signature is None:
+            tf.saved_model.save(model, saved)
+        else:
+            function = tf.function(lambda inputs: model(inputs, training=False))
+            tf.saved_model.save(model, saved,
+                                signatures=function.get_concrete_function(*signature))
     else:
-        model.export(saved, format="tf_saved_model", verbose=False)
+        model.export(saved, format="tf_saved_model", verbose=False, input_signature=signature)
     return tf.lite.TFLiteConverter.from_saved_model(saved)
 
 
