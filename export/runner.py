@@ -80,23 +80,12 @@ def make_interpreter(path, num_threads=1, use_xnnpack=True):
         OpResolverType.AUTO if use_xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     )
     try:
-        try:
-            interpreter = Interpreter(
-                model_content=data,
-                num_threads=num_threads,
-                experimental_op_resolver_type=resolver,
-            )
-            interpreter.allocate_tensors()
-        except RuntimeError as e:
-            if not use_xnnpack or "XNNPACK" not in str(e):
-                raise
-            # XNNPACK refuses some valid files (int2 weights): LiteRT's own kernels run them.
-            interpreter = Interpreter(
-                model_content=data,
-                num_threads=num_threads,
-                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-            )
-            interpreter.allocate_tensors()
+        interpreter = Interpreter(
+            model_content=data,
+            num_threads=num_threads,
+            experimental_op_resolver_type=resolver,
+        )
+        interpreter.allocate_tensors()
         _read_all_details(interpreter)
     except _CORRUPT_FILE_ERRORS as e:
         # A corrupt tensor name surfaces as UnicodeDecodeError, a corrupt index as
