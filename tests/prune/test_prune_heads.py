@@ -1,4 +1,4 @@
-"""remove_heads: attention-head removal for keras-hub BERT models."""
+"""remove_heads: attention-head removal for every keras-hub encoder and decoder family."""
 
 import os
 
@@ -8,88 +8,216 @@ import pytest
 
 from tfcompress import export, prune, testing
 
-HIDDEN, HEADS, KEY_DIM = 32, 4, 8
+HIDDEN, HEADS, LAYERS, SEQ, VOCAB = 32, 4, 2, 16, 100
+KEY_DIM = HIDDEN // HEADS
 # Query, key and value kernels + biases and output kernel rows of one head.
 PER_HEAD = 4 * HIDDEN * KEY_DIM + 3 * KEY_DIM
 
 
-@pytest.fixture(scope="module")
-def bert():
-    return testing.tiny_bert_classifier(num_layers=2, hidden_dim=HIDDEN, num_heads=HEADS)
+def _text(n, segments=False, seed=0):
+    rng = np.random.default_rng(seed)
+    mask = (np.arange(SEQ)[None, :] < rng.integers(4, SEQ + 1, size=n)[:, None]).astype("int32")
+    x = {
+        "token_ids": rng.integers(1, VOCAB, size=(n, SEQ)).astype("int32") * mask,
+        "padding_mask": mask,
+    }
+    if segments:
+        x["segment_ids"] = np.zeros((n, SEQ), "int32")
+    return x
 
 
-@pytest.fixture(scope="module")
-def x():
-    return testing.random_bert_inputs(8)
+def _hub_model(family):
+    """(tiny keras-hub model, inputs, its attention blocks) for one family."""
+    import keras_hub
+
+    models = keras_hub.models
+    keras.utils.set_random_seed(0)
+    text = dict(
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        hidden_dim=HIDDEN,
+        intermediate_dim=2 * HIDDEN,
+        max_sequence_length=SEQ,
+    )
+    if family == "bert":
+        model = testing.tiny_bert_classifier(
+            num_layers=LAYERS, hidden_dim=HIDDEN, num_heads=HEADS, sequence_length=SEQ
+        )
+        x = testing.random_bert_inputs(8, sequence_length=SEQ)
+    elif family == "roberta":
+        model = models.RobertaTextClassifier(
+            models.RobertaBackbone(vocabulary_size=VOCAB, **text), num_classes=3, preprocessor=None
+        )
+        x = _text(8)
+    elif family == "distilbert":
+        model = models.DistilBertTextClassifier(
+            models.DistilBertBackbone(vocabulary_size=VOCAB, **text),
+            num_classes=3,
+            preprocessor=None,
+        )
+        x = _text(8)
+    elif family == "electra":  # keras-hub has no ELECTRA task: the backbone itself
+        model = models.ElectraBackbone(vocab_size=VOCAB, embedding_dim=HIDDEN, **text)
+        x = _text(8, segments=True)
+    elif family == "gpt2":  # TransformerDecoder, causal
+        model = models.GPT2CausalLM(
+            models.GPT2Backbone(vocabulary_size=VOCAB, **text), preprocessor=None
+        )
+        x = _text(8)
+    else:  # ViT: MultiHeadAttention inside ViTEncoderBlocks inside one ViTEncoder
+        backbone = models.ViTBackbone(
+            image_shape=(16, 16, 3),
+            patch_size=4,
+            num_layers=LAYERS,
+            num_heads=HEADS,
+            hidden_dim=HIDDEN,
+            mlp_dim=2 * HIDDEN,
+        )
+        model = models.ViTImageClassifier(backbone, num_classes=3, preprocessor=None)
+        x = np.random.default_rng(0).normal(size=(8, 16, 16, 3)).astype("float32")
+    return model, x
 
 
-def _attention(model):
-    return [block._self_attention_layer for block in model.backbone.transformer_layers]
+def _blocks(model):
+    """{block name: its MultiHeadAttention}, sorted by name (= layer order here)."""
+    backbone = getattr(model, "backbone", model)
+    found = {
+        layer.name: attention
+        for layer in backbone._flatten_layers()
+        for attention in vars(layer).values()
+        if isinstance(attention, keras.layers.MultiHeadAttention) and layer is not attention
+    }
+    return dict(sorted(found.items()))
+
+
+def _output(model, x):
+    return keras.tree.flatten(model.predict(x, verbose=0))[0]
+
+
+def _copy_with_heads_silenced(model, drop):
+    """`model` with the output-projection rows of the `drop` heads zeroed."""
+    copy = type(model).from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    blocks = _blocks(copy)
+    for name, heads in drop.items():
+        kernel = np.asarray(blocks[name].output_dense.kernel).copy()
+        kernel[heads] = 0
+        blocks[name].output_dense.kernel.assign(kernel)
+    return copy
 
 
 @pytest.mark.slow
-def test_removed_heads_are_exactly_the_sliced_ones(bert, x):
-    drop = {"transformer_layer_0": [1, 3], "transformer_layer_1": [2]}
-    # The original with the dropped heads' output rows zeroed: those heads add nothing.
-    zeroed = type(bert).from_config(bert.get_config())
-    zeroed.set_weights(bert.get_weights())
-    for attention, name in zip(_attention(zeroed), drop, strict=True):
-        kernel = np.asarray(attention._output_dense.kernel).copy()
-        kernel[drop[name]] = 0
-        attention._output_dense.kernel.assign(kernel)
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "electra", "gpt2", "vit"])
+def test_removes_heads_exactly_saves_exports_and_verifies(family, tmp_path):
+    model, x = _hub_model(family)
+    names = list(_blocks(model))
+    assert len(names) == LAYERS
 
-    small = prune.remove_heads(zeroed, drop)
-    assert type(small) is type(bert)
-    assert isinstance(small.backbone, type(bert.backbone))
-    assert [a.num_heads for a in _attention(small)] == [2, 3]
-    assert {a.key_dim for a in _attention(small)} == {KEY_DIM}
-    assert bert.count_params() - small.count_params() == 3 * PER_HEAD
-    np.testing.assert_allclose(small.predict(x, verbose=0), zeroed.predict(x, verbose=0),
-                               atol=1e-4)
+    # Exact slicing: removing heads = silencing them (their output rows zeroed).
+    drop = {names[0]: [1, 3], names[1]: [0]}
+    silenced = _copy_with_heads_silenced(model, drop)
+    small = prune.remove_heads(silenced, drop)
+    # A task stays its class; a backbone becomes the head-pruned subclass of its class.
+    assert type(small) is type(model) or type(small).__name__ == f"HeadPruned{type(model).__name__}"
+    assert isinstance(getattr(small, "backbone", small), type(getattr(model, "backbone", model)))
+    assert [a.num_heads for a in _blocks(small).values()] == [2, 3]
+    assert {a.key_dim for a in _blocks(small).values()} == {KEY_DIM}
+    assert model.count_params() - small.count_params() == 3 * PER_HEAD
+    np.testing.assert_allclose(_output(small, x), _output(silenced, x), atol=2e-5)
+    assert not np.allclose(_output(model, x), _output(silenced, x), atol=2e-5)
     # The kept heads are the original ones, in order.
-    np.testing.assert_array_equal(_attention(small)[1]._query_dense.kernel.numpy(),
-                                  _attention(bert)[1]._query_dense.kernel.numpy()[:, [0, 1, 3]])
+    kept, old = _blocks(small)[names[1]], _blocks(model)[names[1]]
+    np.testing.assert_array_equal(
+        kept.query_dense.kernel.numpy(), old.query_dense.kernel.numpy()[:, [1, 2, 3]]
+    )
+    np.testing.assert_array_equal(
+        kept.output_dense.kernel.numpy(), old.output_dense.kernel.numpy()[[1, 2, 3]]
+    )
+    report = small.heads_report
+    assert report.removed == ((names[0], 4, (1, 3)), (names[1], 4, (0,)))
+    assert report.params_before - report.params_after == 3 * PER_HEAD
 
-    # A bare backbone works too.
-    backbone = prune.remove_heads(bert.backbone, {"transformer_layer_1": 1})
-    assert [b.num_heads for b in backbone.transformer_layers] == [4, 3]
-    assert bert.backbone.count_params() - backbone.count_params() == PER_HEAD
+    # Half of every layer's heads, ranked by L1 norm of the head's kernel slices.
+    half = prune.remove_heads(model, 0.5)
+    for name, attention in _blocks(model).items():
+        norms = sum(
+            np.abs(np.moveaxis(dense.kernel.numpy(), axis, 0)).reshape(HEADS, -1).sum(1)
+            for dense, axis in (
+                (attention.query_dense, 1),
+                (attention.key_dense, 1),
+                (attention.value_dense, 1),
+                (attention.output_dense, 0),
+            )
+        )
+        lowest = tuple(sorted(np.argsort(norms, kind="stable")[:2].tolist()))
+        assert (name, HEADS, lowest) in half.heads_report.removed
+    assert [a.num_heads for a in _blocks(half).values()] == [2, 2]
+
+    path = os.path.join(tmp_path, f"{family}.keras")
+    half.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(_output(loaded, x), _output(half, x), atol=1e-6)
+    assert [a.num_heads for a in _blocks(loaded).values()] == [2, 2]
+    assert type(loaded) is type(half)
+    assert type(getattr(loaded, "backbone", loaded)) is type(getattr(half, "backbone", half))
+
+    for mode, cosine in (("float32", 0.9999), ("int8", 0.98)):
+        path = os.path.join(tmp_path, f"{family}_{mode}.tflite")
+        export.to_tflite(half, path, mode=mode, representative_data=x if mode == "int8" else None)
+        result = export.verify(path, half, x, min_cosine=cosine)
+        assert not result.collapsed
+        if mode == "int8":
+            ops = export.inspect(path).ops
+            assert any(op.name == "FULLY_CONNECTED" and op.compute_dtype == "int8" for op in ops), [
+                (op.name, op.compute_dtype) for op in ops
+            ]
 
 
 @pytest.mark.slow
-def test_fraction_ranks_by_l1_then_fits_saves_and_exports(bert, x, tmp_path):
+def test_fits_composes_with_remove_units_and_clones_from_config(tmp_path):
+    bert, x = _hub_model("bert")
     small = prune.remove_heads(bert, 0.5)
-    assert [a.num_heads for a in _attention(small)] == [2, 2]
-    assert bert.count_params() - small.count_params() == 4 * PER_HEAD
-    for old, new in zip(_attention(bert), _attention(small), strict=True):
-        q, k, v, o = (np.abs(w.kernel.numpy()) for w in
-                      (old._query_dense, old._key_dense, old._value_dense, old._output_dense))
-        norms = q.sum((0, 2)) + k.sum((0, 2)) + v.sum((0, 2)) + o.sum((1, 2))
-        kept = np.sort(np.argsort(-norms)[:2])
-        np.testing.assert_array_equal(new._value_dense.kernel.numpy(),
-                                      old._value_dense.kernel.numpy()[:, kept])
-
     small.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = small.fit(x, np.zeros(8, "int32"), batch_size=4, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
 
-    path = os.path.join(tmp_path, "heads.keras")
-    small.save(path)
-    loaded = keras.saving.load_model(path)
-    assert [a.num_heads for a in _attention(loaded)] == [2, 2]
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), small.predict(x, verbose=0),
-                               atol=1e-6)
-    # Feed-forward removal composes with head removal.
-    smaller = prune.remove_units(loaded, 0.5)
-    assert [a.num_heads for a in _attention(smaller)] == [2, 2]
-    assert smaller.count_params() < loaded.count_params()
+    # Feed-forward removal keeps the removed heads removed, and vice versa.
+    smaller = prune.remove_units(small, 0.5)
+    assert [a.num_heads for a in _blocks(smaller).values()] == [2, 2]
+    assert smaller.count_params() < small.count_params()
+    again = prune.remove_heads(smaller, {"transformer_layer_0": 1})
+    assert [a.num_heads for a in _blocks(again).values()] == [1, 2]
+    np.testing.assert_allclose(
+        _output(prune.remove_heads(smaller, {"transformer_layer_0": []}), x),
+        _output(smaller, x),
+        atol=1e-6,
+    )
 
-    result = export.to_tflite(small, os.path.join(tmp_path, "heads.tflite"))
-    assert result.bytes > 0
+    # A block cloned from its config (as quantize_model and prune_low_magnitude
+    # clone layers) keeps the pruned head count.
+    block = small.backbone.transformer_layers[0]
+    clone = block.__class__.from_config(block.get_config())
+    clone.build((None, SEQ, HIDDEN))
+    assert clone._self_attention_layer.num_heads == 2
+    assert [w.shape for w in clone.weights] == [w.shape for w in block.weights]
+    clone.set_weights(block.get_weights())
 
 
 @pytest.mark.slow
-def test_clear_errors(bert):
+def test_report_fractions_and_clear_errors():
+    bert, _ = _hub_model("bert")
+    # 0.1 of 4 heads rounds to none: both layers are skipped and said so.
+    same = prune.remove_heads(bert, 0.1)
+    assert same.heads_report.removed == ()
+    assert [r for _, r in same.heads_report.skipped] == ["0.1 of its 4 heads rounds to none"] * 2
+    assert same.count_params() == bert.count_params()
+    # A fraction never removes every head; a dict names some layers only.
+    most = prune.remove_heads(bert, 0.99)
+    assert [a.num_heads for a in _blocks(most).values()] == [1, 1]
+    one = prune.remove_heads(bert, {"transformer_layer_1": 0.5})
+    assert one.heads_report.skipped == (("transformer_layer_0", "not named in `heads`"),)
+    assert "transformer_layer_1: 4 -> 2 heads" in str(one.heads_report)
+
     with pytest.raises(ValueError, match="all 4 attention heads of 'transformer_layer_0'"):
         prune.remove_heads(bert, {"transformer_layer_0": [0, 1, 2, 3]})
     with pytest.raises(ValueError, match="unknown encoder layer.*transformer_layer_7"):
@@ -102,3 +230,25 @@ def test_clear_errors(bert):
         prune.remove_heads(bert, 0.5, criterion="taylor")
     with pytest.raises(prune.UnsupportedPruningModelError, match="remove_units"):
         prune.remove_heads(testing.tiny_mlp(), 0.5)
+
+
+def test_gpt2_causal_lm_report_warns_about_generation():
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    models = keras_hub.models
+    lm = models.GPT2CausalLM(
+        models.GPT2Backbone(
+            vocabulary_size=VOCAB,
+            num_layers=1,
+            num_heads=2,
+            hidden_dim=8,
+            intermediate_dim=8,
+            max_sequence_length=8,
+        ),
+        preprocessor=None,
+    )
+    small = prune.remove_heads(lm, 0.5)
+    assert small.heads_report.removed[0][1:] == (2, small.heads_report.removed[0][2])
+    assert len(small.heads_report.removed[0][2]) == 1
+    assert "generate()" in small.heads_report.notes[0]

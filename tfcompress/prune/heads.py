@@ -1,265 +1,531 @@
-"""Attention-head removal for keras-hub BERT models (`remove_heads`).
+"""Attention-head removal for keras-hub encoders and decoders (`remove_heads`).
 
-keras-hub's `TransformerEncoder` derives its head size from
-`hidden_dim // num_heads`, so a config with fewer heads would also change the
-head size. `HeadPrunedTransformerEncoder` takes the head size (`key_dim`)
-explicitly, and `HeadPrunedBertBackbone` (a `BertBackbone`) builds its
-encoders with a per-layer number of kept heads (`head_counts`). Both are
-registered (on `import tfcompress.prune`), so the result saves to and loads
-from `.keras`.
+One mechanism serves every family: a keras-hub backbone is rebuilt from its
+own config as a *head-pruned* subclass of its class (`HeadPrunedBertBackbone`,
+`HeadPrunedGPT2Backbone`, `HeadPrunedViTBackbone`, ...). That subclass builds
+the backbone as usual, then replaces each keras `MultiHeadAttention` held by a
+block (`TransformerEncoder`, `TransformerDecoder`, `ViTEncoderBlock`, ...)
+with the same layer keeping fewer heads of the same size, and turns the block
+into a head-pruned subclass of its own class whose config records the kept
+head counts. The attention output keeps its width, so the rest of the graph is
+unchanged. The subclasses are registered under `tfcompress>HeadPruned<Class>`
+(for every backbone in `keras_hub.models` on `import tfcompress.prune`), so
+the result saves to and loads from `.keras`, and clones of its blocks made
+from their config are head-pruned too.
 """
 
-import sys
+import contextlib
+import dataclasses
 import threading
 
 import keras
 import numpy as np
-from keras_hub.src.layers.modeling.transformer_encoder import TransformerEncoder
-from keras_hub.src.models.bert.bert_backbone import BertBackbone
 
 from tfcompress import _flavor
 from tfcompress.errors import UnsupportedModelError
 from tfcompress.prune.errors import UnsupportedPruningModelError
-from tfcompress.prune.structured_hub import copy_sliced_weights
 
-_BUILD_LOCK = threading.RLock()
+CRITERIA = ("l1", "l2")
+_LOCK = threading.RLock()
+_CLASSES = {}  # base class -> its head-pruned subclass
 
 
-@keras.saving.register_keras_serializable(package="tfcompress")
-class HeadPrunedTransformerEncoder(TransformerEncoder):
-    """A keras-hub `TransformerEncoder` whose head size is given, not derived.
+@dataclasses.dataclass(frozen=True)
+class HeadRemovalReport:
+    """What `remove_heads` did (attached to the new model as `.heads_report`).
+
+    Attributes:
+        removed: `(attention, heads before, removed head indices)` per
+            attention layer that lost heads; `attention` is the name of the
+            block holding it (`"transformer_layer_0"`), or `block/attention`
+            when a block holds several.
+        skipped: `(attention, reason)` per attention layer left whole.
+        criterion: the norm the heads were ranked by.
+        params_before: parameters of the input model.
+        params_after: parameters of the new model.
+        notes: what still works differently on the new model.
+    """
+
+    removed: tuple
+    skipped: tuple
+    criterion: str
+    params_before: int
+    params_after: int
+    notes: tuple = ()
+
+    @property
+    def heads_before(self):
+        """Heads of the attention layers that lost some, before removal."""
+        return sum(n for _, n, _ in self.removed)
+
+    @property
+    def heads_removed(self):
+        return sum(len(drop) for _, _, drop in self.removed)
+
+    def __str__(self):
+        lines = [
+            f"removed {self.heads_removed} of {self.heads_before} attention heads "
+            f"({self.criterion} ranking); parameters {self.params_before:,} -> "
+            f"{self.params_after:,}"
+        ]
+        lines += [
+            f"  {name}: {n} -> {n - len(drop)} heads (removed {list(drop)})"
+            for name, n, drop in self.removed
+        ]
+        lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped]
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------
+# Finding the attention layers and swapping them for ones with fewer heads.
+
+
+def _attention_layers(root):
+    """`[(key, block, attribute, attention)]` for every MultiHeadAttention held by a block.
+
+    A block is any layer below `root` (at any depth) with a keras
+    `MultiHeadAttention` as an attribute. The key is the block's name, or
+    `block/attention` when the block holds several attention layers.
+    """
+    found, seen = [], set()
+
+    def visit(layer):  # depth first, in the order the layers were made
+        if id(layer) in seen or isinstance(layer, keras.layers.MultiHeadAttention):
+            return
+        seen.add(id(layer))
+        held = [
+            (attr, value)
+            for attr, value in vars(layer).items()
+            if isinstance(value, keras.layers.MultiHeadAttention)
+        ]
+        for attr, attention in held:
+            key = layer.name if len(held) == 1 else f"{layer.name}/{attention.name}"
+            found.append((key, layer, attr, attention))
+        for sub in layer._layers:
+            visit(sub)
+
+    visit(root)
+    keys = [key for key, *_ in found]
+    if len(set(keys)) != len(keys):
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        raise UnsupportedModelError(
+            f"Attention blocks of '{root.name}' share the names {dupes}, so `heads` could not "
+            "name them. Give each block a distinct name. Received: a model with duplicate "
+            "block names."
+        )
+    return found
+
+
+def _build_shape(layer):
+    return tuple(layer.get_build_config()["input_shape"])
+
+
+def _swap_attention(block, attr, kept):
+    """Replace `block.<attr>` (a built MultiHeadAttention) by one with `kept` heads.
+
+    The new layer takes the old one's place in the block's tracked layers, so
+    the block's weights keep their order; its weights are fresh (copy them).
+    """
+    old = getattr(block, attr)
+    if old.num_heads == kept:
+        return
+    config = old.get_config()
+    config.update(num_heads=int(kept), key_dim=old.key_dim, value_dim=old.value_dim)
+    new = type(old).from_config(config)
+    with contextlib.ExitStack() as scopes:
+        for part in (block.path or block.name).split("/"):
+            scopes.enter_context(keras.name_scope(part))
+        new.build(
+            _build_shape(old.query_dense),
+            _build_shape(old.value_dense),
+            _build_shape(old.key_dense),
+        )
+    block._tracker.replace_tracked_value("layers", old, new)
+    setattr(block, attr, new)
+
+
+def _apply_pruned_heads(block):
+    for attr, kept in block.pruned_heads.items():
+        attention = getattr(block, attr, None)
+        if not isinstance(attention, keras.layers.MultiHeadAttention):
+            raise ValueError(
+                f"'{block.name}' ({type(block).__name__}) has no MultiHeadAttention at "
+                f"`{attr}` to keep {kept} heads of. Received: pruned_heads={block.pruned_heads}"
+            )
+        _swap_attention(block, attr, kept)
+
+
+class _HeadPrunedBlock:
+    """Mixed into a block class: after `build`, its attention layers keep fewer heads.
 
     Args:
-        intermediate_dim: hidden size of the feed-forward network.
-        num_heads: number of attention heads (the kept ones).
-        key_dim: size of each head's query, key and value (`None`:
-            `hidden_dim // num_heads`, as in `TransformerEncoder`).
-        **kwargs: the other `TransformerEncoder` arguments.
+        pruned_heads: `{attribute name: heads kept}` for the block's
+            MultiHeadAttention layers (others keep all their heads).
     """
 
-    def __init__(self, intermediate_dim, num_heads, key_dim=None, **kwargs):
-        super().__init__(intermediate_dim, num_heads, **kwargs)
-        self.key_dim = key_dim
+    def __init__(self, *args, pruned_heads=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pruned_heads = {str(k): int(v) for k, v in (pruned_heads or {}).items()}
 
-    def __setattr__(self, name, value):
-        # The parent's build() makes the attention layer with the derived head
-        # size; swap in the same layer with the given one before it is tracked.
-        if (name == "_self_attention_layer" and getattr(self, "key_dim", None)
-                and isinstance(value, keras.layers.MultiHeadAttention)
-                and value.key_dim != self.key_dim):
-            config = value.get_config()
-            config.update(key_dim=self.key_dim, value_dim=self.key_dim)
-            value = type(value).from_config(config)
-        super().__setattr__(name, value)
+    def build(self, *args, **kwargs):
+        super().build(*args, **kwargs)
+        _apply_pruned_heads(self)
 
     def get_config(self):
         config = super().get_config()
-        config["key_dim"] = self.key_dim
+        config["pruned_heads"] = dict(self.pruned_heads)
         return config
 
 
-def _encoder_factory(head_counts, key_dim):
-    """Stands in for `TransformerEncoder` while a backbone builds its blocks."""
-    made = []
+class _HeadPrunedModel:
+    """Mixed into a keras-hub backbone class: blocks keep `pruned_heads[key]` heads.
 
-    def make(**kwargs):
-        i = len(made)
-        if i >= len(head_counts):
-            raise ValueError(f"head_counts has {len(head_counts)} entries but the backbone "
-                             "builds more encoder layers.")
-        kwargs["num_heads"] = int(head_counts[i])
-        layer = HeadPrunedTransformerEncoder(key_dim=key_dim, **kwargs)
-        made.append(layer)
-        return layer
-
-    return make
-
-
-@keras.saving.register_keras_serializable(package="tfcompress")
-class HeadPrunedBertBackbone(BertBackbone):
-    """A `BertBackbone` whose encoder layers keep `head_counts[i]` heads of size `key_dim`.
-
-    `num_heads` stays the original count (it still sets nothing else);
-    `head_counts` and `key_dim` are in the config, so the model round-trips
-    through `get_config()` and `.keras` files.
+    Args:
+        pruned_heads: `{attention key: heads kept}`, keys as in
+            `HeadRemovalReport.removed` (the block's name).
     """
 
-    def __init__(self, *, head_counts, key_dim, **kwargs):
-        module = sys.modules[BertBackbone.__module__]
-        with _BUILD_LOCK:
-            original = module.TransformerEncoder
-            module.TransformerEncoder = _encoder_factory(head_counts, key_dim)
-            try:
-                super().__init__(**kwargs)
-            finally:
-                module.TransformerEncoder = original
-        if len(self.transformer_layers) != len(head_counts):
-            raise ValueError(f"head_counts has {len(head_counts)} entries for "
-                             f"{len(self.transformer_layers)} encoder layers.")
-        self.head_counts = [int(n) for n in head_counts]
-        self.key_dim = int(key_dim)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(head_counts=list(self.head_counts), key_dim=self.key_dim)
-        return config
-
-
-def _head_weights(block):
-    """(query, key, value, output) EinsumDense layers of an encoder block."""
-    att = block._self_attention_layer
-    return att._query_dense, att._key_dense, att._value_dense, att._output_dense
-
-
-def _head_norms(block, criterion):
-    """Importance of each head: norm of its query/key/value/output kernel slices."""
-    q, k, v, o = (np.asarray(layer.kernel) for layer in _head_weights(block))
-    if criterion == "l1":
-        return (np.abs(q).sum(axis=(0, 2)) + np.abs(k).sum(axis=(0, 2))
-                + np.abs(v).sum(axis=(0, 2)) + np.abs(o).sum(axis=(1, 2)))
-    return np.sqrt((q ** 2).sum(axis=(0, 2)) + (k ** 2).sum(axis=(0, 2))
-                   + (v ** 2).sum(axis=(0, 2)) + (o ** 2).sum(axis=(1, 2)))
-
-
-def _find_backbone(model):
-    """(backbone, encoder blocks), or a clear error for models we cannot rebuild."""
-    if not _flavor.is_keras_hub_model(model):
-        raise UnsupportedPruningModelError(
-            f"remove_heads removes attention heads of keras-hub BERT models; '{model.name}' "
-            f"({type(model).__name__}) is not a keras-hub model. For Dense and Conv layers "
-            "of a functional or Sequential model, use prune.remove_units(model, fraction).")
-    backbone = getattr(model, "backbone", None) if not isinstance(model, BertBackbone) else model
-    if not isinstance(backbone, BertBackbone):
-        raise UnsupportedModelError(
-            f"remove_heads supports keras-hub BertBackbone models and tasks built on them; "
-            f"'{model.name}' is a {type(model).__name__}"
-            + (f" with a {type(backbone).__name__}" if backbone is not None else "")
-            + ". Its feed-forward units can still be removed with prune.remove_units.")
-    blocks = list(backbone.transformer_layers)
-    if not blocks or not all(isinstance(b, TransformerEncoder) for b in blocks):
-        raise UnsupportedModelError(
-            f"'{backbone.name}' keeps no keras_hub TransformerEncoder in `transformer_layers`.")
-    return backbone, blocks
-
-
-def _heads_to_drop(blocks, heads, criterion):
-    """{block name: sorted head indices to remove}."""
-    names = [b.name for b in blocks]
-    if isinstance(heads, dict):
-        unknown = sorted(set(heads) - set(names))
+    def __init__(self, *args, pruned_heads=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pruned_heads = {str(k): int(v) for k, v in (pruned_heads or {}).items()}
+        attentions = {key: (block, attr) for key, block, attr, _ in _attention_layers(self)}
+        unknown = sorted(set(self.pruned_heads) - set(attentions))
         if unknown:
-            raise ValueError(f"remove_heads: unknown encoder layer(s) {unknown}. "
-                             f"The encoder layers are {names}.")
-        plan = dict(heads)
+            raise ValueError(
+                f"'{self.name}' has no attention block {unknown}; its blocks are "
+                f"{sorted(attentions)}. Received: pruned_heads={self.pruned_heads}"
+            )
+        for key, kept in self.pruned_heads.items():
+            block, attr = attentions[key]
+            if not isinstance(block, _HeadPrunedBlock):
+                # The block was built by the backbone's own code: make it the
+                # head-pruned kind of its class, so its config says what it keeps.
+                block.__class__ = head_pruned_class(type(block))
+                block.pruned_heads = {}
+            block.pruned_heads[attr] = kept
+            _apply_pruned_heads(block)
+
+    def get_config(self):
+        config = super().get_config()
+        config["pruned_heads"] = dict(self.pruned_heads)
+        return config
+
+
+def head_pruned_class(cls):
+    """The registered head-pruned subclass of a keras-hub backbone or block class.
+
+    Args:
+        cls: a `keras_hub.models.Backbone` subclass, or a layer class that
+            holds `MultiHeadAttention` layers.
+
+    Returns:
+        `HeadPruned<cls name>`, a subclass of `cls` taking one more argument,
+        `pruned_heads`, registered as `tfcompress>HeadPruned<cls name>`.
+    """
+    if issubclass(cls, (_HeadPrunedBlock, _HeadPrunedModel)):
+        return cls
+    with _LOCK:
+        if cls not in _CLASSES:
+            mixin = _HeadPrunedModel if issubclass(cls, keras.Model) else _HeadPrunedBlock
+            name = f"HeadPruned{cls.__name__}"
+            new = type(
+                name,
+                (mixin, cls),
+                {
+                    "__module__": __name__,
+                    "__qualname__": name,
+                    "__doc__": f"A `{cls.__name__}` whose attention layers keep the heads given "
+                    "by `pruned_heads` (made by `tfcompress.prune.remove_heads`).",
+                },
+            )
+            registered = keras.saving.get_registered_object(f"tfcompress>{name}")
+            if registered is not None and registered not in (new, cls):
+                raise UnsupportedModelError(
+                    f"Two classes named {cls.__name__} hold attention heads "
+                    f"({registered.__mro__[2].__module__} and {cls.__module__}); tfcompress "
+                    f"can register only one as HeadPruned{cls.__name__}. Received: {cls}"
+                )
+            _CLASSES[cls] = keras.saving.register_keras_serializable(
+                package="tfcompress", name=name
+            )(new)
+    return _CLASSES[cls]
+
+
+def _register_keras_hub():
+    """Register the head-pruned kind of every keras-hub backbone and attention block."""
+    import keras_hub
+    from keras_hub.src.models.vit.vit_layers import ViTEncoderBlock
+
+    for value in vars(keras_hub.models).values():
+        if isinstance(value, type) and issubclass(value, keras_hub.models.Backbone):
+            head_pruned_class(value)
+    for block in (
+        keras_hub.layers.TransformerEncoder,
+        keras_hub.layers.TransformerDecoder,
+        ViTEncoderBlock,
+    ):
+        head_pruned_class(block)
+
+
+_register_keras_hub()
+# The first version's public name: a TransformerEncoder with `pruned_heads`.
+HeadPrunedTransformerEncoder = head_pruned_class(__import__("keras_hub").layers.TransformerEncoder)
+
+
+# ----------------------------------------------------------------------------------------
+# Ranking heads and planning what to remove.
+
+
+def _head_axes(attention):
+    """`{id(variable): axis of the heads}` for the projections of one attention layer."""
+    axes = {id(attention.output_dense.kernel): 0}
+    projections = [attention.query_dense, attention.key_dense, attention.value_dense]
+    gate = getattr(attention, "_gate_dense", None)
+    if gate is not None:
+        projections.append(gate)
+    for dense in projections:
+        axes[id(dense.kernel)] = 1
+        if getattr(dense, "bias", None) is not None:
+            axes[id(dense.bias)] = 0
+    return axes
+
+
+def _head_norms(attention, criterion):
+    """Importance of each head: norm of its query/key/value(/gate)/output kernel slices."""
+    total = np.zeros(attention.num_heads)
+    for variable in attention.weights:
+        axis = _head_axes(attention).get(id(variable))
+        if axis is None or len(variable.shape) < 2:
+            continue
+        w = np.moveaxis(np.asarray(variable), axis, 0).reshape(attention.num_heads, -1)
+        total += np.abs(w).sum(1) if criterion == "l1" else (w**2).sum(1)
+    return total if criterion == "l1" else np.sqrt(total)
+
+
+def _plan(layers, heads, criterion):
+    """`({key: removed head indices}, [(key, reason)])` for the attention layers."""
+    keys = [key for key, *_ in layers]
+    if isinstance(heads, dict):
+        unknown = sorted(set(heads) - set(keys))
+        if unknown:
+            raise ValueError(
+                f"remove_heads: unknown encoder layer(s) {unknown}. "
+                f"The attention blocks are {keys}. Received: heads={heads!r}"
+            )
+        spec_of = dict(heads)
     elif isinstance(heads, (int, float)) and not isinstance(heads, bool) and 0 <= heads < 1:
-        plan = {name: float(heads) for name in names}
+        spec_of = {key: float(heads) for key in keys}
     else:
         raise ValueError(
-            "`heads` must be a fraction in [0, 1) of the heads to remove from every encoder "
-            "layer, or a dict {layer name: head indices to remove, or how many}. "
-            f"Received: heads={heads!r}")
-    drops = {}
-    for block in blocks:
-        total = block.num_heads
-        spec = plan.get(block.name, [])
+            "`heads` must be a fraction in [0, 1) of the heads to remove from every attention "
+            "layer, or a dict {block name: head indices to remove, or how many}. "
+            f"Received: heads={heads!r}"
+        )
+    drops, skipped = {}, []
+    for key, _, _, attention in layers:
+        total = attention.num_heads
+        if key not in spec_of:
+            skipped.append((key, "not named in `heads`"))
+            continue
+        spec = spec_of[key]
         if isinstance(spec, float):
             if not 0 <= spec < 1:
-                raise ValueError(f"Fraction of heads for '{block.name}' must be in [0, 1). "
-                                 f"Received: {spec!r}")
-            spec = int(round(spec * total))
+                raise ValueError(
+                    f"Fraction of heads for '{key}' must be in [0, 1). Received: {spec!r}"
+                )
+            count = min(int(round(spec * total)), total - 1)
+            if count == 0:
+                skipped.append((key, f"{spec:g} of its {total} heads rounds to none"))
+                continue
+            spec = count
         if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
             if not 0 <= spec <= total:
-                raise ValueError(f"Cannot remove {spec} of the {total} heads of "
-                                 f"'{block.name}'.")
-            order = np.argsort(_head_norms(block, criterion), kind="stable")
-            spec = order[:int(spec)].tolist()
+                raise ValueError(
+                    f"Cannot remove {spec} of the {total} heads of '{key}'. Received: {spec!r}"
+                )
+            order = np.argsort(_head_norms(attention, criterion), kind="stable")
+            spec = order[: int(spec)].tolist()
         try:
             drop = sorted({int(h) for h in spec})
         except (TypeError, ValueError):
-            raise ValueError(f"Heads to remove from '{block.name}' must be a list of head "
-                             f"indices, a count or a fraction. Received: {spec!r}") from None
+            raise ValueError(
+                f"Heads to remove from '{key}' must be a list of head indices, "
+                f"a count or a fraction. Received: {spec!r}"
+            ) from None
         if any(not 0 <= h < total for h in drop):
-            raise ValueError(f"'{block.name}' has heads 0..{total - 1}; cannot remove {drop}.")
+            raise ValueError(
+                f"'{key}' has heads 0..{total - 1}; cannot remove them. Received: {drop}"
+            )
         if len(drop) == total:
-            raise ValueError(f"Cannot remove all {total} attention heads of '{block.name}': "
-                             "keep at least one (or drop the layer with distillation into a "
-                             "shallower student).")
-        drops[block.name] = drop
-    return drops
+            raise ValueError(
+                f"Cannot remove all {total} attention heads of '{key}': keep at "
+                "least one (or drop the layer with distillation into a shallower "
+                f"student). Received: {drop}"
+            )
+        if drop:
+            drops[key] = drop
+        else:
+            skipped.append((key, "no heads to remove were named"))
+    return drops, skipped
 
 
-def _slice_attention(block, values, keep):
-    """`block`'s weight values with only the `keep` heads."""
-    q, k, v, o = _head_weights(block)
-    axes = {id(o.kernel): 0}
-    for layer in (q, k, v):
-        axes[id(layer.kernel)] = 1
-        if getattr(layer, "bias", None) is not None:
-            axes[id(layer.bias)] = 0
-    return [np.take(val, keep, axis=axes[id(w)]) if id(w) in axes else val
-            for w, val in zip(block.weights, values, strict=True)]
+def _find_backbone(model):
+    """The keras-hub backbone of `model`, or a clear error for models we cannot rebuild."""
+    import keras_hub
+
+    if not _flavor.is_keras_hub_model(model):
+        raise UnsupportedPruningModelError(
+            f"remove_heads removes attention heads of keras-hub models; '{model.name}' "
+            f"({type(model).__name__}) is not one. For Dense and Conv layers of a functional "
+            "or Sequential model, use prune.remove_units(model, fraction). "
+            f"Received: {type(model).__name__}"
+        )
+    if isinstance(model, keras_hub.models.Backbone):
+        return model
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, keras_hub.models.Backbone):
+        raise UnsupportedModelError(
+            f"remove_heads needs a keras-hub backbone or a task with a `.backbone`; "
+            f"'{model.name}' is a {type(model).__name__}. Received: backbone={backbone!r}"
+        )
+    return backbone
+
+
+# ----------------------------------------------------------------------------------------
 
 
 def remove_heads(model, heads=0.5, *, criterion="l1", verbose=False):
-    """Return a copy of a keras-hub BERT model without some attention heads.
+    """Return a copy of a keras-hub model without some attention heads.
 
-    Each removed head takes its query, key and value projections (kernel
-    columns and biases) and its rows of the attention output kernel with it;
-    every other weight is kept. The head size does not change, so the model
-    gets smaller by exactly the removed heads' share of the attention weights.
-    Fine-tune it with `fit()` as usual.
+    Works on every keras-hub backbone whose blocks hold keras
+    `MultiHeadAttention` layers, and on tasks built on one: BERT, RoBERTa,
+    DistilBERT, ELECTRA (`TransformerEncoder`), GPT-2 (`TransformerDecoder`,
+    causal) and ViT (`ViTEncoderBlock`) among them. Each removed head takes
+    its query, key and value projections (kernel columns and biases) and its
+    rows of the attention output kernel with it; every other weight is kept.
+    The head size does not change, so the model shrinks by exactly the removed
+    heads' share of the attention weights. Fine-tune it with `fit()` as usual.
+
+    The backbone becomes `HeadPruned<its class>` (a subclass of its class) and
+    each pruned block `HeadPruned<its class>`; both record the kept heads in
+    their config and are registered, so the model saves to and loads from
+    `.keras` after `import tfcompress.prune`.
 
     Args:
-        model: a keras-hub `BertBackbone` or a task built on one (e.g.
-            `BertTextClassifier`), as built from config or a preset.
+        model: a keras-hub backbone or a task built on one (e.g.
+            `BertTextClassifier`, `GPT2CausalLM`, `ViTImageClassifier`), as
+            built from config or a preset.
         heads: a fraction in [0, 1): the share of heads removed from every
-            encoder layer (the lowest-ranked ones; at least one head stays),
-            or a dict `{encoder layer name: heads}` where `heads` is a list of
-            head indices to remove, a number of heads, or a fraction (layers
-            not named keep all their heads).
+            attention layer (the lowest-ranked ones; at least one head stays
+            and a fraction rounding to no head leaves the layer whole), or a
+            dict `{block name: heads}` where `heads` is a list of head indices
+            to remove, a number of heads, or a fraction (blocks not named keep
+            all their heads).
         criterion: `"l1"` or `"l2"` norm of each head's query, key, value and
             output kernel slices (used to rank heads for counts and fractions).
-        verbose: print how many heads each layer keeps.
+        verbose: print the report.
 
     Returns:
-        A new, uncompiled model of the same class (its backbone becomes a
-        `HeadPrunedBertBackbone`, a `BertBackbone` subclass).
+        A new, uncompiled model of the same class whose `.heads_report` (a
+        `HeadRemovalReport`) lists the heads removed per attention layer and
+        the layers skipped, with the reason.
 
     Raises:
         UnsupportedPruningModelError: `model` is not a keras-hub model (use
             `remove_units`).
-        UnsupportedModelError: a keras-hub model that is not BERT-like.
-        ValueError: unknown layer names, bad head indices, or all heads of a
+        UnsupportedModelError: a keras-hub model with no backbone or no
+            `MultiHeadAttention` in its blocks.
+        ValueError: unknown block names, bad head indices, or all heads of a
             layer removed.
 
     Example:
 
     >>> small = prune.remove_heads(bert_classifier, {"transformer_layer_0": [1, 3]})
-    >>> small = prune.remove_heads(bert_classifier, 0.25)  # a quarter of every layer's heads
+    >>> small = prune.remove_heads(gpt2_backbone, 0.5)  # half of every layer's heads
+    >>> print(small.heads_report)
     """
     _flavor.check_built(model, what="remove_heads")
-    backbone, blocks = _find_backbone(model)
-    if criterion not in ("l1", "l2"):
+    if criterion not in CRITERIA:
         raise NotImplementedError(
-            f"remove_heads ranks heads by 'l1' or 'l2' norm. Received: criterion={criterion!r}")
-    drops = _heads_to_drop(blocks, heads, criterion)
-    keeps = {b.name: [h for h in range(b.num_heads) if h not in drops[b.name]] for b in blocks}
-    key_dims = {_head_weights(b)[0].kernel.shape[-1] for b in blocks}
-    if len(key_dims) != 1:
-        raise UnsupportedModelError(f"Encoders of '{backbone.name}' have different head "
-                                    f"sizes {sorted(key_dims)}.")
+            f"remove_heads ranks heads by 'l1' or 'l2' norm. Received: criterion={criterion!r}"
+        )
+    backbone = _find_backbone(model)
+    layers = _attention_layers(backbone)
+    if not layers:
+        raise UnsupportedModelError(
+            f"remove_heads found no keras MultiHeadAttention in the blocks of '{backbone.name}' "
+            f"({type(backbone).__name__}): its attention is its own code, which this function "
+            f"cannot slice. Received: {type(backbone).__name__}"
+        )
+    drops, skipped = _plan(layers, heads, criterion)
+    kept = dict(getattr(backbone, "pruned_heads", {}))
+    kept.update(
+        {
+            key: attention.num_heads - len(drops[key])
+            for key, _, _, attention in layers
+            if key in drops
+        }
+    )
     config = backbone.get_config()
-    config.update(head_counts=[len(keeps[b.name]) for b in blocks], key_dim=int(key_dims.pop()))
-    new_backbone = HeadPrunedBertBackbone.from_config(config)
+    config["pruned_heads"] = kept
+    new_backbone = head_pruned_class(type(backbone)).from_config(config)
     if model is backbone:
         new = new_backbone
     else:
         task_config = model.get_config()
         task_config["backbone"] = new_backbone
         new = type(model).from_config(task_config)
-    copy_sliced_weights(model, new, keeps, _slice_attention)
+    _copy_weights(model, new, layers, drops)
+    notes = []
+    if drops and hasattr(model, "generate"):
+        notes.append(
+            f"{type(model).__name__}.generate() sizes its key/value cache from "
+            "`backbone.num_heads`, which still counts every head: use the model for "
+            "scoring (call, predict, fit) and export, not for cached generation"
+        )
+    new.heads_report = HeadRemovalReport(
+        removed=tuple(
+            (key, attention.num_heads, tuple(drops[key]))
+            for key, _, _, attention in layers
+            if key in drops
+        ),
+        skipped=tuple(skipped),
+        criterion=criterion,
+        params_before=model.count_params(),
+        params_after=new.count_params(),
+        notes=tuple(notes),
+    )
     if verbose:
-        for block in blocks:
-            print(f"{block.name}: attention heads {block.num_heads} -> "
-                  f"{len(keeps[block.name])} (removed {drops[block.name]})")
+        print(new.heads_report)
     return new
+
+
+def _copy_weights(model, new, layers, drops):
+    """Copy every weight of `model` into `new`, keeping only the kept heads' slices."""
+    axes, keeps = {}, {}
+    for key, _, _, attention in layers:
+        if key in drops:
+            keep = [h for h in range(attention.num_heads) if h not in drops[key]]
+            for var_id, axis in _head_axes(attention).items():
+                axes[var_id], keeps[var_id] = axis, keep
+    old_weights, new_weights = model.weights, new.weights
+    if len(old_weights) != len(new_weights):
+        raise UnsupportedModelError(
+            f"Rebuilding '{model.name}' with fewer heads gave {len(new_weights)} weights for "
+            f"{len(old_weights)}; its class builds layers remove_heads does not expect. "
+            f"Received: {type(model).__name__}"
+        )
+    values = []
+    for old, target in zip(old_weights, new_weights, strict=True):
+        value = np.asarray(old)
+        if id(old) in axes:
+            value = np.take(value, keeps[id(old)], axis=axes[id(old)])
+        if tuple(value.shape) != tuple(target.shape):
+            raise UnsupportedModelError(
+                f"Rebuilding '{model.name}' with fewer heads: weight {old.path} has shape "
+                f"{tuple(value.shape)} after slicing, its place in the new model "
+                f"{tuple(target.shape)}. Received: {type(model).__name__}"
+            )
+        values.append(value)
+    new.set_weights(values)
