@@ -1,5 +1,7 @@
 """scikit-learn's bundled hand-written digits, split for training and evaluation."""
 
+from __future__ import annotations
+
 import dataclasses
 from typing import Any
 
@@ -65,12 +67,12 @@ class DatasetSplits:
 
 
 def load_digits(
-    validation_fraction=0.15,
-    test_fraction=0.15,
-    seed=0,
-    as_dataset=False,
-    batch_size=32,
-):
+    validation_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    as_dataset: bool = False,
+    batch_size: int = 32,
+) -> Splits | DatasetSplits:
     """Loads scikit-learn's 8x8 hand-written digits with a fixed split.
 
     The 1,797 real grey-scale images ship inside the scikit-learn wheel, so

@@ -1,5 +1,7 @@
 """GLUE's SST-2 binary sentiment task, read from local TSV files."""
 
+from __future__ import annotations
+
 import dataclasses
 import os
 
@@ -46,12 +48,12 @@ class TextSplits:
 
 
 def load_sst2(
-    data_dir=None,
-    max_train=None,
-    validation_fraction=0.1,
-    seed=0,
-    download=False,
-):
+    data_dir: str | os.PathLike | None = None,
+    max_train: int | None = None,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    download: bool = False,
+) -> TextSplits:
     """Loads GLUE's SST-2 (binary movie-review sentiment) from local files.
 
     Reads `train.tsv` and `dev.tsv` (TAB separated, one header line with a

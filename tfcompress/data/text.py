@@ -1,16 +1,28 @@
 """WordPiece vocabularies and BERT inputs for text classification data."""
 
+from __future__ import annotations
+
 import os
 import tempfile
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import keras_hub
 
 # The reserved tokens of `compute_word_piece_vocabulary`, in BERT's order.
 _RESERVED_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]")
 _ENCODE_BATCH_SIZE = 1024
 
 
-def sst2_tokenizer(sentences, vocabulary_size=8000, cache_path=None, lowercase=True):
+def sst2_tokenizer(
+    sentences: Sequence[str],
+    vocabulary_size: int = 8000,
+    cache_path: str | os.PathLike | None = None,
+    lowercase: bool = True,
+) -> keras_hub.tokenizers.BertTokenizer:
     """Builds a WordPiece tokenizer for a from-scratch BERT.
 
     The vocabulary is learned from `sentences` with
@@ -70,7 +82,9 @@ def sst2_tokenizer(sentences, vocabulary_size=8000, cache_path=None, lowercase=T
     return keras_hub.tokenizers.BertTokenizer(vocabulary=vocabulary, lowercase=lowercase)
 
 
-def encode_for_bert(tokenizer, sentences, sequence_length=32):
+def encode_for_bert(
+    tokenizer: keras_hub.tokenizers.Tokenizer, sentences: Sequence[str], sequence_length: int = 32
+) -> dict[str, np.ndarray]:
     """Tokenizes and packs sentences into the inputs of a BERT backbone.
 
     Each sentence becomes `[CLS] tokens... [SEP]`, truncated or padded with

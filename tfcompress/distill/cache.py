@@ -8,15 +8,21 @@ other data (another split, a reshuffle, other preprocessing) fails loudly
 instead of teaching the student nonsense.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import json
 import os
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 
 from tfcompress.errors import TFCompressError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 _FORMAT = "tfcompress.teacher_cache/1"
 # Vocabularies above this many classes are stored as top-k by default.
@@ -98,7 +104,15 @@ class TeacherCache:
         fingerprint: the `Fingerprint` of the inputs.
     """
 
-    def __init__(self, path, arrays, fingerprint_, num_classes, top_k, teacher_name=""):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        arrays: dict[str, np.ndarray],
+        fingerprint_: Fingerprint,
+        num_classes: int,
+        top_k: int | None,
+        teacher_name: str = "",
+    ):
         self.path = path
         self._arrays = arrays
         self.fingerprint = fingerprint_
@@ -120,7 +134,7 @@ class TeacherCache:
             return self._arrays["logits"]
         return {"values": self._arrays["values"], "indices": self._arrays["indices"]}
 
-    def check(self, x):
+    def check(self, x: Any) -> None:
         """Raise `TeacherCacheMismatchError` unless `x` is the data the cache was made from."""
         found = fingerprint(x)
         if found != self.fingerprint:
@@ -132,7 +146,7 @@ class TeacherCache:
                 "cache_teacher_outputs(teacher, x, path)."
             )
 
-    def check_student(self, student):
+    def check_student(self, student: keras.Model) -> None:
         """Raise a clear error if the student's logits do not match the cached ones."""
         outputs = getattr(student, "outputs", None)
         if outputs and outputs[0].shape[-1] not in (None, self.num_classes):
@@ -143,7 +157,9 @@ class TeacherCache:
                 f"{tuple(outputs[0].shape)}."
             )
 
-    def dataset(self, x, y, batch_size=32, shuffle=True, seed=0):
+    def dataset(
+        self, x: Any, y: Any, batch_size: int = 32, shuffle: bool = True, seed: int = 0
+    ) -> tf.data.Dataset:
         """A `tf.data.Dataset` of `(x, (y, teacher_outputs))` batches for `fit()`.
 
         Args:
@@ -170,7 +186,7 @@ class TeacherCache:
             ds = ds.shuffle(self.fingerprint.num_examples, seed=seed, reshuffle_each_iteration=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
-    def decode(self, teacher_outputs):
+    def decode(self, teacher_outputs: Any) -> Any:
         """Dense logits (tensor) from a batch of stored outputs (dense or top-k)."""
         from keras import ops
 
@@ -201,7 +217,14 @@ class _CachedTeacher(keras.Model):
         )
 
 
-def cache_teacher_outputs(teacher, x, path, batch_size=256, top_k="auto", like=None):
+def cache_teacher_outputs(
+    teacher: Any,
+    x: Any,
+    path: str | os.PathLike,
+    batch_size: int = 256,
+    top_k: int | str | None = "auto",
+    like: keras.Model | None = None,
+) -> TeacherCache:
     """Runs the teacher once over `x` and stores its logits in `path`.
 
     Args:
@@ -261,7 +284,7 @@ def cache_teacher_outputs(teacher, x, path, batch_size=256, top_k="auto", like=N
     return TeacherCache(path, arrays, fp, num_classes, k, meta["teacher"])
 
 
-def load_teacher_cache(path):
+def load_teacher_cache(path: str | os.PathLike) -> TeacherCache:
     """Opens a cache written by `cache_teacher_outputs`.
 
     Args:

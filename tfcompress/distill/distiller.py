@@ -7,6 +7,11 @@ also add argument checks with clear errors, teachers Keras's Distiller cannot
 take (tf_keras, SavedModel, callables, cached outputs), and transformer losses.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 
 from tfcompress._report import Entry, Report, attach
@@ -36,13 +41,13 @@ class Distiller(keras.distillation.Distiller):
 
     def __init__(
         self,
-        teacher,
-        student,
-        distillation_losses,
-        distillation_loss_weights=None,
-        student_loss_weight=0.1,
-        name="distiller",
-        **kwargs,
+        teacher: Any,
+        student: keras.Model,
+        distillation_losses: Any,
+        distillation_loss_weights: Sequence[float] | None = None,
+        student_loss_weight: float = 0.1,
+        name: str = "distiller",
+        **kwargs: Any,
     ):
         from tfcompress.distill.cache import TeacherCache, _CachedTeacher
 
@@ -124,14 +129,14 @@ class Distiller(keras.distillation.Distiller):
 
 
 def distiller(
-    student,
-    teacher,
-    alpha=0.1,
-    temperature=4.0,
-    extra_losses=None,
-    extra_loss_weights=None,
-    name="distiller",
-):
+    student: keras.Model,
+    teacher: Any,
+    alpha: float = 0.1,
+    temperature: float = 4.0,
+    extra_losses: Sequence[keras.distillation.DistillationLoss] | None = None,
+    extra_loss_weights: Sequence[float] | None = None,
+    name: str = "distiller",
+) -> Distiller:
     """Builds a Keras `Distiller` for classic (Hinton 2015) knowledge distillation.
 
     The training loss is
@@ -222,10 +227,17 @@ def distiller(
         name=name,
     )
     report = Report(
-        "distiller", student.name,
-        done=[Entry(type(loss).__name__, "DistillationLoss", f"weight {w:g}")
-              for loss, w in zip(all_losses, all_weights)]
+        "distiller",
+        student.name,
+        done=[
+            Entry(type(loss).__name__, "DistillationLoss", f"weight {w:g}")
+            for loss, w in zip(all_losses, all_weights)
+        ]
         + [Entry("labels", "", f"task loss weight alpha={alpha:g}")],
-        details={"alpha": alpha, "temperature": temperature,
-                 "teacher": getattr(teacher, "name", type(teacher).__name__)})
+        details={
+            "alpha": alpha,
+            "temperature": temperature,
+            "teacher": getattr(teacher, "name", type(teacher).__name__),
+        },
+    )
     return attach(d, report)

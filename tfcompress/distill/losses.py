@@ -12,6 +12,8 @@ both sides, so it stays exact for confident teachers and for the -1e9 logits
 that top-k caches give to classes they did not keep.
 """
 
+from __future__ import annotations
+
 import keras
 from keras import ops
 
@@ -59,7 +61,7 @@ class SoftTargetDistillation(keras.distillation.DistillationLoss):
     ```
     """
 
-    def __init__(self, temperature=4.0):
+    def __init__(self, temperature: float = 4.0):
         self.temperature = _checks.check_temperature(temperature)
 
     def compute_loss(self, teacher_outputs, student_outputs, **kwargs):

@@ -7,7 +7,11 @@ a frozen Keras 3 functional model with the student's inputs, so the Distiller
 mode and no gradient flows into it.
 """
 
+from __future__ import annotations
+
 import os
+from collections.abc import Callable
+from typing import Any
 
 import keras
 
@@ -24,7 +28,7 @@ class CallableTeacher(keras.layers.Layer):
     Distiller, when the teacher is wrapped.
     """
 
-    def __init__(self, fn, description="callable", **kwargs):
+    def __init__(self, fn: Callable, description: str = "callable", **kwargs: Any):
         super().__init__(trainable=False, **kwargs)
         if not callable(fn):
             raise TypeError(f"`fn` must be callable. Received: fn={fn!r}.")
@@ -44,7 +48,12 @@ class CallableTeacher(keras.layers.Layer):
         )
 
 
-def as_teacher(teacher, like=None, output_key=None, name=None):
+def as_teacher(
+    teacher: Any,
+    like: keras.Model | None = None,
+    output_key: str | None = None,
+    name: str | None = None,
+) -> keras.Model:
     """Returns `teacher` as a frozen Keras 3 model that `Distiller` accepts.
 
     Args:

@@ -7,8 +7,11 @@ models, `transfer_weights` copies every layer whose name and weight shapes
 match.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import logging
+from collections.abc import Mapping, Sequence
 
 import keras
 
@@ -34,7 +37,11 @@ class TransferReport:
         return "\n".join(lines)
 
 
-def transfer_weights(teacher, student, layer_pairs=None):
+def transfer_weights(
+    teacher: keras.Model,
+    student: keras.Model,
+    layer_pairs: Sequence[tuple[str, str]] | Mapping[str, str] | None = None,
+) -> TransferReport:
     """Copies weights from teacher layers to student layers of the same name and shapes.
 
     Args:
@@ -86,7 +93,12 @@ def _get_layer(model, name, who):
         ) from e
 
 
-def init_student_from_teacher(teacher, num_layers=None, layer_map="every_other", student=None):
+def init_student_from_teacher(
+    teacher: keras.Model,
+    num_layers: int | None = None,
+    layer_map: str | Sequence[int] | Mapping[int, int] = "every_other",
+    student: keras.Model | None = None,
+) -> keras.Model:
     """Builds a shallower student initialised from the teacher's weights.
 
     Args:

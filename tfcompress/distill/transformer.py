@@ -16,6 +16,11 @@ decoder-only backbones (GPT-2, Llama, Gemma, ...) use their own decoder layers
 that do not return attention scores.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -124,8 +129,12 @@ class TransformerFeatureExtractor(keras.Model):
 
 
 def resolve_layer_map(
-    layer_map, student_names, teacher_names, allow_embeddings=True, argument="layer_map"
-):
+    layer_map: str | Sequence[int] | Mapping[Any, Any] | None,
+    student_names: Sequence[str],
+    teacher_names: Sequence[str],
+    allow_embeddings: bool = True,
+    argument: str = "layer_map",
+) -> list[tuple[str, str]]:
     """Turns a layer mapping into `(student_index, teacher_index)` pairs of hidden states.
 
     Index 0 is the embedding output, index i + 1 the output of block i.
@@ -189,7 +198,7 @@ class _TransformerLoss(keras.distillation.DistillationLoss):
     student_layer_name = TRANSFORMER_FEATURES
     _allow_embeddings = True
 
-    def __init__(self, layer_map=None):
+    def __init__(self, layer_map: str | Sequence[int] | Mapping[Any, Any] | None = None):
         self.layer_map = layer_map
         self.pairs = None
 
@@ -234,7 +243,7 @@ class HiddenStateDistillation(_TransformerLoss):
     ```
     """
 
-    def __init__(self, layer_map=None):
+    def __init__(self, layer_map: str | Sequence[int] | Mapping[Any, Any] | None = None):
         super().__init__(layer_map)
         self.projection = None
 

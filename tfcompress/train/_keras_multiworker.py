@@ -52,9 +52,8 @@ def apply():
             self._symbolic_build(data_batch=data_batch)
 
     def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("mean", "auto") and trainer._collective_all_reduce_multi_worker(
-            strategy
-        ):
+        if reduction in ("mean", "auto") and trainer._collective_all_reduce_multi_worker(strategy):
+
             def _reduce(v):
                 axis = None if first_local(strategy, v).shape.rank == 0 else 0
                 return strategy.reduce("MEAN", v, axis=axis)

@@ -1,10 +1,19 @@
 """Optimizer set-ups for compression fine-tuning, built on Keras's own pieces."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import keras
+
 #: Variable-name fragments that get no weight decay: biases and normalisation scales.
 NO_DECAY = ("bias", "gamma", "beta", "LayerNorm", "layer_norm", "layernorm")
 
 
-def warmup_cosine(peak_learning_rate, total_steps, warmup_steps=0, alpha=0.0):
+def warmup_cosine(
+    peak_learning_rate: float, total_steps: int, warmup_steps: int = 0, alpha: float = 0.0
+) -> keras.optimizers.schedules.LearningRateSchedule:
     """Linear warmup to `peak_learning_rate`, then cosine decay to `alpha * peak`.
 
     This is Keras's own `CosineDecay` with its warmup arguments, started at 0.
@@ -28,11 +37,13 @@ def warmup_cosine(peak_learning_rate, total_steps, warmup_steps=0, alpha=0.0):
     if peak_learning_rate <= 0:
         raise ValueError(
             f"peak_learning_rate must be positive. Received: "
-            f"peak_learning_rate={peak_learning_rate}")
+            f"peak_learning_rate={peak_learning_rate}"
+        )
     if not 0 <= warmup_steps < total_steps:
         raise ValueError(
             "warmup_steps must be at least 0 and below total_steps. Received: "
-            f"warmup_steps={warmup_steps}, total_steps={total_steps}")
+            f"warmup_steps={warmup_steps}, total_steps={total_steps}"
+        )
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0,
         decay_steps=total_steps - warmup_steps,
@@ -42,8 +53,13 @@ def warmup_cosine(peak_learning_rate, total_steps, warmup_steps=0, alpha=0.0):
     )
 
 
-def adamw(learning_rate=1e-3, weight_decay=0.01, accumulation_steps=1, no_decay=NO_DECAY,
-          **kwargs):
+def adamw(
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 1e-3,
+    weight_decay: float = 0.01,
+    accumulation_steps: int = 1,
+    no_decay: tuple[str, ...] = NO_DECAY,
+    **kwargs: Any,
+) -> keras.optimizers.AdamW:
     """AdamW with no weight decay on biases and normalisation layers, and accumulation.
 
     Args:
@@ -71,7 +87,9 @@ def adamw(learning_rate=1e-3, weight_decay=0.01, accumulation_steps=1, no_decay=
     return optimizer
 
 
-def with_accumulation(optimizer, accumulation_steps):
+def with_accumulation(
+    optimizer: keras.optimizers.Optimizer | str, accumulation_steps: int
+) -> keras.optimizers.Optimizer:
     """A copy of a Keras optimizer that accumulates `accumulation_steps` batches per update.
 
     Args:
@@ -88,10 +106,13 @@ def with_accumulation(optimizer, accumulation_steps):
 
 
 def check_accumulation_steps(accumulation_steps):
-    if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or (
-        accumulation_steps < 1
+    if (
+        isinstance(accumulation_steps, bool)
+        or not isinstance(accumulation_steps, int)
+        or (accumulation_steps < 1)
     ):
         raise ValueError(
             "accumulation_steps must be an integer of at least 1 (1 = update every batch). "
-            f"Received: accumulation_steps={accumulation_steps!r}")
+            f"Received: accumulation_steps={accumulation_steps!r}"
+        )
     return accumulation_steps

@@ -1,7 +1,14 @@
 """Cross-layer parameter sharing (ALBERT style): N layers, one set of weights."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from tfcompress._graph import all_layers as _all_layers
+
+if TYPE_CHECKING:
+    import keras
 
 
 def _validate_groups(model, groups):
@@ -10,7 +17,8 @@ def _validate_groups(model, groups):
         raise ValueError(
             "groups must be a list of lists of layer names, e.g. "
             "[['transformer_layer_0', 'transformer_layer_1']]. "
-            f"Received: groups={groups!r}")
+            f"Received: groups={groups!r}"
+        )
     seen = set()
     for group in groups:
         group = list(group)
@@ -20,7 +28,8 @@ def _validate_groups(model, groups):
         if missing:
             raise ValueError(
                 f"Model '{model.name}' has no layer named {missing}. Its layers with weights: "
-                + ", ".join(n for n, layer in by_name.items() if layer.weights))
+                + ", ".join(n for n, layer in by_name.items() if layer.weights)
+            )
         again = seen.intersection(group)
         if again:
             raise ValueError(f"Layers {sorted(again)} appear in more than one sharing group.")
@@ -31,18 +40,20 @@ def _validate_groups(model, groups):
             if type(other) is not type(leader):
                 raise ValueError(
                     f"Sharing group {group} mixes layer types: '{leader.name}' is "
-                    f"{type(leader).__name__}, '{name}' is {type(other).__name__}.")
+                    f"{type(leader).__name__}, '{name}' is {type(other).__name__}."
+                )
             shapes = [tuple(w.shape) for w in leader.weights]
             other_shapes = [tuple(w.shape) for w in other.weights]
             if shapes != other_shapes:
                 raise ValueError(
                     f"Sharing group {group} has layers with different weight shapes: "
                     f"'{leader.name}' {shapes} vs '{name}' {other_shapes}. Only layers of "
-                    "identical shape can share one set of weights.")
+                    "identical shape can share one set of weights."
+                )
     return by_name
 
 
-def share_layers(model, groups):
+def share_layers(model: keras.Model, groups: Sequence[Sequence[str]]) -> keras.Model:
     """Return a copy of `model` in which each group of layers shares one set of weights.
 
     Every layer of a group is replaced by one layer holding the first layer's
@@ -76,7 +87,8 @@ def share_layers(model, groups):
 
     def contains_group_member(layer):
         return isinstance(layer, keras.Model) and any(
-            sub.name in leader_of for sub in _all_layers(layer))
+            sub.name in leader_of for sub in _all_layers(layer)
+        )
 
     def clone(layer):
         if contains_group_member(layer):

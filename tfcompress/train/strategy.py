@@ -1,10 +1,18 @@
 """Choosing the `tf.distribute` strategy, and checking a cluster before joining it."""
 
+from __future__ import annotations
+
 import json
 import logging
 import os
 import socket
 import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 logger = logging.getLogger("tfcompress")
 
@@ -17,7 +25,7 @@ class ClusterUnreachableError(TimeoutError):
     """A worker named in TF_CONFIG did not answer in time."""
 
 
-def read_tf_config(environ=None):
+def read_tf_config(environ: Mapping[str, str] | None = None) -> dict | None:
     """Parse and check the `TF_CONFIG` environment variable.
 
     Returns:
@@ -40,25 +48,29 @@ def read_tf_config(environ=None):
     if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict):
         raise ClusterConfigError(
             f"TF_CONFIG needs a 'cluster' object mapping job names to address lists. "
-            f"Received: TF_CONFIG={raw[:200]!r}")
+            f"Received: TF_CONFIG={raw[:200]!r}"
+        )
     task = config.get("task")
     if not isinstance(task, dict) or "type" not in task or "index" not in task:
         raise ClusterConfigError(
             f"TF_CONFIG needs a 'task' with 'type' and 'index' saying which worker this "
-            f"process is. Received: TF_CONFIG={raw[:200]!r}")
+            f"process is. Received: TF_CONFIG={raw[:200]!r}"
+        )
     jobs = config["cluster"]
     members = jobs.get(task["type"])
     if not isinstance(members, list) or not 0 <= int(task["index"]) < len(members):
         raise ClusterConfigError(
             f"TF_CONFIG's task {task['type']}:{task['index']} is not in its cluster "
-            f"{jobs}. Received: TF_CONFIG={raw[:200]!r}")
+            f"{jobs}. Received: TF_CONFIG={raw[:200]!r}"
+        )
     for job, addresses in jobs.items():
         for address in addresses:
             host, _, port = str(address).rpartition(":")
             if not host or not port.isdigit():
                 raise ClusterConfigError(
                     f"TF_CONFIG's cluster job '{job}' has the address {address!r}; expected "
-                    "'host:port'.")
+                    "'host:port'."
+                )
     return config
 
 
@@ -66,7 +78,7 @@ def _cluster_size(config):
     return sum(len(v) for v in config["cluster"].values())
 
 
-def wait_for_cluster(config, timeout=60.0, poll=0.25):
+def wait_for_cluster(config: dict, timeout: float = 60.0, poll: float = 0.25) -> None:
     """Block until every other task in `config` accepts TCP connections.
 
     `MultiWorkerMirroredStrategy` waits forever for a worker that never comes;
@@ -78,8 +90,12 @@ def wait_for_cluster(config, timeout=60.0, poll=0.25):
     """
     task = config["task"]
     own = config["cluster"][task["type"]][int(task["index"])]
-    peers = [(job, i, address) for job, addresses in config["cluster"].items()
-             for i, address in enumerate(addresses) if address != own]
+    peers = [
+        (job, i, address)
+        for job, addresses in config["cluster"].items()
+        for i, address in enumerate(addresses)
+        if address != own
+    ]
     listener = _listen(own)
     try:
         deadline = time.monotonic() + timeout
@@ -125,7 +141,9 @@ def _answers(address, timeout=0.5):
         return False
 
 
-def strategy(devices="auto", cluster_timeout=60.0, log=True):
+def strategy(
+    devices: str | Sequence[str] = "auto", cluster_timeout: float = 60.0, log: bool = True
+) -> tf.distribute.Strategy:
     """Return the `tf.distribute` strategy that fits this machine or cluster.
 
     - `TF_CONFIG` names a cluster of more than one task:
@@ -169,7 +187,8 @@ def strategy(devices="auto", cluster_timeout=60.0, log=True):
         if not devices or isinstance(devices, str):
             raise ValueError(
                 f"devices must be 'auto' or a non-empty list of device names. "
-                f"Received: devices={devices!r}")
+                f"Received: devices={devices!r}"
+            )
         chosen = tf.distribute.MirroredStrategy(list(devices))
         why = f"devices {list(devices)}"
     else:
@@ -181,25 +200,30 @@ def strategy(devices="auto", cluster_timeout=60.0, log=True):
             chosen = tf.distribute.get_strategy()
             why = "one device" if gpus else "no GPU: CPU"
     if log:
-        logger.info("tfcompress: %s with %d replica(s) (%s)", type(chosen).__name__,
-                    chosen.num_replicas_in_sync, why)
+        logger.info(
+            "tfcompress: %s with %d replica(s) (%s)",
+            type(chosen).__name__,
+            chosen.num_replicas_in_sync,
+            why,
+        )
     return chosen
 
 
-def global_batch_size(per_replica_batch_size, strategy):
+def global_batch_size(per_replica_batch_size: int, strategy: tf.distribute.Strategy) -> int:
     """Per-replica batch size times the number of replicas."""
     if per_replica_batch_size < 1:
         raise ValueError(
-            f"per_replica_batch_size must be at least 1. Received: {per_replica_batch_size}")
+            f"per_replica_batch_size must be at least 1. Received: {per_replica_batch_size}"
+        )
     return per_replica_batch_size * strategy.num_replicas_in_sync
 
 
-def scale_learning_rate(learning_rate, strategy):
+def scale_learning_rate(learning_rate: float, strategy: tf.distribute.Strategy) -> float:
     """The linear scaling rule: learning rate times the number of replicas."""
     return learning_rate * strategy.num_replicas_in_sync
 
 
-def check_model_in_scope(model, strategy):
+def check_model_in_scope(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
     """Raise if `model`'s weights were created outside `strategy.scope()`.
 
     A model built before its strategy trains on one device only, silently.
