@@ -84,10 +84,10 @@ def test_export_verify_and_c_header_end_to_end(saved, capsys):
     assert "median" in capsys.readouterr().out
 
 
-def test_a_bad_file_is_one_error_line_exit_1(tmp_path, capsys):
+def test_a_bad_file_is_one_error_line_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.tflite"
     bad.write_text("nope")
-    assert cli.main(["inspect", str(bad)]) == 1
+    assert cli.main(["inspect", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a TFLite model" in err[0]
 
@@ -119,6 +119,6 @@ def test_demo_refuses_a_file_as_output_folder(tmp_path):
     target = tmp_path / "afile"
     target.write_text("keep me")
     result = run_cli("demo", "--out", str(target))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "is a file" in result.stderr.strip().splitlines()[-1]
     assert target.read_text() == "keep me"
