@@ -22,7 +22,7 @@ from tfcompress.distill.cache import (
     cache_teacher_outputs,
     load_teacher_cache,
 )
-from tfcompress.distill.distiller import Distiller, distiller
+from tfcompress.distill.distillation import Distiller, distiller
 from tfcompress.distill.losses import SoftTargetDistillation
 from tfcompress.distill.teachers import CallableTeacher, as_teacher
 from tfcompress.distill.transfer import (

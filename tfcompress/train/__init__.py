@@ -8,7 +8,7 @@ fine-tuning recipe.
 
 from tfcompress.train.optimizers import NO_DECAY, adamw, warmup_cosine, with_accumulation
 from tfcompress.train.sharing import share_layers
-from tfcompress.train.strategy import (
+from tfcompress.train.distribute import (
     ClusterConfigError,
     ClusterUnreachableError,
     check_model_in_scope,
