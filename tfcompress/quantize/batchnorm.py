@@ -306,7 +306,9 @@ class QuantizeBatchNorm(_FreezeDelay, Wrapper):
             from tfcompress.quantize import _ops
 
             scale, shift = self.scale_and_shift()
-            kernel = _ops.fake_quant_symmetric(tf.reshape(scale, (1, 1, -1, 1)), 8, True)
+            # Per channel, as DepthwiseConv2D's (1, 1, C, 1) kernel is quantized.
+            flat = tf.reshape(scale, (1, 1, -1))
+            kernel = tf.reshape(_ops.fake_quant_symmetric(flat, 8, True), (1, 1, -1, 1))
             x = tf.cast(inputs, "float32")
             rank = len(x.shape)
             x4 = x if rank == 4 else tf.reshape(x, _as_4d(x))

@@ -45,6 +45,7 @@ class Role:
     Attributes:
         name: the name a `LayerHandler(role=...)` uses.
         quantized: whether the report lists the layer as quantized.
+        has_weights: whether the layer's weights are fake-quantized (a scheme applies).
         quantize_inputs: float inputs get a fake-quant range before the layer.
         marks_output: the layer's outputs carry a fake-quant range.
         keeps_scale: the outputs carry a range when all inputs do (max pooling).
@@ -52,6 +53,7 @@ class Role:
 
     name = ""
     quantized = False
+    has_weights = False
     quantize_inputs = False
     marks_output = False
     keeps_scale = False
@@ -117,6 +119,7 @@ class WeightsRole(OutputRole):
     """A kernel that is fake-quantized (Conv, Dense, ...), then its output."""
 
     name = "weights"
+    has_weights = True
 
     def build(self, layer, plan, ctx):
         from tfcompress.quantize.layers import QuantizeWrapper
@@ -163,6 +166,7 @@ class CompositeRole(Role):
 
     name = "composite"
     quantized = True
+    has_weights = True
 
     def build(self, layer, plan, ctx):
         from tfcompress.quantize.composite import QuantizeComposite

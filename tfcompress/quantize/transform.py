@@ -384,7 +384,7 @@ def _plan_layer(layer, model, config, only_annotated, skip, note):
     return _Plan(
         handler.role,
         handler,
-        scheme if handler.behaviour.quantized else None,
+        scheme if handler.behaviour.has_weights else None,
         split_activation=split,
         role=handler.behaviour,
     )
