@@ -7,11 +7,28 @@ import pytest
 from tfcompress import prune, testing
 
 PUBLIC = [
-    "ConstantSparsity", "HeadPrunedTransformerEncoder", "LayerSparsity",
-    "MissingPruningStepError", "NoPrunableLayersError", "PolynomialDecay", "PruneLowMagnitude",
-    "PruningPlan", "PruningSchedule", "PruningSummaries", "SparseExportResult", "SparsityReport",
-    "UnsupportedPruningModelError", "UpdatePruningStep", "count_macs", "prune_low_magnitude",
-    "remove_heads", "remove_units", "sparsity_report", "strip_pruning", "to_sparse_tflite",
+    "ConstantSparsity",
+    "HeadPrunedTransformerEncoder",
+    "LayerSparsity",
+    "MissingPruningStepError",
+    "NoPrunableLayersError",
+    "PolynomialDecay",
+    "PruneLowMagnitude",
+    "PruningPlan",
+    "PruningSchedule",
+    "PruningSummaries",
+    "SparseExportResult",
+    "SparsityReport",
+    "UnsupportedPruningModelError",
+    "UpdatePruningStep",
+    "count_macs",
+    "prune_low_magnitude",
+    "prune_scope",
+    "remove_heads",
+    "remove_units",
+    "sparsity_report",
+    "strip_pruning",
+    "to_sparse_tflite",
 ]
 
 
@@ -33,9 +50,14 @@ def test_default_plan_skips_first_conv_and_classifier(trained_cnn, capsys):
 
 def test_overrides_per_layer(trained_cnn):
     pruned = prune.prune_low_magnitude(
-        trained_cnn, 0.5, skip=None,
-        overrides={"conv0": None, "dense": {"pattern": "2:4",
-                                             "schedule": prune.ConstantSparsity(0.5, 3)}})
+        trained_cnn,
+        0.5,
+        skip=None,
+        overrides={
+            "conv0": None,
+            "dense": {"pattern": "2:4", "schedule": prune.ConstantSparsity(0.5, 3)},
+        },
+    )
     by_name = {w.layer.name: w for w in prune.callbacks.pruning_wrappers(pruned)}
     assert set(by_name) == {"conv1", "dense", "logits"}
     assert by_name["dense"].pattern.kind == "n:m"
@@ -44,11 +66,17 @@ def test_overrides_per_layer(trained_cnn):
 
 
 def test_two_of_four_training(digits, trained_cnn):
-    pruned = prune.prune_low_magnitude(trained_cnn, prune.ConstantSparsity(0.5, 0, frequency=4),
-                                       pattern="2:4")
+    pruned = prune.prune_low_magnitude(
+        trained_cnn, prune.ConstantSparsity(0.5, 0, frequency=4), pattern="2:4"
+    )
     pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    pruned.fit(digits.x_train[:256], digits.y_train[:256], batch_size=32, verbose=0,
-               callbacks=[prune.UpdatePruningStep()])
+    pruned.fit(
+        digits.x_train[:256],
+        digits.y_train[:256],
+        batch_size=32,
+        verbose=0,
+        callbacks=[prune.UpdatePruningStep()],
+    )
     kernel = prune.strip_pruning(pruned).get_layer("dense").kernel.numpy()
     assert ((kernel.reshape(-1, 4, kernel.shape[1]) != 0).sum(axis=1) <= 2).all()
     conv = prune.strip_pruning(pruned).get_layer("conv1").kernel.numpy()  # (3, 3, 8, 16)
@@ -61,8 +89,9 @@ def test_global_scope_ranks_across_layers(mlp_data):
     # Make one layer's weights much smaller: global ranking must prune it harder.
     small = model.get_layer("hidden1")
     small.kernel.assign(small.kernel * 0.01)
-    pruned = prune.prune_low_magnitude(model, prune.ConstantSparsity(0.6, 0, frequency=1),
-                                       scope="global", skip=None)
+    pruned = prune.prune_low_magnitude(
+        model, prune.ConstantSparsity(0.6, 0, frequency=1), scope="global", skip=None
+    )
     pruned.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     pruned.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[prune.UpdatePruningStep()])
     report = prune.sparsity_report(pruned)
@@ -75,9 +104,14 @@ def test_taylor_importance(mlp_data):
     x, y = mlp_data
     model = testing.tiny_mlp()
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    pruned = prune.prune_low_magnitude(model, prune.ConstantSparsity(0.5, 0, frequency=1),
-                                       importance="taylor", importance_data=(x, y),
-                                       importance_loss=loss, skip=None)
+    pruned = prune.prune_low_magnitude(
+        model,
+        prune.ConstantSparsity(0.5, 0, frequency=1),
+        importance="taylor",
+        importance_data=(x, y),
+        importance_loss=loss,
+        skip=None,
+    )
     wrapper = prune.callbacks.pruning_wrappers(pruned)[0]
     scores = np.asarray(wrapper.importance_scores[0])
     assert scores.shape == (16, 32) and scores.max() > 0
@@ -143,12 +177,15 @@ def test_already_pruned(trained_cnn):
         prune.prune_low_magnitude(pruned)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"scope": "model"}, "Received: scope='model'"),
-    ({"importance": "random"}, "Received: importance='random'"),
-    ({"schedule": "0.5"}, "Received: schedule='0.5'"),
-    ({"overrides": {"dense": {"sparsity": 0.3}}}, r"overrides\['dense'\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"scope": "model"}, "Received: scope='model'"),
+        ({"importance": "random"}, "Received: importance='random'"),
+        ({"schedule": "0.5"}, "Received: schedule='0.5'"),
+        ({"overrides": {"dense": {"sparsity": 0.3}}}, r"overrides\['dense'\]"),
+    ],
+)
 def test_bad_options(trained_cnn, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         prune.prune_low_magnitude(trained_cnn, **kwargs)
@@ -158,6 +195,10 @@ def test_pruning_summaries_write_events(tmp_path, mlp_data):
     x, y = mlp_data
     pruned = prune.prune_low_magnitude(testing.tiny_mlp(), 0.5, skip=None)
     pruned.compile("adam", "mse")
-    pruned.fit(x, np.zeros((64, 4)), verbose=0,
-               callbacks=[prune.UpdatePruningStep(), prune.PruningSummaries(tmp_path)])
+    pruned.fit(
+        x,
+        np.zeros((64, 4)),
+        verbose=0,
+        callbacks=[prune.UpdatePruningStep(), prune.PruningSummaries(tmp_path)],
+    )
     assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())

@@ -14,7 +14,7 @@ Example:
 >>> fewer_heads = prune.remove_heads(bert_classifier, 0.25)  # keras-hub BERT only
 """
 
-from tfcompress.prune.api import prune_low_magnitude, strip_pruning
+from tfcompress.prune.api import prune_low_magnitude, prune_scope, strip_pruning
 from tfcompress.prune.callbacks import PruningSummaries, UpdatePruningStep
 from tfcompress.prune.errors import (
     MissingPruningStepError,
@@ -46,6 +46,7 @@ __all__ = [
     "UpdatePruningStep",
     "count_macs",
     "prune_low_magnitude",
+    "prune_scope",
     "remove_heads",
     "remove_units",
     "sparsity_report",

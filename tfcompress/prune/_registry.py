@@ -24,27 +24,45 @@ def _table():
     import keras
 
     layers = keras.layers
+    conv = PrunableWeight("kernel", nm_axis=-2)
+    rnn = (PrunableWeight("kernel", nm_axis=0), PrunableWeight("recurrent_kernel", nm_axis=0))
     # Order matters: DepthwiseConv2D is not a Conv2D subclass in Keras 3, but
     # keep the most specific classes first anyway.
     return (
-        (layers.DepthwiseConv2D, PrunableWeight("kernel", nm_axis=-2)),
-        (layers.Conv1D, PrunableWeight("kernel", nm_axis=-2)),
-        (layers.Conv2D, PrunableWeight("kernel", nm_axis=-2)),
-        (layers.EinsumDense, PrunableWeight("kernel", nm_axis=0)),
-        (layers.Dense, PrunableWeight("kernel", nm_axis=0)),
-        (layers.Embedding, PrunableWeight("embeddings", nm_axis=-1)),
+        (layers.DepthwiseConv2D, (conv,)),
+        # As tfmot: the pointwise kernel holds almost all of a separable conv's weights.
+        (
+            (layers.SeparableConv1D, layers.SeparableConv2D),
+            (PrunableWeight("pointwise_kernel", nm_axis=-2),),
+        ),
+        ((layers.Conv1D, layers.Conv2D, layers.Conv3D), (conv,)),
+        (layers.EinsumDense, (PrunableWeight("kernel", nm_axis=0),)),
+        (layers.Dense, (PrunableWeight("kernel", nm_axis=0),)),
+        (layers.Embedding, (PrunableWeight("embeddings", nm_axis=-1),)),
+        # LSTM / GRU / SimpleRNN / RNN(cell) are composite: their cell is found inside them.
+        ((layers.LSTMCell, layers.GRUCell, layers.SimpleRNNCell), rnn),
     )
 
 
-PRUNABLE_CLASS_NAMES = ("Dense", "EinsumDense", "Conv1D", "Conv2D", "DepthwiseConv2D",
-                        "Embedding")
+PRUNABLE_CLASS_NAMES = (
+    "Dense",
+    "EinsumDense",
+    "Conv1D",
+    "Conv2D",
+    "Conv3D",
+    "DepthwiseConv2D",
+    "SeparableConv1D",
+    "SeparableConv2D",
+    "Embedding",
+    "LSTM/GRU/SimpleRNN (cells)",
+)
 
 
 def prunable_weights(layer):
     """The `PrunableWeight`s of a Keras 3 layer; empty if we do not prune it."""
-    for klass, weight in _table():
+    for klass, weights in _table():
         if isinstance(layer, klass):
-            return (weight,)
+            return weights
     return ()
 
 
@@ -62,8 +80,11 @@ def prunable_targets(layer):
     flatten = getattr(layer, "_flatten_layers", None)
     if flatten is None:
         return []
-    return [(sub, spec) for sub in flatten(include_self=False, recursive=True)
-            for spec in prunable_weights(sub)]
+    return [
+        (sub, spec)
+        for sub in flatten(include_self=False, recursive=True)
+        for spec in prunable_weights(sub)
+    ]
 
 
 def is_composite(layer):
@@ -79,5 +100,14 @@ def is_prunable(layer):
 def is_conv(layer):
     import keras
 
-    return isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D,
-                              keras.layers.DepthwiseConv2D))
+    return isinstance(
+        layer,
+        (
+            keras.layers.Conv1D,
+            keras.layers.Conv2D,
+            keras.layers.Conv3D,
+            keras.layers.DepthwiseConv2D,
+            keras.layers.SeparableConv1D,
+            keras.layers.SeparableConv2D,
+        ),
+    )

@@ -36,8 +36,9 @@ def _weight_names(layer):
 def is_conv(layer):
     import tf_keras
 
-    return isinstance(layer, (tf_keras.layers.Conv1D, tf_keras.layers.Conv2D,
-                              tf_keras.layers.DepthwiseConv2D))
+    return isinstance(
+        layer, (tf_keras.layers.Conv1D, tf_keras.layers.Conv2D, tf_keras.layers.DepthwiseConv2D)
+    )
 
 
 def is_dense(layer):
@@ -50,21 +51,32 @@ def to_tfmot_schedule(schedule):
     """Our schedule -> the tfmot schedule with the same meaning."""
     sk = sparsity()
     if isinstance(schedule, schedules_lib.ConstantSparsity):
-        return sk.ConstantSparsity(schedule.target_sparsity, schedule.begin_step,
-                                   end_step=schedule.end_step, frequency=schedule.frequency)
+        return sk.ConstantSparsity(
+            schedule.target_sparsity,
+            schedule.begin_step,
+            end_step=schedule.end_step,
+            frequency=schedule.frequency,
+        )
     if isinstance(schedule, schedules_lib.PolynomialDecay):
-        return sk.PolynomialDecay(schedule.initial_sparsity, schedule.final_sparsity,
-                                  schedule.begin_step, schedule.end_step, power=schedule.power,
-                                  frequency=schedule.frequency)
-    raise TypeError(f"tfmot has no equivalent of schedule {schedule!r}; use ConstantSparsity "
-                    "or PolynomialDecay for tf_keras models.")
+        return sk.PolynomialDecay(
+            schedule.initial_sparsity,
+            schedule.final_sparsity,
+            schedule.begin_step,
+            schedule.end_step,
+            power=schedule.power,
+            frequency=schedule.frequency,
+        )
+    raise TypeError(
+        f"tfmot has no equivalent of schedule {schedule!r}; use ConstantSparsity "
+        "or PolynomialDecay for tf_keras models."
+    )
 
 
 def _pattern_kwargs(pattern, layer_name):
     if pattern.kind == "unstructured":
         return {}
     if pattern.kind == "block":
-        return {"block_size": pattern.block}
+        return {"block_size": pattern.block, "block_pooling_type": pattern.pooling.upper()}
     if (pattern.n, pattern.m) != (2, 4):
         raise NotImplementedError(
             f"tfmot only prunes N:M as 2:4; layer '{layer_name}' asked for "
@@ -100,8 +112,11 @@ def prune(model, plan, schedule, pattern, overrides):
         opts = overrides.get(layer.name) or {}
         layer_schedule = schedules_lib.get(opts.get("schedule", schedule))
         layer_pattern = patterns.parse(opts.get("pattern", pattern))
-        return sk.prune_low_magnitude(layer, pruning_schedule=to_tfmot_schedule(layer_schedule),
-                                      **_pattern_kwargs(layer_pattern, layer.name))
+        return sk.prune_low_magnitude(
+            layer,
+            pruning_schedule=to_tfmot_schedule(layer_schedule),
+            **_pattern_kwargs(layer_pattern, layer.name),
+        )
 
     return tf_keras.models.clone_model(copy, clone_function=wrap)
 
@@ -146,6 +161,13 @@ def layer_weights(model):
         elif layer.weights:
             prunable = is_prunable(layer)
             kernels = [getattr(layer, name) for name in _weight_names(layer)] if prunable else []
-            out.append((layer.name, type(layer).__name__,
-                        "prunable" if prunable else "not prunable", layer.weights, kernels))
+            out.append(
+                (
+                    layer.name,
+                    type(layer).__name__,
+                    "prunable" if prunable else "not prunable",
+                    layer.weights,
+                    kernels,
+                )
+            )
     return out

@@ -16,10 +16,26 @@ logger = logging.getLogger("tfcompress.prune")
 _OVERRIDE_KEYS = ("schedule", "pattern", "importance")
 
 
-def prune_low_magnitude(model, schedule=None, *, pattern="unstructured", importance="magnitude",
-                        scope="layer", skip="auto", layers=None, overrides=None,
-                        importance_data=None, importance_loss=None, importance_batches=8,
-                        verbose=False):
+def prune_low_magnitude(
+    model,
+    schedule=None,
+    *,
+    pattern="unstructured",
+    importance="magnitude",
+    scope="layer",
+    skip="auto",
+    layers=None,
+    overrides=None,
+    importance_data=None,
+    importance_loss=None,
+    importance_batches=8,
+    verbose=False,
+    pruning_schedule=None,
+    block_size=None,
+    block_pooling_type=None,
+    sparsity_m_by_n=None,
+    **kwargs,
+):
     """Return a copy of `model` whose prunable layers are zeroed on a schedule.
 
     Keras 3 models (keras-hub included) get our `PruneLowMagnitude` wrappers;
@@ -54,9 +70,21 @@ def prune_low_magnitude(model, schedule=None, *, pattern="unstructured", importa
         importance_loss: a Keras loss (name or object) for `"taylor"`.
         importance_batches: how many batches the Taylor scores sum over.
         verbose: print the plan (which layers are pruned and why others are not).
+        pruning_schedule: tfmot's name for `schedule`.
+        block_size: tfmot's spelling of a block `pattern`: `(rows, cols)`;
+            `(1, 1)` is unstructured.
+        block_pooling_type: how a block's weights are pooled into its score:
+            `"AVG"` (default) or `"MAX"` (tfmot's spelling).
+        sparsity_m_by_n: tfmot's `(m, n)`: m zeros in every n consecutive
+            weights, i.e. `pattern="{n-m}:{n}"`. As in tfmot it wins over
+            `block_size`.
+        **kwargs: base layer arguments (`name`, ...) when `model` is a layer,
+            as in tfmot.
 
     Returns:
-        A new, uncompiled model of the same flavour.
+        A new, uncompiled model of the same flavour; for a layer (tfmot's
+        `prune_low_magnitude(layer)` inside a model definition), a
+        `PruneLowMagnitude` layer; for a list of layers, a list of them.
 
     Example:
 
@@ -68,6 +96,21 @@ def prune_low_magnitude(model, schedule=None, *, pattern="unstructured", importa
     >>> pruned.fit(x, y, epochs=2, callbacks=[prune.UpdatePruningStep()])
     >>> small = prune.strip_pruning(pruned)
     """
+    if pruning_schedule is not None:
+        if schedule is not None:
+            raise ValueError(
+                "Pass the schedule once: `schedule` and its tfmot name "
+                "`pruning_schedule` are the same argument. Received: both."
+            )
+        schedule = pruning_schedule
+    pattern = _tfmot_pattern(pattern, block_size, block_pooling_type, sparsity_m_by_n)
+    if isinstance(model, (list, tuple)) or _is_single_layer(model):
+        return _wrap_layers(model, schedule, pattern, importance, scope, kwargs)
+    if kwargs:
+        raise TypeError(
+            f"Unexpected arguments for a model: {sorted(kwargs)} (layer arguments "
+            f"apply when pruning a single layer). Received: {sorted(kwargs)}"
+        )
     flavor = _flavor.flavor_of(model)
     if flavor != _flavor.TF_KERAS:
         _check_cloneable(model)
@@ -76,8 +119,9 @@ def prune_low_magnitude(model, schedule=None, *, pattern="unstructured", importa
     schedule = schedules_lib.get(schedule)
     pattern = patterns.parse(pattern)
     if importance not in IMPORTANCES:
-        raise ValueError(f"`importance` must be one of {IMPORTANCES}. "
-                         f"Received: importance={importance!r}")
+        raise ValueError(
+            f"`importance` must be one of {IMPORTANCES}. Received: importance={importance!r}"
+        )
     if scope not in SCOPES:
         raise ValueError(f"`scope` must be one of {SCOPES}. Received: scope={scope!r}")
     overrides = _check_overrides(overrides)
@@ -91,18 +135,35 @@ def prune_low_magnitude(model, schedule=None, *, pattern="unstructured", importa
                 f"scope={scope!r}, importance={importance!r}. Convert the model to Keras 3 "
                 "for these options."
             )
-        plan = plan_lib.make_plan(model, _tfmot.is_prunable, _tfmot.is_conv, _tfmot.is_dense,
-                                  skip=skip, layers=layers, overrides=overrides)
+        plan = plan_lib.make_plan(
+            model,
+            _tfmot.is_prunable,
+            _tfmot.is_conv,
+            _tfmot.is_dense,
+            skip=skip,
+            layers=layers,
+            overrides=overrides,
+        )
         _log_plan(plan, verbose)
         return _tfmot.prune(model, plan, schedule, pattern, overrides)
 
     if any(isinstance(layer, PruneLowMagnitude) for layer in plan_lib.flat_layers(model)):
-        raise ValueError(f"Model '{model.name}' is already wrapped for pruning. Call "
-                         "strip_pruning(model) first, or keep training it.")
-    plan = plan_lib.make_plan(model, _registry.is_prunable, _registry.is_conv, _is_dense,
-                              skip=skip, layers=layers, overrides=overrides)
-    if importance == "taylor" or any(o and o.get("importance") == "taylor"
-                                     for o in overrides.values()):
+        raise ValueError(
+            f"Model '{model.name}' is already wrapped for pruning. Call "
+            "strip_pruning(model) first, or keep training it."
+        )
+    plan = plan_lib.make_plan(
+        model,
+        _registry.is_prunable,
+        _registry.is_conv,
+        _is_dense,
+        skip=skip,
+        layers=layers,
+        overrides=overrides,
+    )
+    if importance == "taylor" or any(
+        o and o.get("importance") == "taylor" for o in overrides.values()
+    ):
         if importance_data is None or importance_loss is None:
             raise ValueError(
                 "importance='taylor' ranks weights by |w * dL/dw|, so it needs data and a "
@@ -128,9 +189,13 @@ def prune_low_magnitude(model, schedule=None, *, pattern="unstructured", importa
         opts = options.get(layer.name)
         if opts is None:
             return clone
-        return PruneLowMagnitude(clone, pruning_schedule=opts["schedule"],
-                                 pattern=opts["pattern"], importance=opts["importance"],
-                                 scope=scope)
+        return PruneLowMagnitude(
+            clone,
+            pruning_schedule=opts["schedule"],
+            pattern=opts["pattern"],
+            importance=opts["importance"],
+            scope=scope,
+        )
 
     pruned = _clone(model, wrap)
     _copy_weights(model, pruned, mask=False)
@@ -139,12 +204,105 @@ def prune_low_magnitude(model, schedule=None, *, pattern="unstructured", importa
     if taylor_layers:
         from tfcompress.prune.importance import taylor_scores
 
-        scores = taylor_scores(model, taylor_layers, importance_data, importance_loss,
-                               importance_batches)
+        scores = taylor_scores(
+            model, taylor_layers, importance_data, importance_loss, importance_batches
+        )
         for name in taylor_layers:
             for var, value in zip(wrappers[name].importance_scores, scores[name], strict=False):
                 var.assign(value)
     return pruned
+
+
+def prune_scope():
+    """tfmot's `prune_scope()`: a scope in which saved pruned models load.
+
+    Our classes are registered with Keras, so `keras.saving.load_model` finds
+    them without it; the scope is here so tfmot code runs unchanged.
+
+    Returns:
+        A `keras.saving.CustomObjectScope` naming the pruning wrapper and schedules.
+
+    Example:
+
+    >>> with prune_scope():
+    ...     model = keras.saving.load_model("pruned.keras")
+    """
+    import keras
+
+    return keras.saving.CustomObjectScope(
+        {
+            "PruneLowMagnitude": PruneLowMagnitude,
+            "ConstantSparsity": schedules_lib.ConstantSparsity,
+            "PolynomialDecay": schedules_lib.PolynomialDecay,
+        }
+    )
+
+
+def _is_single_layer(obj):
+    import keras
+
+    if isinstance(obj, keras.layers.Layer):
+        return not isinstance(obj, keras.Model)
+    return "tf_keras" in type(obj).__module__ and not _flavor.is_tf_keras_model(obj)
+
+
+def _wrap_layers(to_prune, schedule, pattern, importance, scope, kwargs):
+    """tfmot's layer forms: one layer -> a wrapper; a list -> a list of wrappers."""
+    import keras
+
+    schedule = schedules_lib.ConstantSparsity(0.5, 0) if schedule is None else schedule
+    schedule = schedules_lib.get(schedule)
+    pattern = patterns.parse(pattern)
+    if isinstance(to_prune, (list, tuple)):
+        out = []
+        for layer in to_prune:
+            if isinstance(layer, (PruneLowMagnitude, keras.layers.InputLayer)):
+                out.append(layer)  # as tfmot: already wrapped, or nothing to prune
+            else:
+                out.append(_wrap_layers(layer, schedule, pattern, importance, scope, {}))
+        return out
+    if not isinstance(to_prune, keras.layers.Layer):
+        from tfcompress.prune import _tfmot
+
+        params = {"pruning_schedule": _tfmot.to_tfmot_schedule(schedule)}
+        params.update(_tfmot._pattern_kwargs(pattern, to_prune.name))
+        return _tfmot.sparsity().prune_low_magnitude(to_prune, **params, **kwargs)
+    return PruneLowMagnitude(
+        to_prune,
+        pruning_schedule=schedule,
+        pattern=pattern,
+        importance=importance,
+        scope=scope,
+        **kwargs,
+    )
+
+
+def _tfmot_pattern(pattern, block_size, block_pooling_type, sparsity_m_by_n):
+    """Our `pattern` from tfmot's block_size / block_pooling_type / sparsity_m_by_n."""
+    if sparsity_m_by_n is not None:
+        ok = (
+            isinstance(sparsity_m_by_n, (tuple, list))
+            and len(sparsity_m_by_n) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in sparsity_m_by_n)
+            and 0 < sparsity_m_by_n[0] < sparsity_m_by_n[1]
+        )
+        if not ok:
+            raise ValueError(
+                "`sparsity_m_by_n` must be a pair (m, n) of ints with 0 < m < n: m "
+                "zeros in every n consecutive weights, e.g. (2, 4). "
+                f"Received: sparsity_m_by_n={sparsity_m_by_n!r}"
+            )
+        m, n = sparsity_m_by_n
+        return f"{n - m}:{n}"
+    if block_pooling_type is not None and block_pooling_type not in ("AVG", "MAX"):
+        raise ValueError(
+            "`block_pooling_type` must be 'AVG' or 'MAX'. "
+            f"Received: block_pooling_type={block_pooling_type!r}"
+        )
+    if block_size is not None and tuple(block_size) != (1, 1):
+        block = patterns.parse(tuple(block_size))
+        return {"block": list(block.block), "pooling": (block_pooling_type or "AVG").lower()}
+    return pattern
 
 
 def strip_pruning(model):
@@ -189,8 +347,10 @@ def _check_overrides(overrides):
     if overrides is None:
         return {}
     if not isinstance(overrides, dict):
-        raise TypeError("`overrides` must be a dict of layer name -> options dict (or None). "
-                        f"Received: overrides={overrides!r}")
+        raise TypeError(
+            "`overrides` must be a dict of layer name -> options dict (or None). "
+            f"Received: overrides={overrides!r}"
+        )
     for name, opts in overrides.items():
         if opts is None:
             continue
@@ -200,8 +360,10 @@ def _check_overrides(overrides):
                 f"Received: {opts!r}"
             )
         if "importance" in opts and opts["importance"] not in IMPORTANCES:
-            raise ValueError(f"overrides[{name!r}]['importance'] must be one of {IMPORTANCES}. "
-                             f"Received: {opts['importance']!r}")
+            raise ValueError(
+                f"overrides[{name!r}]['importance'] must be one of {IMPORTANCES}. "
+                f"Received: {opts['importance']!r}"
+            )
     return dict(overrides)
 
 
@@ -243,6 +405,7 @@ def _wrappers(model):
 
 def _copy_weights(source, target, mask):
     """Copy weights layer by layer (matched by name); wrappers on either side are seen through."""
+
     def leaf(layer):
         return layer.layer if isinstance(layer, PruneLowMagnitude) else layer
 

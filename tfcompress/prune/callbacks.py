@@ -101,9 +101,10 @@ class UpdatePruningStep(_TFKerasCompatible, keras.callbacks.Callback):
         if self._global:
             _assign_global_shares(self._global, self.step)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch=-1, logs=None, batch=None):
+        # tfmot's custom-loop form is on_epoch_end(batch=-1).
         if self._tfmot is not None:
-            return self._tfmot.on_epoch_end(epoch, logs)
+            return self._tfmot.on_epoch_end(epoch if batch is None else batch, logs)
 
     def on_train_end(self, logs=None):
         if self._tfmot is not None:
@@ -127,7 +128,7 @@ def _assign_global_shares(wrappers, step):
         threshold = np.partition(everything, n_zero - 1)[n_zero - 1]
     k = 0
     for w in wrappers:
-        layer_scores = np.concatenate(scores[k:k + len(w.masks)])
+        layer_scores = np.concatenate(scores[k : k + len(w.masks)])
         k += len(w.masks)
         share = float(np.mean(layer_scores <= threshold)) if n_zero else 0.0
         # One weight is always kept per layer so that no layer is cut off.
@@ -142,8 +143,12 @@ def _scalar(tf, tag, value, step):
 
     metadata = summary_pb2.SummaryMetadata()
     metadata.plugin_data.plugin_name = "scalars"
-    tf.summary.write(tag, tf.constant(float(value), "float32"), step=int(step),
-                     metadata=metadata.SerializeToString())
+    tf.summary.write(
+        tag,
+        tf.constant(float(value), "float32"),
+        step=int(step),
+        metadata=metadata.SerializeToString(),
+    )
 
 
 class PruningSummaries(_TFKerasCompatible, keras.callbacks.Callback):
@@ -163,11 +168,15 @@ class PruningSummaries(_TFKerasCompatible, keras.callbacks.Callback):
         if not isinstance(log_dir, (str, bytes)) and not hasattr(log_dir, "__fspath__"):
             raise TypeError(f"`log_dir` must be a path. Received: log_dir={log_dir!r}")
         if not str(log_dir if not isinstance(log_dir, bytes) else log_dir.decode()).strip():
-            raise ValueError("`log_dir` must name a folder for the TensorBoard event files, "
-                             f"e.g. 'logs/pruning'. Received: log_dir={log_dir!r}")
+            raise ValueError(
+                "`log_dir` must name a folder for the TensorBoard event files, "
+                f"e.g. 'logs/pruning'. Received: log_dir={log_dir!r}"
+            )
         if update_freq != "epoch" and not (isinstance(update_freq, int) and update_freq > 0):
-            raise ValueError("`update_freq` must be 'epoch' or a positive int. "
-                             f"Received: update_freq={update_freq!r}")
+            raise ValueError(
+                "`update_freq` must be 'epoch' or a positive int. "
+                f"Received: update_freq={update_freq!r}"
+            )
         self.log_dir = log_dir
         self.update_freq = update_freq
         self._writer = None

@@ -15,6 +15,8 @@ import math
 
 from keras import ops
 
+POOLINGS = ("avg", "max")
+
 
 @dataclasses.dataclass(frozen=True)
 class Pattern:
@@ -25,18 +27,22 @@ class Pattern:
         n: weights kept per group (N:M).
         m: group size (N:M).
         block: `(rows, cols)` of a block.
+        pooling: how a block's score pools its weights' scores: `"avg"` or `"max"`.
     """
 
     kind: str
     n: int = 0
     m: int = 0
     block: tuple = ()
+    pooling: str = "avg"
 
     def to_config(self):
         """The value `parse` turns back into this pattern."""
         if self.kind == "n:m":
             return f"{self.n}:{self.m}"
         if self.kind == "block":
+            if self.pooling != "avg":
+                return {"block": list(self.block), "pooling": self.pooling}
             return list(self.block)
         return "unstructured"
 
@@ -57,6 +63,17 @@ def parse(pattern):
     """
     if isinstance(pattern, Pattern):
         return pattern
+    if isinstance(pattern, dict) and set(pattern) == {"block", "pooling"}:
+        block = parse(tuple(pattern["block"]))
+        pooling = pattern["pooling"]
+        if pooling not in POOLINGS:
+            raise ValueError(
+                f"A block pattern's pooling must be one of {POOLINGS}. "
+                f"Received: pooling={pooling!r}"
+            )
+        if block.kind != "block":
+            return block
+        return Pattern("block", block=block.block, pooling=pooling)
     if pattern is None or pattern == "unstructured":
         return Pattern("unstructured")
     if isinstance(pattern, str) and ":" in pattern:
@@ -70,8 +87,11 @@ def parse(pattern):
                 f"(keep 2 of every 4 weights). Received: pattern={pattern!r}"
             )
         return Pattern("n:m", n=n, m=m)
-    if (isinstance(pattern, (tuple, list)) and len(pattern) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pattern)):
+    if (
+        isinstance(pattern, (tuple, list))
+        and len(pattern) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pattern)
+    ):
         if tuple(pattern) == (1, 1):
             return Pattern("unstructured")
         return Pattern("block", block=tuple(pattern))
@@ -143,8 +163,10 @@ def compute_mask(scores, sparsity, pattern, nm_axis):
     rows, cols = math.prod(shape[:-1]), shape[-1]
     br, bc = pattern.block
     blocks = ops.reshape(scores, (rows // br, br, cols // bc, bc))
-    block_scores = ops.mean(blocks, axis=(1, 3))
-    block_mask = ops.reshape(_keep_top(ops.reshape(block_scores, (-1,)), sparsity),
-                             (rows // br, 1, cols // bc, 1))
+    pool = ops.max if pattern.pooling == "max" else ops.mean
+    block_scores = pool(blocks, axis=(1, 3))
+    block_mask = ops.reshape(
+        _keep_top(ops.reshape(block_scores, (-1,)), sparsity), (rows // br, 1, cols // bc, 1)
+    )
     mask = ops.broadcast_to(block_mask, (rows // br, br, cols // bc, bc))
     return ops.reshape(mask, shape)

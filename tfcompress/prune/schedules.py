@@ -17,31 +17,49 @@ class PruningSchedule:
     Subclasses implement `__call__(step)` -> `(should_prune, sparsity)` and
     `get_config()`. `step` is the number of training batches seen so far
     (the `UpdatePruningStep` callback counts them).
+
+    `get_config()` has tfmot's shape, `{"class_name": ..., "config": {...}}`;
+    `from_config` takes that, or the inner `config` dict alone (what tfmot's
+    `from_config` takes), so configs written by tfmot code load unchanged.
     """
 
     def __call__(self, step):
         raise NotImplementedError(f"{type(self).__name__} must implement __call__(step).")
 
     def get_config(self):
+        """`{"class_name": <class>, "config": <constructor arguments>}` (tfmot's form)."""
+        return {"class_name": type(self).__name__, "config": self._arguments()}
+
+    def _arguments(self):
         raise NotImplementedError(f"{type(self).__name__} must implement get_config().")
 
     @classmethod
     def from_config(cls, config):
-        """Create a schedule from its `get_config()` dict."""
-        return cls(**config)
+        """Create a schedule from its `get_config()` dict, or from the inner `config` dict.
+
+        Args:
+            config: `{"class_name": ..., "config": {...}}`, or the argument dict.
+
+        Returns:
+            A schedule of class `cls`.
+        """
+        return cls(**_arguments_of(config, cls.__name__))
 
     def target(self):
         """The sparsity the schedule ends at."""
         raise NotImplementedError
 
+    def _flat(self):
+        return _arguments_of(self.get_config(), type(self).__name__)
+
     def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
+        return type(self) is type(other) and self._flat() == other._flat()
 
     def __hash__(self):
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+        return hash((type(self).__name__, tuple(sorted(self._flat().items()))))
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self._flat().items())
         return f"{type(self).__name__}({args})"
 
     def _should_prune(self, step, begin_step, end_step, frequency):
@@ -53,6 +71,20 @@ class PruningSchedule:
             in_range = ops.logical_and(in_range, ops.less_equal(step, end_step))
         on_turn = ops.equal(ops.mod(step - begin_step, frequency), 0)
         return ops.logical_and(in_range, on_turn)
+
+
+def _arguments_of(config, class_name):
+    """The constructor arguments in a schedule config, nested (tfmot) or flat."""
+    if not isinstance(config, dict):
+        raise TypeError(f"A {class_name} config must be a dict. Received: config={config!r}")
+    if set(config) == {"class_name", "config"}:
+        if config["class_name"] != class_name:
+            raise ValueError(
+                f"This config is for a {config['class_name']}, not a {class_name}. "
+                f"Received: class_name={config['class_name']!r}"
+            )
+        return dict(config["config"])
+    return dict(config)
 
 
 def _check_sparsity(name, value):
@@ -120,7 +152,7 @@ class ConstantSparsity(PruningSchedule):
     def target(self):
         return self.target_sparsity
 
-    def get_config(self):
+    def _arguments(self):
         return {
             "target_sparsity": self.target_sparsity,
             "begin_step": self.begin_step,
@@ -153,8 +185,9 @@ class PolynomialDecay(PruningSchedule):
     0.8
     """
 
-    def __init__(self, initial_sparsity, final_sparsity, begin_step, end_step, power=3,
-                 frequency=100):
+    def __init__(
+        self, initial_sparsity, final_sparsity, begin_step, end_step, power=3, frequency=100
+    ):
         _check_sparsity("initial_sparsity", initial_sparsity)
         _check_sparsity("final_sparsity", final_sparsity)
         _check_step("begin_step", begin_step)
@@ -179,15 +212,15 @@ class PolynomialDecay(PruningSchedule):
         step = ops.cast(ops.convert_to_tensor(step, "int64"), "float32")
         progress = (step - self.begin_step) / float(self.end_step - self.begin_step)
         progress = ops.clip(progress, 0.0, 1.0)
-        sparsity = self.final_sparsity + (
-            self.initial_sparsity - self.final_sparsity
-        ) * ops.power(1.0 - progress, float(self.power))
+        sparsity = self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * ops.power(
+            1.0 - progress, float(self.power)
+        )
         return should_prune, ops.cast(sparsity, "float32")
 
     def target(self):
         return self.final_sparsity
 
-    def get_config(self):
+    def _arguments(self):
         return {
             "initial_sparsity": self.initial_sparsity,
             "final_sparsity": self.final_sparsity,
@@ -210,6 +243,10 @@ def get(identifier):
     if isinstance(identifier, float):
         return ConstantSparsity(identifier, begin_step=1)
     if isinstance(identifier, dict):
+        known = {"ConstantSparsity": ConstantSparsity, "PolynomialDecay": PolynomialDecay}
+        if set(identifier) == {"class_name", "config"} and identifier["class_name"] in known:
+            # tfmot's get_config() form.
+            return known[identifier["class_name"]].from_config(identifier)
         return keras.saving.deserialize_keras_object(identifier)
     raise TypeError(
         "`schedule` must be a tfcompress.prune schedule (ConstantSparsity, PolynomialDecay), "

@@ -86,8 +86,15 @@ class PruneLowMagnitude(Wrapper):
     ...                             pruning_schedule=ConstantSparsity(0.5, 0))
     """
 
-    def __init__(self, layer, pruning_schedule=None, pattern="unstructured",
-                 importance="magnitude", scope="layer", **kwargs):
+    def __init__(
+        self,
+        layer,
+        pruning_schedule=None,
+        pattern="unstructured",
+        importance="magnitude",
+        scope="layer",
+        **kwargs,
+    ):
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(
                 "PruneLowMagnitude wraps a Keras 3 layer. "
@@ -98,8 +105,9 @@ class PruneLowMagnitude(Wrapper):
         if layer.built and not _registry.is_prunable(layer):
             raise _not_prunable(layer)
         if importance not in IMPORTANCES:
-            raise ValueError(f"`importance` must be one of {IMPORTANCES}. "
-                             f"Received: importance={importance!r}")
+            raise ValueError(
+                f"`importance` must be one of {IMPORTANCES}. Received: importance={importance!r}"
+            )
         if scope not in SCOPES:
             raise ValueError(f"`scope` must be one of {SCOPES}. Received: scope={scope!r}")
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
@@ -140,34 +148,49 @@ class PruneLowMagnitude(Wrapper):
             patterns.check_shape(self.pattern, weight.shape, spec.nm_axis, sub.name)
             prefix = f"{sub.name}_" if composite else ""
             mask = self.add_weight(
-                name=f"{prefix}{spec.attr}_mask", shape=weight.shape, initializer="ones",
-                trainable=False, dtype="float32", aggregation="only_first_replica",
+                name=f"{prefix}{spec.attr}_mask",
+                shape=weight.shape,
+                initializer="ones",
+                trainable=False,
+                dtype="float32",
+                aggregation="only_first_replica",
             )
             if self.importance == "taylor":
                 score = self.add_weight(
-                    name=f"{prefix}{spec.attr}_importance", shape=weight.shape, initializer="ones",
-                    trainable=False, dtype="float32", aggregation="only_first_replica",
+                    name=f"{prefix}{spec.attr}_importance",
+                    shape=weight.shape,
+                    initializer="ones",
+                    trainable=False,
+                    dtype="float32",
+                    aggregation="only_first_replica",
                 )
                 self.importance_scores.append(score)
             weight.constraint = _MaskConstraint(mask, inner=weight.constraint)
             self.masks.append(mask)
             self._targets.append((weight, spec))
         self.pruning_step = self.add_weight(
-            name="pruning_step", shape=(), initializer=keras.initializers.Constant(-1),
-            trainable=False, dtype="int64", aggregation="only_first_replica",
+            name="pruning_step",
+            shape=(),
+            initializer=keras.initializers.Constant(-1),
+            trainable=False,
+            dtype="int64",
+            aggregation="only_first_replica",
         )
         # Only read in scope="global": the share of zeros the callback gives this layer.
         self.layer_sparsity = self.add_weight(
-            name="layer_sparsity", shape=(), initializer="zeros", trainable=False,
-            dtype="float32", aggregation="only_first_replica",
+            name="layer_sparsity",
+            shape=(),
+            initializer="zeros",
+            trainable=False,
+            dtype="float32",
+            aggregation="only_first_replica",
         )
         self.built = True
 
     @property
     def pruned_weights(self):
         """The `(variable, mask)` pairs this wrapper prunes."""
-        return [(weight, mask)
-                for (weight, _), mask in zip(self._targets, self.masks, strict=True)]
+        return [(weight, mask) for (weight, _), mask in zip(self._targets, self.masks, strict=True)]
 
     def scores(self, index):
         """Importance scores of the `index`-th pruned weight (a tensor)."""
@@ -187,8 +210,11 @@ class PruneLowMagnitude(Wrapper):
             if tf.distribute.has_strategy():
                 self._update_outside_cond(should_prune, sparsity)
             else:
-                ops.cond(should_prune, lambda: self._update_inside_cond(sparsity),
-                         lambda: ops.convert_to_tensor(False))
+                ops.cond(
+                    should_prune,
+                    lambda: self._update_inside_cond(sparsity),
+                    lambda: ops.convert_to_tensor(False),
+                )
 
     def _new_mask(self, i, sparsity):
         weight, spec = self._targets[i]
@@ -209,8 +235,11 @@ class PruneLowMagnitude(Wrapper):
         # new mask is computed under the cond (top-k on pruning turns only) and
         # the assignments run every step.
         for i, ((weight, _), mask) in enumerate(zip(self._targets, self.masks, strict=False)):
-            new_mask = ops.cond(should_prune, lambda i=i: self._new_mask(i, sparsity),
-                                lambda mask=mask: ops.cast(mask, "float32"))
+            new_mask = ops.cond(
+                should_prune,
+                lambda i=i: self._new_mask(i, sparsity),
+                lambda mask=mask: ops.cast(mask, "float32"),
+            )
             mask.assign(new_mask)
             weight.assign(weight * ops.cast(new_mask, weight.dtype))
 
@@ -220,8 +249,10 @@ class PruneLowMagnitude(Wrapper):
             import tensorflow as tf
 
             check = tf.debugging.assert_greater_equal(
-                ops.convert_to_tensor(self.pruning_step), tf.constant(0, "int64"),
-                message=_NO_CALLBACK.format(name=self.name))
+                ops.convert_to_tensor(self.pruning_step),
+                tf.constant(0, "int64"),
+                message=_NO_CALLBACK.format(name=self.name),
+            )
             # Counted in the graph (no per-batch Python work): the callback only
             # starts the count at 0, or resumes it, when fit() begins. As in tfmot,
             # the k-th training batch is step k (the first batch is step 1).
@@ -249,19 +280,22 @@ class PruneLowMagnitude(Wrapper):
 
     def get_config(self):
         config = super().get_config()
-        config.update({
-            "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
-            "pattern": self.pattern.to_config(),
-            "importance": self.importance,
-            "scope": self.scope,
-        })
+        config.update(
+            {
+                "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
+                "pattern": self.pattern.to_config(),
+                "importance": self.importance,
+                "scope": self.scope,
+            }
+        )
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         config["pruning_schedule"] = keras.saving.deserialize_keras_object(
-            config["pruning_schedule"], custom_objects=custom_objects)
+            config["pruning_schedule"], custom_objects=custom_objects
+        )
         if isinstance(config.get("pattern"), list):
             config["pattern"] = tuple(config["pattern"])
         return super().from_config(config, custom_objects=custom_objects)
