@@ -56,7 +56,7 @@ class WeightFormat:
 
     Attributes:
         name: the `layers=` value (and mode name): `"int4"`, `"int4_block32"`,
-            `"int2_block32"`, `"int8"`, `"int8_weight_only"`, `"float"`, ...
+            `"int2"`, `"int8"`, `"int8_weight_only"`, `"float"`, ...
         bits: weight bits (32 for float).
         block_size: inputs per scale (0: one scale per output channel).
         weight_only: weights are dequantized to float before the op
@@ -84,10 +84,12 @@ _add(WeightFormat("int8", 8, fallback="float"))
 _add(WeightFormat("int8_weight_only", 8, weight_only=True, fallback="float"))
 _add(WeightFormat("int4", 4, fallback="int8"))
 _add(WeightFormat("int4_weight_only", 4, weight_only=True, fallback="int8_weight_only"))
+# int2: channelwise, FULLY_CONNECTED only. Measured with ai-edge-litert 2.3: XNNPACK
+# refuses blockwise int2 and LiteRT's built-in blockwise kernels return zeros; an int2
+# CONV_2D returns NaN. Such layers get int4, on which int2 grid values are exact.
+_add(WeightFormat("int2", 2, fallback="int4"))
 for _block in (32, 64, 128):
     _add(WeightFormat(f"int4_block{_block}", 4, _block, fallback="int4"))
-    # int2 is blockwise only: LiteRT's XNNPACK computes wrong channelwise int2 results.
-    _add(WeightFormat(f"int2_block{_block}", 2, _block, fallback="int8"))
 
 
 def available_formats():
@@ -113,7 +115,7 @@ def get_format(name, what="format"):
         if bits and bits.group(1) not in ("8", "4", "2"):
             hint = " Valid widths: 8, 4 and 2 bits (or 'float')."
         elif bits and bits.group(2):
-            hint = " Valid block sizes: 32, 64 and 128."
+            hint = " Valid block sizes: 32, 64 and 128, for int4 only."
         raise ValueError(
             f"Unknown low-bit weight format {name!r}.{hint} Choose one of: "
             f"{', '.join(available_formats())}. Received: {what}={name!r}"
@@ -200,13 +202,12 @@ for _block in (32, 64, 128):
         "dynamic int8 activations (litert-quantizer; XNNPACK's fast int4 path)",
         _Recipe(f"int4_block{_block}"),
     )
-for _block in (32, 64, 128):
-    _register(
-        f"int2_block{_block}",
-        f"int2 weights, one float16 scale per {_block} inputs "
-        "(litert-quantizer; built-in kernels only, not XNNPACK)",
-        _Recipe(f"int2_block{_block}"),
-    )
+_register(
+    "int2",
+    "int2 weights (ternary), one scale per output channel, dynamic int8 activations "
+    "(litert-quantizer; FULLY_CONNECTED only, other ops get int4)",
+    _Recipe("int2"),
+)
 _register(
     "int8_weight_only",
     "int8 weights dequantized to float before each op (litert-quantizer)",
@@ -271,7 +272,7 @@ def to_lowbit_tflite(
 
     Example:
 
-    >>> to_lowbit_tflite(model, "m.tflite", mode="int4", layers={"dense_*": "int2_block32"})
+    >>> to_lowbit_tflite(model, "m.tflite", mode="int4", layers={"dense_*": "int2"})
     """
     if mode not in _MODE_RECIPES:
         raise ValueError(
@@ -542,6 +543,8 @@ def _why_not(op, fmt):
 
     if fmt.name == "float":
         return None
+    if fmt.bits == 2 and op.op != "FULLY_CONNECTED":
+        return f"LiteRT computes int2 {op.op} wrongly (measured: NaN)"
     if fmt.block_size:
         inputs = op.shape[1] if len(op.shape) == 2 else None
         if op.op not in ("FULLY_CONNECTED", "EMBEDDING_LOOKUP"):

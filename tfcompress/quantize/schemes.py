@@ -1,8 +1,8 @@
 """Weight quantization schemes: one small registered object per scheme.
 
 A scheme turns a float kernel into the values the layer computes with during
-QAT. The int4 and int2 schemes (`"int4"`, `"int4_block32"`, ..., `"int2"`,
-`"int2_block32"`, ...) put the kernel on exactly the grid litert-quantizer
+QAT. The int4 and int2 schemes (`"int4"`, `"int4_block32"`, `"int4_block64"`,
+`"int4_block128"`, `"int2"`) put the kernel on exactly the grid litert-quantizer
 writes into a `.tflite` file (`tfcompress.quantize.lowbit.litert_grid`), one
 scale per output channel or per block of inputs, so
 `tfcompress.export.to_tflite(qat, path, mode="int4")` stores the trained
@@ -79,7 +79,8 @@ def get_scheme(name):
         raise ValueError(
             f"Unsupported weight scheme {name!r}. Choose one of: {', '.join(available_schemes())} "
             "(n-bit weights for n in {8, 4, 2}, or 'binary'). "
-            f"Received: weight_scheme={name!r}") from None
+            f"Received: weight_scheme={name!r}"
+        ) from None
 
 
 def scheme_for_bits(num_bits):
@@ -88,7 +89,8 @@ def scheme_for_bits(num_bits):
     if num_bits not in names:
         raise ValueError(
             "num_bits must be 8, 4 or 2 (or 1 for binary weights); TFLite computes in int8 and "
-            f"other widths are not supported. Received: num_bits={num_bits!r}")
+            f"other widths are not supported. Received: num_bits={num_bits!r}"
+        )
     return _SCHEMES[names[num_bits]]
 
 
@@ -103,18 +105,39 @@ def _binary(w, per_channel):
 
 
 register_scheme(WeightScheme("int8", "8-bit symmetric weights", 8))
-register_scheme(WeightScheme("int4", "4-bit symmetric weights (15 levels), one scale per "
-                             "output channel (litert-quantizer's grid)", 4, num_bits=4,
-                             litert_grid=True))
-register_scheme(WeightScheme("int2", "2-bit symmetric (ternary) weights, one scale per output "
-                             "channel (litert-quantizer's grid)", 2, num_bits=2,
-                             litert_grid=True))
-register_scheme(WeightScheme("binary", "sign(w) * mean|w| per output channel", 1,
-                             _binary, num_bits=1))
-for _bits in (4, 2):
-    for _block in (32, 64, 128):
-        register_scheme(WeightScheme(
-            f"int{_bits}_block{_block}",
-            f"{_bits}-bit symmetric weights, one scale per {_block} inputs of an output "
-            "channel (litert-quantizer's blockwise grid)", _bits, num_bits=_bits,
-            block_size=_block, litert_grid=True))
+register_scheme(
+    WeightScheme(
+        "int4",
+        "4-bit symmetric weights (15 levels), one scale per "
+        "output channel (litert-quantizer's grid)",
+        4,
+        num_bits=4,
+        litert_grid=True,
+    )
+)
+register_scheme(
+    WeightScheme(
+        "int2",
+        "2-bit symmetric (ternary) weights, one scale per output channel (litert-quantizer's grid)",
+        2,
+        num_bits=2,
+        litert_grid=True,
+    )
+)
+register_scheme(
+    WeightScheme("binary", "sign(w) * mean|w| per output channel", 1, _binary, num_bits=1)
+)
+# Blockwise for int4 only: LiteRT 2.3 cannot run blockwise int2 files (XNNPACK refuses
+# them, the built-in kernels return zeros).
+for _block in (32, 64, 128):
+    register_scheme(
+        WeightScheme(
+            f"int4_block{_block}",
+            f"4-bit symmetric weights, one scale per {_block} inputs of an output "
+            "channel (litert-quantizer's blockwise grid)",
+            4,
+            num_bits=4,
+            block_size=_block,
+            litert_grid=True,
+        )
+    )
