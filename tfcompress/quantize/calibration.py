@@ -62,8 +62,9 @@ def compute_range(values, method="minmax", percentile=99.99):
     (-3.2..., 3.1...)
     """
     if method not in _METHODS:
-        raise ValueError(f"method must be one of {CALIBRATION_METHODS}. "
-                         f"Received: method={method!r}")
+        raise ValueError(
+            f"method must be one of {CALIBRATION_METHODS}. Received: method={method!r}"
+        )
     v = np.asarray(values, dtype=np.float32).ravel()
     if v.size == 0:
         raise ValueError("compute_range needs at least one value. Received: an empty array")
@@ -86,8 +87,10 @@ class CalibrationReport:
     ranges: dict
 
     def __str__(self):
-        return (f"calibrated {len(self.ranges)} activation ranges with {self.method!r} on "
-                f"{self.samples} samples")
+        return (
+            f"calibrated {len(self.ranges)} activation ranges with {self.method!r} on "
+            f"{self.samples} samples"
+        )
 
 
 def activation_quantizers(model):
@@ -99,10 +102,16 @@ def activation_quantizers(model):
     for layer in model.layers:
         if isinstance(layer, ActivationQuantizer):
             found.append((layer.name, layer))
-        elif isinstance(layer, QuantizeWrapper) and layer.output_quantizer is not None:
-            found.append((f"{layer.name}/output", layer.output_quantizer))
         elif isinstance(layer, QuantizeComposite):
             found.extend(layer.used_quantizers())
+        elif isinstance(layer, QuantizeWrapper) and layer.output_quantizer is not None:
+            found.append((f"{layer.name}/output", layer.output_quantizer))
+        else:  # other wrappers (separable conv, BatchNorm): the quantizers they own
+            flatten = getattr(layer, "_flatten_layers", None)
+            inner = flatten(include_self=False, recursive=True) if flatten else []
+            found.extend(
+                (f"{layer.name}/{q.name}", q) for q in inner if isinstance(q, ActivationQuantizer)
+            )
     return found
 
 
@@ -132,12 +141,15 @@ def calibrate(model, data, method="minmax", percentile=99.99, max_samples=512, b
     from tfcompress import _inputs as calib
 
     if method not in _METHODS:
-        raise ValueError(f"method must be one of {CALIBRATION_METHODS}. "
-                         f"Received: method={method!r}")
+        raise ValueError(
+            f"method must be one of {CALIBRATION_METHODS}. Received: method={method!r}"
+        )
     quantizers = activation_quantizers(model)
     if not quantizers:
-        raise ValueError(f"Model '{model.name}' has no activation quantizers to calibrate; "
-                         "pass it through tfcompress.quantize.quantize_model first.")
+        raise ValueError(
+            f"Model '{model.name}' has no activation quantizers to calibrate; "
+            "pass it through tfcompress.quantize.quantize_model first."
+        )
     specs = calib.input_specs(model)
     inputs, _ = calib.collect(data, specs, what="calibration data", max_samples=max_samples)
     n = len(inputs[0])
@@ -146,7 +158,7 @@ def calibrate(model, data, method="minmax", percentile=99.99, max_samples=512, b
         for _, q in quantizers:
             q._collector = []
         for start in range(0, n, batch_size):
-            batch = [a[start:start + batch_size] for a in inputs]
+            batch = [a[start : start + batch_size] for a in inputs]
             if calib.takes_dict(model):
                 model({s.name: b for s, b in zip(specs, batch, strict=True)}, training=False)
             else:

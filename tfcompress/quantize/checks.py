@@ -5,17 +5,31 @@ from tfcompress.quantize.errors import RangesNotSetError
 
 
 def _tfmot_qat_layers(model):
-    return [layer for layer in model.layers
-            if type(layer).__module__.startswith("tensorflow_model_optimization")
-            and type(layer).__name__ in ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer")]
+    return [
+        layer
+        for layer in model.layers
+        if type(layer).__module__.startswith("tensorflow_model_optimization")
+        and type(layer).__name__ in ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer")
+    ]
 
 
 def _our_qat_layers(model):
+    from tfcompress.quantize.batchnorm import QuantizeBatchNorm
     from tfcompress.quantize.composite import QuantizeComposite
-    from tfcompress.quantize.layers import ActivationQuantizer, QuantizeWrapper
+    from tfcompress.quantize.layers import (
+        ActivationQuantizer,
+        QuantizeSeparableConv,
+        QuantizeWrapper,
+    )
 
-    return [layer for layer in model.layers
-            if isinstance(layer, (ActivationQuantizer, QuantizeWrapper, QuantizeComposite))]
+    kinds = (
+        ActivationQuantizer,
+        QuantizeWrapper,
+        QuantizeComposite,
+        QuantizeBatchNorm,
+        QuantizeSeparableConv,
+    )
+    return [layer for layer in model.layers if isinstance(layer, kinds)]
 
 
 def is_quantization_aware(model):
@@ -76,7 +90,8 @@ def check_ranges_set(model):
             f"QAT model '{model.name}' has {len(unset)} activation range(s) that never saw data "
             f"({shown}). Train it with model.fit(...) for at least one step, or calibrate it: "
             "tfcompress.quantize.calibrate(model, x_sample) (or pass representative_data= to "
-            "quantize_model) before exporting.")
+            "quantize_model) before exporting."
+        )
     return None
 
 

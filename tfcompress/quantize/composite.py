@@ -98,8 +98,9 @@ class _State:
             # Zero point 0 on the right operand of an attention matmul: XNNPACK runs
             # an int8 BATCH_MATMUL only then (else LiteRT's slow reference kernel).
             m = tf.maximum(-quantizer.range_min, quantizer.range_max)
-            y = ops.cast(fake_quant_activation(tf.cast(x, "float32"), -m * 128.0 / 127.0, m),
-                         x.dtype)
+            y = ops.cast(
+                fake_quant_activation(tf.cast(x, "float32"), -m * 128.0 / 127.0, m), x.dtype
+            )
         return self.mark(y)
 
     def ensure(self, layer, slot, x):
@@ -147,8 +148,12 @@ def _as_matmul(layer):
         return None
     contracted = [a for a in k_axes if a not in out]
     n = len(contracted)
-    if (n == 0 or not x_axes.endswith("".join(contracted)) or k_axes[:n] != "".join(contracted)
-            or out != x_axes[:-n] + k_axes[n:]):
+    if (
+        n == 0
+        or not x_axes.endswith("".join(contracted))
+        or k_axes[:n] != "".join(contracted)
+        or out != x_axes[:-n] + k_axes[n:]
+    ):
         return None
     return n, kernel_shape[n:]
 
@@ -172,8 +177,9 @@ def _dense_call(self, inputs, training=None):
         n, rest = plan
         units = int(np.prod(rest)) if rest else 1
         out_shape = tf.concat([tf.shape(x)[:-n], tf.constant(rest, "int32")], 0)
-        y = ops.matmul(tf.reshape(x, (-1, int(np.prod(kernel.shape[:n])))),
-                       tf.reshape(kernel, (-1, units)))
+        y = ops.matmul(
+            tf.reshape(x, (-1, int(np.prod(kernel.shape[:n])))), tf.reshape(kernel, (-1, units))
+        )
         if bias is not None:
             y = ops.add(y, tf.reshape(ops.broadcast_to(bias, rest), (units,)))
     activation = _activation_name(self)
@@ -197,18 +203,35 @@ def _norm_call(self, inputs):
     return state.quantize(self, "output", super(type(self), self).call(x))
 
 
-def _compute_attention(self, query, key, value, attention_mask=None, training=None,
-                       return_attention_scores=False, use_causal_mask=False):
+def _compute_attention(
+    self,
+    query,
+    key,
+    value,
+    attention_mask=None,
+    training=None,
+    return_attention_scores=False,
+    use_causal_mask=False,
+):
     state = _state(self)
     if state is None:
         return super(type(self), self)._compute_attention(
-            query, key, value, attention_mask=attention_mask, training=training,
-            return_attention_scores=return_attention_scores, use_causal_mask=use_causal_mask)
+            query,
+            key,
+            value,
+            attention_mask=attention_mask,
+            training=training,
+            return_attention_scores=return_attention_scores,
+            use_causal_mask=use_causal_mask,
+        )
     # MultiHeadAttention's explicit-scores path, with fake-quant on every matmul operand.
     if use_causal_mask:
         causal = self._compute_causal_mask(query, value)
-        attention_mask = causal if attention_mask is None else ops.logical_and(
-            ops.cast(attention_mask, "bool"), causal)
+        attention_mask = (
+            causal
+            if attention_mask is None
+            else ops.logical_and(ops.cast(attention_mask, "bool"), causal)
+        )
     query = ops.multiply(query, ops.cast(self._inverse_sqrt_key_dim, query.dtype))
     query = state.quantize(self, "query_scaled", query)
     key = state.ensure(self, "key", key)
@@ -220,17 +243,27 @@ def _compute_attention(self, query, key, value, attention_mask=None, training=No
     return state.quantize(self, "context", context), probs
 
 
-_HOOKS = {"dense": {"call": _dense_call}, "norm": {"call": _norm_call},
-          "attention": {"_compute_attention": _compute_attention}}
+_HOOKS = {
+    "dense": {"call": _dense_call},
+    "norm": {"call": _norm_call},
+    "attention": {"_compute_attention": _compute_attention},
+}
 _HOOKED_CLASSES = {}
 
 
 def _hooked_class(cls, kind):
     key = (cls, kind)
     if key not in _HOOKED_CLASSES:
-        _HOOKED_CLASSES[key] = type(cls.__name__, (cls,), dict(
-            _HOOKS[kind], __module__=cls.__module__, __qualname__=cls.__qualname__,
-            _tfcompress_qat_hooked=True))
+        _HOOKED_CLASSES[key] = type(
+            cls.__name__,
+            (cls,),
+            dict(
+                _HOOKS[kind],
+                __module__=cls.__module__,
+                __qualname__=cls.__qualname__,
+                _tfcompress_qat_hooked=True,
+            ),
+        )
     return _HOOKED_CLASSES[key]
 
 
@@ -240,7 +273,7 @@ def inner_targets(layer):
     if flatten is None:
         return []
     found = []
-    for sub in flatten(include_self=False, recursive=True):
+    for sub in flatten(include_self=True, recursive=True):
         kind = _kind(sub)
         if kind is not None:
             found.append((sub, kind))
@@ -276,8 +309,9 @@ class QuantizeComposite(Wrapper):
     >>> y = q(x, padding_mask=mask)
     """
 
-    def __init__(self, layer, weight_scheme="int8", ema_decay=0.99, preserve_sparsity=False,
-                 **kwargs):
+    def __init__(
+        self, layer, weight_scheme="int8", ema_decay=0.99, preserve_sparsity=False, **kwargs
+    ):
         super().__init__(layer, **kwargs)
         self.weight_scheme = get_scheme(weight_scheme).name
         self.ema_decay = float(ema_decay)
@@ -294,7 +328,8 @@ class QuantizeComposite(Wrapper):
                 f"QuantizeComposite found no Dense or EinsumDense layer inside "
                 f"'{self.layer.name}' ({type(self.layer).__name__}) after building it; there is "
                 "nothing to quantize inside it. Keep it in float with "
-                "QuantizeConfig(skip_layers=(...)).")
+                "QuantizeConfig(skip_layers=(...))."
+            )
         state = _State(self)
         quantizer_for, mask_for, slot_names = {}, {}, []
         self.activation_quantizers = []
@@ -304,7 +339,7 @@ class QuantizeComposite(Wrapper):
             parts = sub_path.split("/")  # keep the path inside the wrapped layer
             if self.layer.name in parts[:-1]:
                 cut = len(parts) - 1 - parts[::-1].index(self.layer.name)
-                sub_path = "/".join(parts[cut + 1:])
+                sub_path = "/".join(parts[cut + 1 :])
             else:
                 sub_path = sub.name
             for slot in _SLOTS[kind]:
@@ -315,9 +350,12 @@ class QuantizeComposite(Wrapper):
                 quantizer_for[f"{id(sub)}/{slot}"] = q
                 slot_names.append((f"{id(sub)}/{slot}", f"{sub_path}/{slot}"))
             if kind == "dense" and self.preserve_sparsity:
-                mask = self.add_weight(name=f"{sub_path.replace('/', '__')}__sparsity_mask",
-                                       shape=tuple(sub.kernel.shape), initializer="ones",
-                                       trainable=False)
+                mask = self.add_weight(
+                    name=f"{sub_path.replace('/', '__')}__sparsity_mask",
+                    shape=tuple(sub.kernel.shape),
+                    initializer="ones",
+                    trainable=False,
+                )
                 self.sparsity_masks.append(mask)
                 mask_for[id(sub)] = mask
             sub.__class__ = _hooked_class(type(sub), kind)
@@ -341,12 +379,16 @@ class QuantizeComposite(Wrapper):
         state = self._state
         state.active, state.training, state.marked = True, training, {}
         try:
-            state.mark(inputs)  # the transform quantizes the composite's first input
+            state.mark(inputs)  # the transform quantizes the composite's float inputs
+            for arg in args:
+                if isinstance(arg, tf.Tensor) and arg.dtype.is_floating:
+                    state.mark(arg)
             if self.layer._call_has_training_arg:
                 kwargs["training"] = training
             outputs = self.layer(inputs, *args, **kwargs)
-            object.__setattr__(self, "_output_quantized",
-                               all(state.is_marked(t) for t in tf.nest.flatten(outputs)))
+            object.__setattr__(
+                self, "_output_quantized", all(state.is_marked(t) for t in tf.nest.flatten(outputs))
+            )
         finally:
             state.active, state.training, state.marked = False, None, {}
         return outputs
@@ -360,8 +402,11 @@ class QuantizeComposite(Wrapper):
         """`(path, ActivationQuantizer)` for the ranges the wrapped layer's call uses."""
         if not self.built:
             return []
-        return [(f"{self.name}/{path}", self._quantizer_for[key])
-                for key, path in self._slot_names if key in self._used]
+        return [
+            (f"{self.name}/{path}", self._quantizer_for[key])
+            for key, path in self._slot_names
+            if key in self._used
+        ]
 
     def kernels(self):
         """`(inner layer, kernel variable)` for every fake-quantized inner kernel."""
@@ -377,6 +422,9 @@ class QuantizeComposite(Wrapper):
 
     def get_config(self):
         config = super().get_config()
-        config.update(weight_scheme=self.weight_scheme, ema_decay=self.ema_decay,
-                      preserve_sparsity=self.preserve_sparsity)
+        config.update(
+            weight_scheme=self.weight_scheme,
+            ema_decay=self.ema_decay,
+            preserve_sparsity=self.preserve_sparsity,
+        )
         return config

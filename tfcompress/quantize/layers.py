@@ -293,3 +293,102 @@ def _flattened_output_shape(inputs, units):
     if all(d is not None for d in dims[1:]):
         return [-1] + [int(d) for d in dims[1:]] + [int(units)]
     return tf.concat([tf.shape(inputs)[:-1], [int(units)]], 0)
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantizeSeparableConv(Wrapper):
+    """A `SeparableConv1D/2D` as the two int8 ops the converter makes of it.
+
+    The converter splits a separable convolution into a DEPTHWISE_CONV_2D and
+    a 1x1 CONV_2D; the tensor between them needs its own range, or the pair
+    stays float. This wrapper computes the same split: depthwise kernel
+    fake-quantized per channel, the intermediate tensor fake-quantized
+    (`intermediate_quantizer`), pointwise kernel fake-quantized per output
+    channel, bias and a fusable activation, then the output range.
+
+    Args:
+        layer: a `keras.layers.SeparableConv1D` or `SeparableConv2D`
+            (channels last; its activation linear, ReLU or ReLU6).
+        weight_scheme: a `tfcompress.quantize.schemes` name.
+        ema_decay: decay of the activation ranges.
+        **kwargs: base `Layer` arguments.
+
+    Example:
+
+    >>> q = QuantizeSeparableConv(keras.layers.SeparableConv2D(16, 3), weight_scheme="int8")
+    """
+
+    def __init__(self, layer, weight_scheme="int8", ema_decay=0.99, **kwargs):
+        super().__init__(layer, **kwargs)
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            raise ValueError(
+                f"QuantizeSeparableConv needs channels_last. Received: "
+                f"data_format={layer.data_format!r} (layer '{layer.name}')"
+            )
+        self.weight_scheme = get_scheme(weight_scheme).name
+        self.ema_decay = float(ema_decay)
+        self.intermediate_quantizer = ActivationQuantizer(
+            ema_decay=ema_decay, name="intermediate_quant"
+        )
+        self.output_quantizer = ActivationQuantizer(ema_decay=ema_decay, name="output_quant")
+        self.quantize_output = True
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.intermediate_quantizer.build(None)
+        self.output_quantizer.build(None)
+        self.built = True
+
+    def quantized_kernels(self):
+        """`(depthwise kernel, pointwise kernel)` as 2-D conv kernels, fake-quantized.
+
+        A 1-D layer's kernels get a leading axis of 1 first: the converter
+        runs it as a 2-D convolution, and the per-channel ranges must sit on
+        the axis they will have there.
+        """
+        from keras.src.backend.common.variables import AutocastScope
+
+        scheme = get_scheme(self.weight_scheme)
+        with AutocastScope(None):
+            dw = tf.convert_to_tensor(self.layer.depthwise_kernel)
+            pw = tf.convert_to_tensor(self.layer.pointwise_kernel)
+        if len(dw.shape) == 3:
+            dw, pw = dw[None], pw[None]
+        shape = tf.shape(dw)  # (kh, kw, in, mult) -> one channel per in * mult
+        flat = tf.reshape(dw, tf.concat([shape[:2], [-1]], 0))
+        dw = tf.reshape(scheme.quantize(flat, per_channel=True), shape)
+        return dw, scheme.quantize(pw, per_channel=True)
+
+    def call(self, inputs, training=None):
+        layer = self.layer
+        dw, pw = self.quantized_kernels()
+        dtype = layer.compute_dtype
+        one_d = len(layer.depthwise_kernel.shape) == 3
+        x = inputs[:, None] if one_d else inputs
+        strides, dilation = tuple(layer.strides), tuple(layer.dilation_rate)
+        if one_d:
+            strides, dilation = (1,) + strides, (1,) + dilation
+        x = keras.ops.depthwise_conv(
+            x,
+            keras.ops.cast(dw, dtype),
+            strides=strides,
+            padding=layer.padding,
+            dilation_rate=dilation,
+        )
+        x = self.intermediate_quantizer(x, training=training)
+        y = keras.ops.conv(x, keras.ops.cast(pw, dtype), strides=1, padding="valid")
+        if layer.use_bias:
+            y = y + keras.ops.cast(layer.bias, dtype)
+        if layer.activation is not None:
+            y = layer.activation(y)
+        y = self.output_quantizer(y, training=training)
+        return y[:, 0] if one_d else y
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(weight_scheme=self.weight_scheme, ema_decay=self.ema_decay)
+        return config

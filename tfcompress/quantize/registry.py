@@ -97,12 +97,17 @@ def _register_defaults():
     from tfcompress.quantize import batchnorm  # noqa: F401  (registers the BatchNorm roles)
 
     L = keras.layers
-    for cls in (L.Conv1D, L.Conv2D, L.Conv3D):
+    for cls in (L.Conv2D, L.Conv3D):
         register_layer(cls, LayerHandler("weights", "per_channel"))
+    # Conv1D runs as a Conv2D on an expanded kernel: a per-channel range on the 3-D
+    # kernel lands on the wrong axis after the reshape, and the converter refuses it.
+    register_layer(L.Conv1D, LayerHandler("weights", "per_tensor"))
     # Transposed kernels are (..., out, in): per-channel on the last axis would be wrong.
     for cls in (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose):
         register_layer(cls, LayerHandler("weights", "per_tensor"))
     register_layer(L.DepthwiseConv2D, LayerHandler("weights", "depthwise"))
+    for cls in (L.SeparableConv1D, L.SeparableConv2D):
+        register_layer(cls, LayerHandler("separable"))
     register_layer(L.Dense, LayerHandler("weights", "per_tensor"))
     register_layer(L.EinsumDense, LayerHandler("weights", "per_tensor"))
     # An output range: the converter stores the table at that scale (an int8 GATHER).

@@ -161,6 +161,27 @@ class WeightsRole(OutputRole):
         init_kernel_state(new)
 
 
+class SeparableConvRole(WeightsRole):
+    """SeparableConv1D/2D: depthwise and pointwise kernels, a range between them."""
+
+    name = "separable"
+
+    def build(self, layer, plan, ctx):
+        from tfcompress.quantize.layers import QuantizeSeparableConv
+
+        overrides = {"activation": "linear"} if plan.split_activation is not None else None
+        return QuantizeSeparableConv(
+            ctx.copy_layer(layer, overrides),
+            weight_scheme=plan.scheme,
+            ema_decay=ctx.config.ema_decay,
+            name=ctx.unique(f"quant_{layer.name}"),
+        )
+
+    def copy_weights(self, new, original, plan):
+        if new.layer is not original:
+            new.layer.set_weights(original.get_weights())
+
+
 class CompositeRole(Role):
     """A layer that builds Dense / attention layers inside (keras-hub TransformerEncoder)."""
 
@@ -180,7 +201,7 @@ class CompositeRole(Role):
         )
 
     def call(self, new, args, kwargs, ctx):
-        args = (ctx.ensure_quantized(args[0]),) + tuple(args[1:])
+        args = tuple(ctx.ensure_quantized(a) for a in args)  # MultiHeadAttention(q, v)
         out = new(*args, **kwargs)
         if new.output_quantized:
             ctx.mark(out)
@@ -226,5 +247,12 @@ def _count_clusters(layer, plan):
     return n
 
 
-for _role in (PassthroughRole(), FloatRole(), OutputRole(), WeightsRole(), CompositeRole()):
+for _role in (
+    PassthroughRole(),
+    FloatRole(),
+    OutputRole(),
+    WeightsRole(),
+    SeparableConvRole(),
+    CompositeRole(),
+):
     register_role(_role)

@@ -378,7 +378,7 @@ def _plan_layer(layer, model, config, only_annotated, skip, note):
         )
     scheme = (note or {}).get("weight_scheme") or config.weight_scheme
     split = None
-    if handler.role == "weights":
+    if isinstance(handler.behaviour, roles.WeightsRole):
         act = _activation_name(layer)
         split = None if act in _FUSABLE else act
     return _Plan(
