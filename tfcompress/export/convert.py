@@ -14,7 +14,7 @@ from tfcompress import _flavor, _io
 from tfcompress import _inputs as calib
 from tfcompress._io import gzip_size  # noqa: F401  (its old home: `export.convert.gzip_size`)
 from tfcompress.errors import CalibrationDataError, ConversionError
-from tfcompress.export import shapes
+from tfcompress.export import _isolated, shapes
 from tfcompress.export.modes import get_mode
 from tfcompress.export.shapes import static_specs
 
@@ -37,6 +37,8 @@ class ExportResult:
             its int8 ranges came from training, not calibration.
         input_shapes: `{input name: shape}` fixed at export, or `None` when
             the file keeps the model's dynamic shapes.
+        isolated: the converter ran in a child process.
+        notes: what `to_tflite` decided on its own, and why.
     """
 
     path: str
@@ -48,6 +50,8 @@ class ExportResult:
     int8_io: bool = False
     quantization_aware: bool = False
     input_shapes: object = None
+    isolated: bool = False
+    notes: tuple = ()
 
     def __str__(self):
         calib_note = ", ranges from quantization-aware training" if self.quantization_aware \
@@ -70,6 +74,7 @@ def to_tflite(
     batch_size=None,
     sequence_length=None,
     input_shape=None,
+    isolate=None,
 ):
     """Convert a Keras model into a `.tflite` file.
 
@@ -98,6 +103,13 @@ def to_tflite(
             single-input model or a dict `{input name: shape}`; `None` sizes
             stay dynamic. Static shapes drop the shape-computing ops
             (`SHAPE`, `STRIDED_SLICE`, `PACK`, ...) from the file.
+        isolate: run the converter in a child process, so that a crash in
+            it (int8 calibration of LSTM/GRU loops segfaults) comes back as
+            a `ConversionError` instead of killing this process. `None`
+            (default) isolates the int8 / int16x8 export of models with
+            recurrent layers only: the child costs a second TensorFlow import
+            (about 20 s on a busy 2-core machine, against 1.4 s in-process
+            for the digits CNN).
 
     Returns:
         An `ExportResult`.
@@ -125,6 +137,26 @@ def to_tflite(
     _refuse_keras_quantized(model, flavor)
     specs = calib.input_specs(model)
     fixed = static_specs(model, specs, batch_size, sequence_length, input_shape)
+    notes = []
+    recurrent = _recurrent_layers(model, flavor)
+    if recurrent and (fixed or specs)[0].shape[0] is None:
+        # The converter lowers LSTM/GRU loops only with a static batch size.
+        fixed = static_specs(model, fixed or specs, batch_size=1)
+        notes.append(f"batch size fixed to 1: recurrent layer '{recurrent[0].name}' "
+                     f"({type(recurrent[0]).__name__}) converts only with a static batch")
+    if isolate is None:  # where the converter is known to crash: calibrating RNN loops
+        isolate = bool(recurrent) and export_mode.calibration == "required"
+    if recurrent and export_mode.calibration == "required":
+        # Calibrating the converter's WHILE loops crashes it; the unrolled loop
+        # (a fixed number of time steps) is plain FULLY_CONNECTED / elementwise ops.
+        steps = (fixed or specs)[0].shape[1] if (fixed or specs)[0].rank > 1 else None
+        if steps is not None:
+            model = _unrolled(model, flavor)
+            notes.append(f"recurrent layers unrolled over {steps} time steps for int8 "
+                         "calibration (the converter crashes on their loops)")
+        else:
+            notes.append("recurrent layers kept as loops: pass sequence_length= to unroll "
+                         "them for int8")
     if fixed is not None:
         specs = fixed
     quantization_aware = False
@@ -149,7 +181,7 @@ def to_tflite(
         calibration = calib.calibration_set(representative_data, specs, max_calibration_samples)
 
     data, route = _convert(model, flavor, export_mode, calibration, int8_io, verbose,
-                           quantization_aware, fixed)
+                           quantization_aware, fixed, isolate)
     _io.atomic_write_bytes(path, data)
     return ExportResult(
         path=path,
@@ -161,14 +193,57 @@ def to_tflite(
         int8_io=bool(int8_io),
         quantization_aware=quantization_aware,
         input_shapes=None if fixed is None else {s.name: s.shape for s in fixed},
+        isolated=bool(isolate),
+        notes=tuple(notes),
     )
 
 
-def _routes(flavor, fixed=None):
+def _unrolled(model, flavor):
+    """A copy of `model` whose recurrent layers run unrolled (same weights)."""
+    k = _keras_of(flavor)
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, k.layers.Bidirectional):
+            for key in ("layer", "backward_layer"):
+                if isinstance(config.get(key), dict):
+                    config[key]["config"]["unroll"] = True
+        elif isinstance(layer, k.layers.RNN):
+            config["unroll"] = True
+        return layer.__class__.from_config(config)
+
+    copy = k.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _keras_of(flavor):
+    if flavor == _flavor.TF_KERAS:
+        import tf_keras
+
+        return tf_keras
+    import keras
+
+    return keras
+
+
+def _recurrent_layers(model, flavor):
+    """The model's recurrent layers (LSTM, GRU, ... and their Bidirectional wrappers)."""
+    k = _keras_of(flavor)
+    kinds = (k.layers.RNN, k.layers.Bidirectional)
+    flatten = getattr(model, "_flatten_layers", None)
+    if flatten is None:
+        return []
+    return [layer for layer in flatten(include_self=False, recursive=True)
+            if isinstance(layer, kinds)]
+
+
+def _routes(flavor, fixed=None, isolate=False):
     # keras-hub models only convert through a SavedModel (from_keras_model
     # fails on them); plain models take the direct route and fall back.
     # Static shapes go through a SavedModel exported with that input signature.
-    if flavor == _flavor.KERAS_HUB or fixed is not None:
+    # A converter in a child process reads a SavedModel too.
+    if flavor == _flavor.KERAS_HUB or fixed is not None or isolate:
         return ("saved_model",)
     return ("from_keras_model", "saved_model")
 
@@ -197,7 +272,7 @@ def _quiet(enabled):
 
 
 def _convert(model, flavor, export_mode, calibration, int8_io, verbose,
-             quantization_aware=False, fixed=None):
+             quantization_aware=False, fixed=None, isolate=False):
     import tensorflow as tf
 
     configure = export_mode.configure
@@ -207,17 +282,22 @@ def _convert(model, flavor, export_mode, calibration, int8_io, verbose,
         from tfcompress.quantize import configure_converter as configure
 
     failures = []
-    for route in _routes(flavor, fixed):
+    for route in _routes(flavor, fixed, isolate):
         with tempfile.TemporaryDirectory(prefix=f"tfcompress-export-{os.getpid()}-") as tmp:
+            as_dict = calib.takes_dict(model) or (
+                route == "saved_model" and calibration is not None and len(calibration.specs) > 1)
             try:
+                if isolate:
+                    with _quiet(not verbose):
+                        saved = _save_model(model, flavor, tmp, tf, fixed)
+                    return _isolated.convert(saved, tmp, export_mode.name, quantization_aware,
+                                             int8_io, calibration, as_dict, verbose), route
                 with _quiet(not verbose):
                     converter = _make_converter(route, model, flavor, tmp, tf, fixed)
                     configure(converter, tf, int8_io)
                     if calibration is not None:
                         converter.representative_dataset = calibration.representative_dataset(
-                            as_dict=calib.takes_dict(model)
-                            or (route == "saved_model" and len(calibration.specs) > 1)
-                        )
+                            as_dict=as_dict)
                     return converter.convert(), route
             except Exception as e:  # the converter raises many unrelated types
                 failures.append(f"{route}: {type(e).__name__}: {_last_lines(str(e))}")
@@ -234,6 +314,11 @@ def _convert(model, flavor, export_mode, calibration, int8_io, verbose,
 def _make_converter(route, model, flavor, tmp, tf, fixed=None):
     if route == "from_keras_model":
         return tf.lite.TFLiteConverter.from_keras_model(model)
+    return tf.lite.TFLiteConverter.from_saved_model(_save_model(model, flavor, tmp, tf, fixed))
+
+
+def _save_model(model, flavor, tmp, tf, fixed=None):
+    """Write `model` as a SavedModel under `tmp` (with a fixed input signature if asked)."""
     saved = os.path.join(tmp, "saved_model")
     signature = None
     if fixed is not None:
@@ -253,7 +338,7 @@ def _make_converter(route, model, flavor, tmp, tf, fixed=None):
                                 signatures=function.get_concrete_function(*signature))
     else:
         model.export(saved, format="tf_saved_model", verbose=False, input_signature=signature)
-    return tf.lite.TFLiteConverter.from_saved_model(saved)
+    return saved
 
 
 def _last_lines(text, n=3):
