@@ -5,13 +5,15 @@ import pytest
 
 from tfcompress import export
 
+CONVERTER_MODES = ["float32", "float16", "dynamic", "int8", "int16x8"]
+
 
 @pytest.fixture(scope="module")
 def exported(trained_cnn, digits, tmp_path_factory):
     """Every mode of the digits CNN, written once for the whole module."""
     folder = tmp_path_factory.mktemp("modes")
     results = {}
-    for mode in export.available_modes():
+    for mode in CONVERTER_MODES:
         results[mode] = export.to_tflite(
             trained_cnn, folder / f"{mode}.tflite", mode=mode,
             representative_data=digits.x_train,
@@ -20,7 +22,9 @@ def exported(trained_cnn, digits, tmp_path_factory):
 
 
 def test_available_modes():
-    assert export.available_modes() == ["float32", "float16", "dynamic", "int8", "int16x8"]
+    # The TFLite converter's modes, then litert-quantizer's (tests/export/test_lowbit.py).
+    assert export.available_modes()[:5] == CONVERTER_MODES
+    assert set(export.lowbit.lowbit_modes()) == set(export.available_modes()[5:])
 
 
 @pytest.mark.parametrize("mode", ["float32", "float16", "dynamic", "int8", "int16x8"])

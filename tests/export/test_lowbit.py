@@ -42,7 +42,7 @@ def mlp(digits):
 
 def _formats(path):
     return {
-        w.name.split("/")[-2].removesuffix("_1"): (w.dtype, w.block_size)
+        w.name.split("/")[-2].removesuffix("_1").removeprefix("quant_"): (w.dtype, w.block_size)
         for w in export.inspect(path).weights
     }
 
@@ -191,3 +191,38 @@ def test_sparsity_survives_int4(mlp, digits, tmp_path):
     assert pruned.gzip_bytes < 0.75 * dense.gzip_bytes  # ... but the zeros compress
     with open(pruned.path, "rb") as f:
         assert len(gzip.compress(f.read(), 9, mtime=0)) == pruned.gzip_bytes
+
+
+@pytest.mark.slow
+def test_recipe_int4_qat_and_mixed_export(tmp_path):
+    from tfcompress import pipeline
+
+    recipe = {
+        "name": "lowbit",
+        "data": {"embedded": "digits"},
+        "model": {
+            "factory": "tfcompress.testing:digits_cnn",
+            "kwargs": {"filters": [4, 8], "dense_units": 32},
+        },
+        "stages": [
+            {"type": "train", "epochs": 3, "learning_rate": 0.005},
+            {"type": "qat", "epochs": 1, "weight_scheme": "int4"},
+            {"type": "export", "modes": ["int4_block32"], "layers": {"logits": "int8"}},
+        ],
+    }
+    records = pipeline.run(recipe, str(tmp_path / "out"), progress=lambda m: None)
+    exports = records[-1]["exports"]
+    assert set(exports) == {"int4_block32"}
+    folder = tmp_path / "out" / "03_export"
+    for mode, block in (("int4_block32", 32),):
+        formats = _formats(str(folder / exports[mode]["path"]))
+        assert formats["logits"] == ("int8", 0) and formats["dense"] == ("int4", block)
+        assert formats["conv1"] == ("int4", 0)  # CONV_2D: channelwise whatever the block
+        assert exports[mode]["top1_agreement"] >= 0.97
+    with pytest.raises(Exception, match="int3"):
+        pipeline.recipe.load_recipe(
+            {
+                **recipe,
+                "stages": [{"type": "export", "modes": ["int4"], "layers": {"logits": "int3"}}],
+            }
+        )

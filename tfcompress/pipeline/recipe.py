@@ -24,8 +24,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tfcompress.errors import TFCompressError
+from tfcompress.export.lowbit import available_formats
+from tfcompress.export.modes import available_modes
 
-EXPORT_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
+#: Every registered export mode: a registration (litert-quantizer's int4, ...) reaches YAML.
+EXPORT_MODES = tuple(available_modes())
 
 
 class RecipeError(TFCompressError, ValueError):
@@ -129,6 +132,14 @@ class QATStage(_Training):
     """Quantization-aware fine-tuning for an int8 file."""
 
     type: Literal["qat"]
+    weight_scheme: str = "int8"  # a tfcompress.quantize scheme: int8, int4, int4_block32, ...
+
+    @model_validator(mode="after")
+    def _known_scheme(self):
+        from tfcompress.quantize.schemes import get_scheme
+
+        get_scheme(self.weight_scheme)  # the error lists the schemes
+        return self
 
 
 class ExportStage(_Strict):
@@ -138,6 +149,8 @@ class ExportStage(_Strict):
     modes: list[Literal[EXPORT_MODES]] = Field(default=["int8"], min_length=1)
     calibration_samples: int = Field(default=200, gt=0)
     int8_io: bool = False
+    # Per-layer weight formats for the low-bit modes: {layer name or glob: int8, int4, ...}.
+    layers: dict[str, Literal[tuple(available_formats())]] = Field(default_factory=dict)
 
 
 Stage = Annotated[

@@ -5,6 +5,7 @@ current model (or the same one). New stage types register with `@stage`.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -208,10 +209,14 @@ def export_stage(ctx, spec):
     for mode in spec.modes:
         ctx.progress(f"exporting {mode} and verifying it in LiteRT")
         path = os.path.join(ctx.folder, f"model_{mode}.tflite")
-        calibration = ctx.data.x_train if mode in ("int8", "int16x8") else None
-        written = export.to_tflite(ctx.model, path, mode=mode, representative_data=calibration,
-                                   int8_io=spec.int8_io and mode in ("int8", "int16x8"),
-                                   max_calibration_samples=spec.calibration_samples)
+        export_mode = export.get_mode(mode)
+        calibration = ctx.data.x_train if export_mode.calibration != "unused" else None
+        write = export.to_tflite
+        if spec.layers and mode in export.lowbit.lowbit_modes():  # per-layer formats
+            write = functools.partial(export.lowbit.to_lowbit_tflite, layers=spec.layers)
+        written = write(ctx.model, path, mode=mode, representative_data=calibration,
+                        int8_io=spec.int8_io and export_mode.io_dtype is not None,
+                        max_calibration_samples=spec.calibration_samples)
         check = export.verify(path, ctx.model, (ctx.data.x_test, ctx.data.y_test))
         latency = export.benchmark(path, num_threads=1, runs=100)
         results[mode] = dict(path=os.path.basename(path), bytes=written.bytes,
@@ -261,7 +266,8 @@ def qat_stage(ctx, spec):
     from tfcompress import quantize
 
     # Keep what earlier stages bought: zeros from pruning, shared values from clustering.
-    config = quantize.QuantizeConfig(preserve_sparsity="prune" in ctx.history,
+    config = quantize.QuantizeConfig(weight_scheme=spec.weight_scheme,
+                                     preserve_sparsity="prune" in ctx.history,
                                      preserve_clusters="cluster" in ctx.history)
     ctx.record["preserve"] = {"sparsity": config.preserve_sparsity,
                               "clusters": config.preserve_clusters}
