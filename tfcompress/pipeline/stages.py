@@ -6,6 +6,7 @@ current model (or the same one). New stage types register with `@stage`.
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -73,28 +74,24 @@ def _digest(path):
     return _io.file_digest(path)[1]
 
 
-def _close_h5_files(path):
-    """Close HDF5 handles a failed write left open on `path`.
+def _weights_bytes(model):
+    """The model's `.weights.h5` content, built in memory.
 
-    Keras's `save_weights` does not close its file when a write fails (disk
-    full); h5py then flushes it again at interpreter exit and crashes (exit 139).
+    Keras's `save_weights` writes through HDF5 straight to disk; when the disk
+    fills up, HDF5 is left with a half-written open file and the process
+    crashes later (exit 139). Building the file in memory and writing the
+    bytes with plain Python I/O turns a full disk into an ordinary `OSError`.
     """
-    try:
-        import gc
+    import io
 
-        import h5py
+    from keras.src.saving import saving_lib
 
-        gc.collect()
-        target = os.path.abspath(path)
-        for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
-            name = fid.name.decode() if isinstance(fid.name, bytes) else fid.name
-            if os.path.abspath(name) == target:
-                try:
-                    fid.close()
-                except Exception:  # noqa: BLE001 - the file is broken either way
-                    pass
-    except Exception:  # noqa: BLE001
-        pass
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
+    saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="",
+                           visited_saveables=set())
+    store.close()
+    return buffer.getvalue()
 
 
 def _make_backup_callback(folder, progress, keep):
@@ -152,19 +149,13 @@ def _make_backup_callback(folder, progress, keep):
 
         def _save_model(self):
             os.makedirs(self.backup_dir, exist_ok=True)
-            tmp = os.path.join(self.backup_dir, f".partial-{os.getpid()}.weights.h5")
-            try:
-                self.model.save_weights(filepath=tmp, overwrite=True)
-            except BaseException:
-                _close_h5_files(tmp)
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-                raise
-            digest = _digest(tmp)
-            os.replace(tmp, self._weights_path)
+            data = _weights_bytes(self.model)
+            # Weights first, then the metadata naming their hash: a kill between the two
+            # leaves a mismatch, which on_train_begin discards.
+            _io.atomic_write_bytes(self._weights_path, data)
             _io.atomic_write_text(self._training_metadata_path, json.dumps(
                 {"epoch": self._current_epoch, "batch": self._last_batch_seen,
-                 "weights_sha256": digest}))
+                 "weights_sha256": hashlib.sha256(data).hexdigest()}))
 
     return SafeBackupAndRestore()
 
@@ -248,17 +239,6 @@ def distill_stage(ctx, spec):
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     fit(ctx, trainer, spec)
     return trainer.student
-
-
-def register_custom_layers():
-    """Import the modules whose layers a saved stage model may contain."""
-    import importlib
-
-    for name in ("tfcompress.quantize", "tfcompress.cluster", "tfcompress.prune"):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
 
 
 @stage("qat")
