@@ -291,8 +291,6 @@ def load_model_file(path, trust_code=None):
                 f"Received: path={path!r}") from None
     import keras
 
-    from tfcompress.pipeline.stages import register_custom_layers
-
     register_custom_layers()
     try:
         return keras.saving.load_model(path, safe_mode=not trusted)
@@ -502,3 +500,15 @@ def _load_sst2(spec, seed, cache_dir):
     return PipelineData(encode(splits.x_train), splits.y_train, encode(splits.x_val[:n_val]),
                         splits.y_val[:n_val], encode(splits.x_test), splits.y_test,
                         f"SST-2 ({len(splits.x_train)} training sentences, dev as test)")
+
+
+def register_custom_layers():
+    """Import the modules whose layers a saved stage model may contain.
+
+    Their layers register themselves with Keras on import, so a `.keras` file
+    holding fake-quant, pruning or clustering wrappers loads by name.
+    """
+    import importlib
+
+    for name in ("tfcompress.quantize", "tfcompress.cluster", "tfcompress.prune"):
+        importlib.import_module(name)

@@ -172,7 +172,7 @@ def _base_model(recipe, out_dir, force, progress):
     import keras
 
     from tfcompress.pipeline import runner
-    from tfcompress.pipeline.stages import register_custom_layers
+    from tfcompress.pipeline.data import register_custom_layers
 
     leading = []
     for spec in recipe.stages:
@@ -468,8 +468,9 @@ class _Search:
         """The float model pruned to `sparsity` then clustered to `clusters`, fine-tuned."""
         import keras
 
+        from tfcompress.pipeline.data import register_custom_layers
         from tfcompress.pipeline.recipe import ClusterStage, PruneStage
-        from tfcompress.pipeline.stages import cluster_stage, prune_stage, register_custom_layers
+        from tfcompress.pipeline.stages import cluster_stage, prune_stage
 
         key = (sparsity, clusters)
         if key in self._models:
