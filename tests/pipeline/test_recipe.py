@@ -34,7 +34,7 @@ def test_a_good_recipe_loads(tmp_path):
      "line 8: stages[1].final_sparsity: Input should be less than 1 (received 1.5)"),
     (("final_sparsity: 0.5", "final_sparsity: 0.5\n    sparsty: 0.2"),
      "line 9: stages[1].sparsty: unknown key"),
-    (("int8]", "int4]"), "line 9: stages[2].modes[1]: Input should be 'float32'"),
+    (("int8]", "int3]"), "line 9: stages[2].modes[1]: Input should be 'float32'"),
     (("type: prune", "type: shrink"), "line 7: stages[1]: Input tag 'shrink'"),
     (("name: ok", "name: ok\ncolour: blue"), "line 2: colour: unknown key"),
 ])

@@ -125,7 +125,16 @@ class ClusterStage(_Training):
 
     type: Literal["cluster"]
     number_of_clusters: int = Field(default=16, ge=2)
-    init: Literal["kmeans++", "linear", "density"] = "kmeans++"
+    init: str = "kmeans++"  # a registered tfcompress.cluster init: kmeans++, linear, ...
+
+    @model_validator(mode="after")
+    def _known_init(self):
+        from tfcompress.cluster.init import available_inits
+
+        if self.init not in available_inits():
+            raise ValueError(f"init must be one of {sorted(available_inits())} (register more "
+                             f"with tfcompress.cluster.register_init); received {self.init!r}")
+        return self
 
 
 class QATStage(_Training):
@@ -153,14 +162,72 @@ class ExportStage(_Strict):
     layers: dict[str, Literal[tuple(available_formats())]] = Field(default_factory=dict)
 
 
-Stage = Annotated[
-    Union[TrainStage, DistillStage, PruneStage, RemoveUnitsStage, ClusterStage, QATStage,
-          ExportStage],
-    Field(discriminator="type"),
-]
-
-STAGE_TYPES = ("train", "distill", "prune", "remove_units", "cluster", "qat", "export")
+#: The spec class of every stage type a recipe may name, by type; see `register_stage_spec`.
+_STAGE_SPECS: dict = {}
 _TRAINS = ("train", "distill")
+
+
+def _stage_union():
+    specs = tuple(_STAGE_SPECS.values())
+    member = specs[0] if len(specs) == 1 else Union[specs]
+    return Annotated[member, Field(discriminator="type")]
+
+
+def stage_types() -> tuple:
+    """The stage types a recipe may name: the built-in ones and every registered one."""
+    return tuple(_STAGE_SPECS)
+
+
+def spec_name(spec_class: type) -> str:
+    """The stage type a spec class validates: the value of its `type: Literal[...]` field."""
+    field = getattr(spec_class, "model_fields", {}).get("type")
+    names = getattr(field.annotation, "__args__", ()) if field is not None else ()
+    if len(names) != 1 or not isinstance(names[0], str):
+        raise TypeError(
+            "A stage spec needs a field `type: Literal[\"<stage name>\"]` naming its stage "
+            f"type. Received: {getattr(spec_class, '__name__', spec_class)!r}")
+    return names[0]
+
+
+def register_stage_spec(spec_class: type) -> type:
+    """Let recipes name a stage type: `spec_class` validates its YAML entry.
+
+    `spec_class` is a pydantic model (subclass `StageSpec`, or `TrainingStageSpec`
+    for a stage that fits) whose `type` field is a `Literal` of the stage's name.
+    `tfcompress.pipeline.stage(name, spec=...)` calls this for you.
+
+    Args:
+        spec_class: the stage's spec model.
+
+    Returns:
+        `spec_class`, so this works as a class decorator.
+
+    Raises:
+        TypeError: `spec_class` has no `type: Literal["name"]` field.
+
+    Example:
+
+    >>> from typing import Literal
+    >>> class ShuffleStage(StageSpec):
+    ...     type: Literal["shuffle"]
+    >>> _ = register_stage_spec(ShuffleStage)
+    >>> "shuffle" in stage_types()
+    True
+    """
+    _STAGE_SPECS[spec_name(spec_class)] = spec_class
+    if "Recipe" in globals():
+        Recipe.model_fields["stages"].annotation = list[_stage_union()]
+        Recipe.model_rebuild(force=True)
+    return spec_class
+
+
+#: Base classes for the spec of a new stage type (see `register_stage_spec`).
+StageSpec = _Strict
+TrainingStageSpec = _Training
+
+for _spec in (TrainStage, DistillStage, PruneStage, RemoveUnitsStage, ClusterStage, QATStage,
+              ExportStage):
+    register_stage_spec(_spec)
 
 
 class Recipe(_Strict):
@@ -170,7 +237,7 @@ class Recipe(_Strict):
     seed: int = 0
     model: ModelSpec
     data: DataSpec
-    stages: list[Stage] = Field(min_length=1)
+    stages: list[_stage_union()] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _stage_order(self):
@@ -282,7 +349,7 @@ def _describe(error, name, tree):
     for part in loc:
         if isinstance(part, int):
             field += f"[{part}]"
-        elif part not in STAGE_TYPES:
+        elif part not in _STAGE_SPECS:
             field += ("." if field else "") + str(part)
     field = field or "(top level)"
     where = f"{name}, line {line}" if line else name
@@ -302,7 +369,7 @@ def _line_of(node, loc):
         if isinstance(node, yaml.MappingNode):
             match = [(k, v) for k, v in node.value if k.value == part]
             if not match:
-                if part in STAGE_TYPES:
+                if part in _STAGE_SPECS:
                     continue  # pydantic's discriminator tag, not a YAML key
                 return line
             key, node = match[0]

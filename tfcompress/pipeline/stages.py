@@ -16,8 +16,36 @@ from tfcompress import _io
 _STAGES = {}
 
 
-def stage(name):
-    """Register `function(ctx, spec) -> model` as the implementation of stage `name`."""
+def stage(name: str, spec: type | None = None):
+    """Register `function(ctx, spec) -> model` as the implementation of stage `name`.
+
+    Args:
+        name: the stage type, as recipes name it (`type: name`).
+        spec: for a new stage type, its spec model (a `StageSpec` subclass
+            with `type: Literal[name]`), which validates the recipe entry;
+            `None` to replace the function of an existing type.
+
+    Returns:
+        A decorator that registers the function and returns it unchanged.
+
+    Example:
+
+    >>> from typing import Literal
+    >>> from tfcompress.pipeline import StageSpec, stage
+    >>> class FreezeStage(StageSpec):
+    ...     type: Literal["freeze"]
+    >>> @stage("freeze", spec=FreezeStage)
+    ... def freeze(ctx, spec):
+    ...     ctx.model.trainable = False
+    ...     return ctx.model
+    """
+    if spec is not None:
+        from tfcompress.pipeline.recipe import register_stage_spec, spec_name
+
+        if spec_name(spec) != name:
+            raise ValueError(f"The spec's `type` field must be Literal[{name!r}], the stage's "
+                             f"name. Received: {spec.__name__}.type = {spec_name(spec)!r}")
+        register_stage_spec(spec)
 
     def register(function):
         _STAGES[name] = function
@@ -27,6 +55,7 @@ def stage(name):
 
 
 def get_stage(name):
+    """The function registered for stage type `name`."""
     return _STAGES[name]
 
 

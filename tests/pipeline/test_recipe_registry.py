@@ -1,0 +1,105 @@
+"""A registered stage type, cluster init or export mode works from YAML: the schema is built
+from the registries, not a copy of them."""
+
+from typing import Literal
+
+import numpy as np
+import pytest
+
+from tfcompress import cluster, pipeline
+from tfcompress.pipeline import RecipeError, load_recipe, recipe, stages
+
+RECIPE = """\
+name: custom
+data: {embedded: digits}
+model:
+  factory: tfcompress.testing:digits_cnn
+  kwargs: {filters: [4, 8], dense_units: 16}
+stages:
+  - {type: train, epochs: 1}
+  - {type: scale_kernels, factor: 0.5}
+  - {type: export, modes: [float32]}
+"""
+
+
+class ScaleKernels(pipeline.StageSpec):
+    type: Literal["scale_kernels"]
+    factor: float
+
+
+@pytest.fixture
+def registered():
+    specs, functions = dict(recipe._STAGE_SPECS), dict(stages._STAGES)
+    seen = []
+
+    @pipeline.stage("scale_kernels", spec=ScaleKernels)
+    def scale_kernels(ctx, spec):
+        seen.append(spec.factor)
+        for layer in ctx.model.layers:
+            if hasattr(layer, "kernel"):
+                layer.kernel.assign(layer.kernel * spec.factor)
+        return ctx.model
+
+    yield seen
+    recipe._STAGE_SPECS.clear()
+    recipe._STAGE_SPECS.update(specs)
+    stages._STAGES.clear()
+    stages._STAGES.update(functions)
+    pipeline.register_stage_spec(recipe.ExportStage)  # rebuilds the schema without it
+
+
+def test_a_registered_stage_type_runs_from_yaml(tmp_path, registered):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE)
+    parsed = load_recipe(path)
+    assert [s.type for s in parsed.stages] == ["train", "scale_kernels", "export"]
+    assert "scale_kernels" in pipeline.stage_types()
+    pipeline.run(path, tmp_path / "out", progress=lambda line: None)
+    assert registered == [0.5]
+    assert (tmp_path / "out").is_dir()
+
+
+def test_a_registered_stage_spec_validates_its_fields_with_the_line(tmp_path, registered):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE.replace("factor: 0.5", "factor: half"))
+    with pytest.raises(RecipeError, match=r"line 8: stages\[1\]\.factor: Input should be a valid"):
+        load_recipe(path)
+
+
+def test_unregistered_stage_type_is_an_error_listing_the_registered_ones(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE)
+    with pytest.raises(RecipeError, match=r"line 8: stages\[1\]: Input tag 'scale_kernels'.*"
+                       r"'train'"):
+        load_recipe(path)
+
+
+def test_stage_name_must_match_the_spec():
+    with pytest.raises(ValueError, match=r"Literal\['other'\].*ScaleKernels.type = "
+                       r"'scale_kernels'"):
+        pipeline.stage("other", spec=ScaleKernels)
+
+
+def test_a_spec_without_a_type_literal_is_refused():
+    class NoType(pipeline.StageSpec):
+        factor: float = 1.0
+
+    with pytest.raises(TypeError, match="needs a field `type: Literal"):
+        pipeline.register_stage_spec(NoType)
+
+
+def test_a_registered_cluster_init_is_accepted_by_recipes(tmp_path):
+    text = RECIPE.replace("  - {type: scale_kernels, factor: 0.5}\n",
+                          "  - {type: cluster, number_of_clusters: 4, init: every_nth}\n")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match=r"stages\[1\]: .*init must be one of"):
+        load_recipe(path)
+    cluster.register_init("every_nth", lambda w, k: np.sort(np.asarray(w).ravel())[:: max(
+        1, np.asarray(w).size // k)][:k])
+    try:
+        assert load_recipe(path).stages[1].init == "every_nth"
+    finally:
+        from tfcompress.cluster import init as init_lib
+
+        init_lib._INITS.pop("every_nth", None)
