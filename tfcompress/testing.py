@@ -438,7 +438,23 @@ def _hub_model(family, tiny, side, sequence_length, vocabulary_size, num_classes
 
 
 def zoo_inputs(model, family, n, sequence_length=16, seed=0):
-    """Random but valid inputs for a `zoo_model` (for timing, not for fidelity)."""
+    """Random but valid inputs for a `zoo_model` (for timing, not for fidelity).
+
+    Args:
+        model: the `zoo_model`.
+        family: its family.
+        n: samples.
+        sequence_length: tokens per text input, where the model does not fix it.
+        seed: random seed.
+
+    Returns:
+        An array, or a dict of int32 arrays for keras-hub text models.
+
+    Example:
+
+    >>> sorted(zoo_inputs(zoo_model("bert"), "bert", 4))
+    ['padding_mask', 'segment_ids', 'token_ids']
+    """
     rng = np.random.default_rng(seed)
     if family in _IMAGE_FAMILIES:
         shape = tuple(model.input_shape[1:])
@@ -471,6 +487,12 @@ def zoo_data(model, family, n_train=512, n_test=256, sequence_length=16, seed=0)
 
     Returns:
         `((x_train, y_train), (x_test, y_test))`.
+
+    Example:
+
+    >>> (x, y), (x_test, y_test) = zoo_data(zoo_model("resnet50"), "resnet50", 64, 32)
+    >>> x.shape, x_test.shape
+    ((64, 32, 32, 3), (32, 32, 32, 3))
     """
     if family in _IMAGE_FAMILIES:
         return _digits_images(model, family, n_train, n_test)
@@ -555,10 +577,10 @@ def _text_inputs(model, tokens, mask):
 def fit_briefly(model, data, epochs=3, batch_size=32, learning_rate=3e-3, loss=None):
     """Train a classifier for a few epochs so that its outputs carry signal.
 
-    BatchNormalization momentum is lowered to 0.9 first (keras.applications
-    use 0.99-0.999), so a few dozen steps are enough for the moving statistics
-    to follow the data; with the initial statistics a briefly trained deep
-    network predicts noise in inference mode.
+    After training, BatchNormalization moving statistics are recomputed on up
+    to 256 training samples: keras.applications use momentum 0.99-0.999, so
+    after a few dozen steps the moving statistics are still the initial ones
+    and the network predicts noise in inference mode.
 
     Args:
         model: a Keras 3 classifier with logits out.
@@ -570,14 +592,13 @@ def fit_briefly(model, data, epochs=3, batch_size=32, learning_rate=3e-3, loss=N
 
     Returns:
         `model`, trained and compiled.
+
+    Example:
+
+    >>> trained = fit_briefly(digits_cnn(), (x_train, y_train), epochs=1)
     """
     import keras
 
-    from tfcompress._graph import all_layers
-
-    for layer in all_layers(model):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = min(layer.momentum, 0.9)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -585,7 +606,46 @@ def fit_briefly(model, data, epochs=3, batch_size=32, learning_rate=3e-3, loss=N
     )
     x, y = data
     model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0)
+    recalibrate_batchnorm(model, _take(x, 256))
     return model
+
+
+def recalibrate_batchnorm(model, x):
+    """Set every BatchNormalization's moving statistics to those of `x`.
+
+    One forward pass in training mode with momentum 0: each layer's moving
+    mean and variance become the statistics of this batch, as seen through
+    the layers before it. Nothing else changes (no optimizer step).
+
+    Args:
+        model: a Keras 3 model.
+        x: one batch of inputs (a few hundred samples).
+
+    Returns:
+        The number of BatchNormalization layers recalibrated.
+
+    Example:
+
+    >>> recalibrate_batchnorm(zoo_model("resnet50"), np.zeros((8, 32, 32, 3), "float32"))
+    13
+    """
+    import keras
+
+    from tfcompress._graph import all_layers
+
+    layers = [
+        layer for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for layer in layers:
+            layer.momentum = 0.0
+        if layers:
+            model(x, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return len(layers)
 
 
 # --------------------------------------------------------------------------------------
@@ -719,10 +779,11 @@ def check_model(
 
     Example:
 
-    >>> model = zoo_model("mobilenet_v2")
-    >>> (x, y), test = zoo_data(model, "mobilenet_v2")
-    >>> model.compile("adam", "sparse_categorical_crossentropy"); model.fit(x, y)
-    >>> print(check_model(model, (x, y), eval_data=test))
+    >>> report = check_model(model, (x_train[:256], y_train[:256]),
+    ...                      eval_data=(x_test, y_test), raise_on_failure=False)
+    >>> [step for step, _ in report.steps][:3]
+    ['prune', 'strip', 'quantize']
+    >>> print(report)  # doctest: +SKIP
     """
     import keras
 

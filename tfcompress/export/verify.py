@@ -180,7 +180,7 @@ def verify(
 
     Example:
 
-    >>> result = verify("model_int8.tflite", model, (x_test, y_test), min_cosine=0.99)
+    >>> result = verify("model_int8.tflite", qat_model, (x_test, y_test), min_cosine=0.99)
     >>> result.top1_agreement, result.cosine, result.collapsed
     """
     runner = load_runner(tflite_path)
@@ -464,7 +464,7 @@ def locate_ops(tflite_path, model, op_names=None):
 
     Example:
 
-    >>> [(o.op, o.layer) for o in locate_ops("m_int8.tflite", qat, COMPUTE_OPS)
+    >>> [(o.op, o.layer) for o in locate_ops("model_int8.tflite", qat_model)
     ...  if o.compute_dtype == "float32"]
     """
     from tfcompress_edge.runner import make_interpreter
