@@ -6,7 +6,8 @@ Example:
 
 >>> from tfcompress import cluster
 >>> clustered = cluster.cluster_weights(model, number_of_clusters=16, init="kmeans++")
->>> clustered.compile(...); clustered.fit(x, y, epochs=1)
+>>> clustered.compile("adam", "sparse_categorical_crossentropy")
+>>> clustered.fit(x, y, epochs=1)
 >>> final = cluster.strip_clustering(clustered)
 """
 

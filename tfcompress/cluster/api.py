@@ -103,7 +103,8 @@ def cluster_weights(
     Example:
 
     >>> clustered = cluster_weights(model, number_of_clusters=16, init="kmeans++")
-    >>> clustered.compile(...); clustered.fit(x, y, epochs=1)
+    >>> clustered.compile("adam", "sparse_categorical_crossentropy")
+    >>> clustered.fit(x, y, epochs=1)
     >>> final = strip_clustering(clustered)
     """
     if (
@@ -266,6 +267,7 @@ def strip_clustering(model):
 
     Example:
 
+    >>> clustered = cluster_weights(model, number_of_clusters=16)
     >>> final = strip_clustering(clustered)
     """
     from tfcompress.cluster.layers import ClusterWeights

@@ -12,7 +12,7 @@ Example:
 >>> d = tfcompress.distill.distiller(student, teacher, alpha=0.1, temperature=4.0)
 >>> d.compile(optimizer="adam",
 ...           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
->>> d.fit(x_train, y_train, epochs=10)
+>>> d.fit(x_train, y_train, epochs=2)
 >>> small = d.student
 """
 

@@ -126,7 +126,7 @@ class ConstantSparsity(PruningSchedule):
 
     >>> schedule = ConstantSparsity(0.8, begin_step=0, frequency=10)
     >>> should_prune, sparsity = schedule(20)
-    >>> bool(should_prune), float(sparsity)
+    >>> bool(should_prune), round(float(sparsity), 4)
     (True, 0.8)
     """
 
@@ -181,7 +181,7 @@ class PolynomialDecay(PruningSchedule):
     Example:
 
     >>> schedule = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=100, frequency=10)
-    >>> float(schedule(100)[1])
+    >>> round(float(schedule(100)[1]), 4)
     0.8
     """
 

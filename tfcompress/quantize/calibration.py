@@ -58,8 +58,8 @@ def compute_range(values, method="minmax", percentile=99.99):
 
     Example:
 
-    >>> compute_range(np.random.randn(10000), "percentile", 99.9)
-    (-3.2..., 3.1...)
+    >>> compute_range(np.linspace(-4.0, 4.0, 10001), "percentile", 99.9)
+    (-3.99..., 3.99...)
     """
     if method not in _METHODS:
         raise ValueError(

@@ -110,7 +110,8 @@ def quantize_model(model, config=None, *, representative_data=None, only_annotat
     Example:
 
     >>> qat = quantize_model(model)
-    >>> qat.compile("adam", loss=...); qat.fit(x, y, epochs=2)
+    >>> qat.compile("adam", loss="sparse_categorical_crossentropy")
+    >>> qat.fit(x, y, epochs=2)
     >>> tfcompress.export.to_tflite(qat, "model_int8.tflite", mode="int8")
     """
     config = config if config is not None else QuantizeConfig()

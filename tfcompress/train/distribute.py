@@ -170,7 +170,7 @@ def strategy(
     >>> strategy = tfcompress.train.strategy()
     >>> with strategy.scope():
     ...     model = build_model()
-    ...     model.compile(...)
+    ...     model.compile("adam", "sparse_categorical_crossentropy")
     >>> model.fit(dataset.batch(tfcompress.train.global_batch_size(64, strategy)))
     """
     import tensorflow as tf
