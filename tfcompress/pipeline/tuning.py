@@ -120,7 +120,7 @@ def tune(recipe, out_dir, max_accuracy_drop=0.01, trials=12, progress=print, epo
 
     Example:
 
-    >>> result = tune("digits.yaml", "out", max_accuracy_drop=0.01, trials=6)
+    >>> result = tune("digits.yaml", "tuned", max_accuracy_drop=0.02, trials=2, epochs=1)
     >>> result.within_budget, result.best["gzip_bytes"]
     """
     check_arguments(max_accuracy_drop, trials)
