@@ -55,6 +55,16 @@ def _cmd_run(args):
     return EXIT_OK
 
 
+def _bit_widths(text):
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        widths = None
+    if not widths or any(w not in (8, 4, 2) for w in widths):
+        raise argparse.ArgumentTypeError(f"a comma-separated subset of 8,4,2. Received: {text!r}")
+    return widths
+
+
 def _cmd_tune(args):
     from tfcompress import pipeline
     from tfcompress.pipeline.recipe import RecipeError
@@ -71,7 +81,7 @@ def _cmd_tune(args):
         check_recipe_code(recipe)
         result = pipeline.tune(recipe, args.out, max_accuracy_drop=args.max_accuracy_drop,
                                trials=args.trials, epochs=args.epochs, force=args.force,
-                               progress=_progress)
+                               progress=_progress, bit_widths=args.bit_widths)
     print(result)
     # A file outside the budget is still written, but the job did not do what was asked.
     return EXIT_OK if result.within_budget else EXIT_FAILED
@@ -300,6 +310,9 @@ def build_parser():
                       help="most candidates to train and verify (default 12)")
     tune.add_argument("--epochs", type=_positive_int, default=2,
                       help="fine-tuning epochs per prune / cluster / QAT step (default 2)")
+    tune.add_argument("--bit-widths", type=_bit_widths, default=(8,),
+                      help="weight widths to search, e.g. 8,4,2: 4 and 2 write real int4/int2 "
+                      "weights with per-layer widths by measured sensitivity (default 8)")
     tune.add_argument("--force", action="store_true", help="rerun the base and every trial")
     tune.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
     tune.set_defaults(func=_cmd_tune)

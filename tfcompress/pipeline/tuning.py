@@ -11,6 +11,13 @@ A candidate is a sparsity level, a cluster count, the layers kept in float
 int8, and measures the *file* in LiteRT on the validation split. Test-split
 numbers are reported, never used to choose.
 
+With `bit_widths=(8, 4, 2)` the search also tries files with real int4 and
+int2 weights (litert-quantizer, `tfcompress.export.lowbit`): every layer at
+the width, except the layers most sensitive *at that width* (measured one
+layer at a time, the others float), which get one step more (int2 -> int4,
+int4 -> int8) or stay float. So each layer's width is float, int8, int4 or
+int2, chosen by measured sensitivity.
+
 The recipe's own compression stages (prune, cluster, qat, export, ...) are
 ignored: the search space replaces them.
 """
@@ -31,6 +38,8 @@ from tfcompress.pipeline.recipe import RecipeError, load_recipe
 SPARSITIES = (0.0, 0.5, 0.7, 0.8, 0.9)
 CLUSTERS = (None, 32, 16, 8)
 METHODS = ("ptq", "qat")  # PTQ first: same size, and it costs no training
+BIT_WIDTHS = (8, 4, 2)
+_WIDER = {2: "int4", 4: "int8"}  # the step up for a layer too sensitive at a width
 _TRAINS = ("train", "distill")
 _CALIBRATION = 256
 _ESTIMATE_CHUNK = 200_000  # weights per layer gzipped for a size estimate
@@ -41,7 +50,8 @@ class TuneResult:
     """What `tune` found (also written to `out_dir/tune.json`).
 
     Attributes:
-        path: `out_dir/best_int8.tflite`, or `None` if no trial produced a file.
+        path: `out_dir/best_int8.tflite` (`best_int4.tflite` / `best_int2.tflite` for a
+            low-bit winner), or `None` if no trial produced a file.
         within_budget: whether the chosen file meets the budget; when `False`
             it is the closest trial (highest validation accuracy).
         best: the chosen trial's record (dict), or `None`.
@@ -86,6 +96,12 @@ def describe(candidate):
     """`"sparsity 0.8, 16 clusters, float [logits], QAT"` for a candidate or trial record."""
     clusters = candidate["clusters"]
     floats = candidate["float_layers"]
+    bits = candidate.get("bits", 8)
+    if bits != 8:
+        wider = candidate.get("wider_layers") or ()
+        weights = f"int{bits} weights" + (f" ({_WIDER[bits]}: {list(wider)})" if wider else "")
+        return (f"sparsity {candidate['sparsity']:g}, {weights}, "
+                f"{candidate['method'].upper()}")
     return (f"sparsity {candidate['sparsity']:g}, "
             f"{f'{clusters} clusters' if clusters else 'no clustering'}, "
             f"{'float ' + str(list(floats)) if floats else 'all int8'}, "
@@ -93,7 +109,7 @@ def describe(candidate):
 
 
 def tune(recipe, out_dir, max_accuracy_drop=0.01, trials=12, progress=print, epochs=2,
-         max_float_layers=2, force=False):
+         max_float_layers=2, force=False, bit_widths=(8,)):
     """Search for the smallest int8 file within an accuracy budget.
 
     Args:
@@ -108,6 +124,9 @@ def tune(recipe, out_dir, max_accuracy_drop=0.01, trials=12, progress=print, epo
         epochs: fine-tuning epochs per compression step (prune, cluster, QAT).
         max_float_layers: most layers kept in float (the most sensitive first).
         force: rerun the base stages and every trial.
+        bit_widths: weight widths to search, a subset of `(8, 4, 2)`: 8 is the
+            converter's int8 file; 4 and 2 are litert-quantizer files with
+            per-layer widths (the most sensitive layers one step wider).
 
     Returns:
         A `TuneResult`. Writes `out_dir/best_int8.tflite`, `tune.json` and
@@ -124,6 +143,7 @@ def tune(recipe, out_dir, max_accuracy_drop=0.01, trials=12, progress=print, epo
     >>> result.within_budget, result.best["gzip_bytes"]
     """
     check_arguments(max_accuracy_drop, trials)
+    bit_widths = _check_bit_widths(bit_widths)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer. Received: epochs={epochs!r}")
     if not hasattr(recipe, "stages"):
@@ -145,10 +165,14 @@ def tune(recipe, out_dir, max_accuracy_drop=0.01, trials=12, progress=print, epo
     progress(f"base model: validation accuracy {base_val:.4f}, test {base_test:.4f}; "
              f"budget: validation accuracy >= {budget:.4f}")
 
-    sensitivity = _sensitivity(base, data, out_dir, base_key, force, progress)
+    sensitivity = []  # the int8 ranking (layers kept float), for int8 files only
+    if 8 in bit_widths:
+        sensitivity = _sensitivity(base, data, out_dir, base_key, force, progress)
     ranked = [s["layer"] for s in sensitivity if s["stays_float"]]
     prunable = _prunable_layers(base)
-    candidates = _candidates(base, ranked, prunable, max_float_layers)
+    low = [b for b in bit_widths if b != 8]
+    bit_ranking = _bit_sensitivity(base, data, out_dir, base_key, force, progress, low)
+    candidates = _candidates(base, ranked, prunable, max_float_layers, bit_widths, bit_ranking)
     progress(f"{len(candidates)} candidates; trying at most {trials}, smallest first")
 
     settings = dict(base=base_key, epochs=epochs, seed=recipe.seed)
@@ -196,6 +220,14 @@ def _base_model(recipe, out_dir, force, progress):
     folder = runner.stage_folder(os.path.join(out_dir, "base"), len(leading) - 1, leading[-1])
     model = keras.saving.load_model(os.path.join(folder, "model.keras"))
     return model, _digest([r["key"] for r in records] + [base_recipe.model_dump()])
+
+
+def _check_bit_widths(bit_widths):
+    widths = tuple(bit_widths) if isinstance(bit_widths, (list, tuple)) else (bit_widths,)
+    if not widths or any(isinstance(b, bool) or b not in BIT_WIDTHS for b in widths):
+        raise ValueError(f"bit_widths is a non-empty subset of {BIT_WIDTHS} (8: int8 file; 4, 2: "
+                         f"int4 / int2 weights). Received: bit_widths={bit_widths!r}")
+    return tuple(dict.fromkeys(widths))
 
 
 def _digest(obj):
@@ -267,6 +299,47 @@ def _sensitivity(base, data, out_dir, base_key, force, progress):
     return rows
 
 
+def _bit_sensitivity(base, data, out_dir, base_key, force, progress, widths):
+    """`{width: [layer, ...]}`, most sensitive first: one layer at the width, the rest float.
+
+    Each file is litert-quantizer's (`tfcompress.export.lowbit`), measured
+    against the float model on the validation split (mean |output error|).
+    """
+    if not widths:
+        return {}
+    from tfcompress import export
+    from tfcompress.export import lowbit
+
+    path = os.path.join(out_dir, "bit_sensitivity.json")
+    if not force and os.path.isfile(path):
+        saved = json.load(open(path))
+        if saved.get("base") == base_key and all(str(w) in saved["errors"] for w in widths):
+            progress("per-layer bit-width sensitivity: measured before, reusing")
+            return _rank_bits(saved["errors"], widths)
+    progress(f"per-layer bit-width sensitivity: one layer at int{'/int'.join(map(str, widths))}"
+             ", the others float")
+    folder = os.path.join(out_dir, "bit_sensitivity")
+    os.makedirs(folder, exist_ok=True)
+    errors = {}
+    for width in widths:
+        errors[str(width)] = {}
+        for name in _kernels(base):
+            file = os.path.join(folder, f"{name}_int{width}.tflite")
+            written = lowbit.to_lowbit_tflite(base, file, mode=f"int{width}",
+                                              layers={"*": "float", name: f"int{width}"})
+            if not any(c.got == f"int{width}" for c in written.layers):
+                continue  # the quantizer cannot take this layer at this width
+            check = export.verify(file, base, (data.x_val, data.y_val), max_samples=10**9)
+            errors[str(width)][name] = check.mean_abs_diff
+            progress(f"  {name} at int{width}: mean |output error| {check.mean_abs_diff:.4g}")
+    _io.atomic_write_text(path, json.dumps(dict(base=base_key, errors=errors), indent=2))
+    return _rank_bits(errors, widths)
+
+
+def _rank_bits(errors, widths):
+    return {w: sorted(errors[str(w)], key=lambda n: -errors[str(w)][n]) for w in widths}
+
+
 # --- candidates, smallest first ------------------------------------------------------------
 
 
@@ -315,22 +388,33 @@ class _SizeEstimator:
             self.kernels[name] = w
         self._cache = {}
 
-    def layer_bytes(self, name, sparsity, clusters, is_float):
-        key = (name, sparsity if name in self.prunable else 0.0, clusters, is_float)
+    def layer_bytes(self, name, sparsity, clusters, is_float, bits=8):
+        bits = 32 if is_float else bits
+        key = (name, sparsity if name in self.prunable else 0.0, clusters, bits)
         if key not in self._cache:
             w = self.kernels[name].copy()
             if key[1] > 0:
                 w[np.abs(w) <= np.quantile(np.abs(w), key[1])] = 0.0
             if clusters and len(w) > clusters:
                 w = _cluster_values(w, clusters)
-            if not is_float:
+            if bits != 32:
                 peak = float(np.max(np.abs(w))) or 1.0
-                w = np.round(w / peak * 127).astype(np.int8)
+                w = np.round(w / peak * (2 ** (bits - 1) - 1)).astype(np.int8)
+                if bits < 8:  # packed as in the file: 8 // bits weights per byte
+                    per_byte = 8 // bits
+                    w = np.pad(w, (0, -len(w) % per_byte)).reshape(-1, per_byte)
+                    w = sum((w[:, i].astype(np.uint8) & (2**bits - 1)) << (bits * i)
+                            for i in range(per_byte)).astype(np.uint8)
             self._cache[key] = _gzip(w) * self.scale.get(name, 1.0)
         return self._cache[key]
 
-    def __call__(self, sparsity, clusters, float_layers):
-        return int(sum(self.layer_bytes(n, sparsity, clusters, n in float_layers)
+    def __call__(self, sparsity, clusters, float_layers, bits=8, wider=()):
+        def width(n):
+            if n in wider:
+                return int(_WIDER[bits].removeprefix("int"))
+            return bits
+
+        return int(sum(self.layer_bytes(n, sparsity, clusters, n in float_layers, width(n))
                        for n in self.kernels))
 
 
@@ -346,19 +430,29 @@ def _cluster_values(w, k):
     return out
 
 
-def _candidates(base, ranked, prunable, max_float_layers):
+def _candidates(base, ranked, prunable, max_float_layers, bit_widths=(8,), bit_ranking=None):
     estimate = _SizeEstimator(base, prunable)
     sparsities = SPARSITIES if prunable else (0.0,)
     float_counts = range(0, min(max_float_layers, len(ranked)) + 1)
     found = []
     for s in sparsities:
-        for k in CLUSTERS:
-            for n in float_counts:
-                floats = tuple(ranked[:n])
-                size = estimate(s, k, set(floats))
+        if 8 in bit_widths:
+            for k in CLUSTERS:
+                for n in float_counts:
+                    floats = tuple(ranked[:n])
+                    size = estimate(s, k, set(floats))
+                    for method in METHODS:
+                        found.append(dict(sparsity=s, clusters=k, float_layers=floats,
+                                          method=method, estimated_bytes=size))
+        for bits in (b for b in bit_widths if b != 8):
+            sensitive = (bit_ranking or {}).get(bits, [])
+            for n in range(0, min(max_float_layers, len(sensitive)) + 1):
+                wider = tuple(sensitive[:n])
+                size = estimate(s, None, set(), bits, set(wider))
                 for method in METHODS:
-                    found.append(dict(sparsity=s, clusters=k, float_layers=floats,
-                                      method=method, estimated_bytes=size))
+                    found.append(dict(sparsity=s, clusters=None, float_layers=(),
+                                      method=method, estimated_bytes=size, bits=bits,
+                                      wider_layers=wider))
     # Ties (same size): PTQ before QAT, fewer float layers first.
     found.sort(key=lambda c: (c["estimated_bytes"], METHODS.index(c["method"]),
                               len(c["float_layers"]), -c["sparsity"]))
@@ -391,7 +485,7 @@ class _Search:
         if not self.force and os.path.isfile(record_path):
             previous = json.load(open(record_path))
             if previous.get("key") == key and os.path.isfile(
-                    os.path.join(folder, "model_int8.tflite")):
+                    os.path.join(self.out_dir, previous.get("file") or "-")):
                 self.progress(f"trial {number}: done before, reusing")
                 previous["within_budget"] = previous["val_accuracy"] >= budget - 1e-9
                 return previous
@@ -426,6 +520,8 @@ class _Search:
 
         model = self._compressed(candidate["sparsity"], candidate["clusters"])
         float_val = _accuracy(model, self.data.x_val, self.data.y_val)
+        if candidate.get("bits", 8) != 8:
+            return self._run_low_bits(candidate, model, float_val, folder)
         config = quantize.QuantizeConfig(
             skip_layers=candidate["float_layers"],
             preserve_sparsity=candidate["sparsity"] > 0,
@@ -454,6 +550,33 @@ class _Search:
                     top1_agreement=val.top1_agreement, bytes=written.bytes,
                     gzip_bytes=written.gzip_bytes,
                     float_compute_ops=len(info.float_compute_ops()),
+                    file=os.path.relpath(path, self.out_dir))
+
+    def _run_low_bits(self, candidate, model, float_val, folder):
+        """A litert-quantizer file: every layer at `bits`, the sensitive ones one step wider."""
+        from tfcompress import export, quantize
+        from tfcompress.export import lowbit
+        from tfcompress.pipeline.stages import compile_for_labels, fit
+
+        bits, wider = candidate["bits"], candidate.get("wider_layers") or ()
+        if candidate["method"] == "qat":  # trained on the file's own grid
+            config = quantize.QuantizeConfig(weight_scheme=f"int{bits}",
+                                             preserve_sparsity=candidate["sparsity"] > 0)
+            model = quantize.quantize_model(model, config, representative_data=_head(
+                self.data.x_train, _CALIBRATION))
+            compile_for_labels(model, 3e-4)
+            fit(self._context(folder, "qat"), model, _Training(self.epochs))
+        path = os.path.join(folder, f"model_int{bits}.tflite")
+        written = lowbit.to_lowbit_tflite(model, path, mode=f"int{bits}",
+                                          layers={name: _WIDER[bits] for name in wider})
+        val = export.verify(path, model, (self.data.x_val, self.data.y_val), max_samples=10**9)
+        test = export.verify(path, model, (self.data.x_test, self.data.y_test),
+                             max_samples=10**9)
+        return dict(val_accuracy=val.tflite_accuracy, test_accuracy=test.tflite_accuracy,
+                    keras_val_accuracy=val.keras_accuracy, float_val_accuracy=float_val,
+                    top1_agreement=val.top1_agreement, bytes=written.bytes,
+                    gzip_bytes=written.gzip_bytes,
+                    layer_widths={c.layer: c.got for c in written.layers},
                     file=os.path.relpath(path, self.out_dir))
 
     def _context(self, folder, name):
@@ -541,7 +664,7 @@ def _choose(records):
 
 
 TABLE_HEADERS = ["trial", "sparsity", "clusters", "float layers", "method", "val accuracy",
-                 "test accuracy", "gzip bytes", "within budget"]
+                 "test accuracy", "gzip bytes", "within budget", "weights"]
 
 
 def _table(records, best):
@@ -554,9 +677,17 @@ def _table(records, best):
                  f"{r['val_accuracy']:.4f}" if done else "failed",
                  f"{r['test_accuracy']:.4f}" if done else "-",
                  f"{r['gzip_bytes']:,}" if done else "-",
-                 "yes" if r.get("within_budget") else "no"]
+                 "yes" if r.get("within_budget") else "no", _weights(r)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _weights(record):
+    bits = record.get("bits", 8)
+    if bits == 8:
+        return "int8"
+    wider = record.get("wider_layers") or ()
+    return f"int{bits}" + (f" ({_WIDER[bits]}: {', '.join(wider)})" if wider else "")
 
 
 def _finish(out_dir, recipe, records, sensitivity, base_val, base_test, budget, max_drop,
@@ -564,7 +695,7 @@ def _finish(out_dir, recipe, records, sensitivity, base_val, base_test, budget, 
     best, within = _choose(records)
     path = None
     if best is not None:
-        path = os.path.join(out_dir, "best_int8.tflite")
+        path = os.path.join(out_dir, f"best_int{best.get('bits', 8)}.tflite")
         with _io.atomic_path(path) as tmp:
             shutil.copyfile(os.path.join(out_dir, best["file"]), tmp)
     base_gzip = _base_float_gzip(out_dir)
@@ -591,12 +722,12 @@ def _finish(out_dir, recipe, records, sensitivity, base_val, base_test, budget, 
             md += [f"Chosen: trial {best['trial']} ({describe(best)}): "
                    f"**{best['gzip_bytes']:,} bytes gzipped**{ratio}; validation accuracy "
                    f"{best['val_accuracy']:.4f}, test {best['test_accuracy']:.4f}. "
-                   "Written to `best_int8.tflite`.", ""]
+                   f"Written to `{os.path.basename(path)}`.", ""]
         else:
             md += [f"**No trial met the budget.** Kept the closest, trial {best['trial']} "
                    f"({describe(best)}): validation accuracy {best['val_accuracy']:.4f} "
                    f"(budget {budget:.4f}), {best['gzip_bytes']:,} bytes gzipped{ratio}, in "
-                   "`best_int8.tflite`. Allow more trials, more epochs, or a larger "
+                   f"`{os.path.basename(path)}`. Allow more trials, more epochs, or a larger "
                    "--max-accuracy-drop.", ""]
     md += _table(records, best) + ["", "Per-layer sensitivity (what keeping one layer float, "
                                     "all others int8, buys the int8 file on the validation "
