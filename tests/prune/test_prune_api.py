@@ -9,6 +9,7 @@ from tfcompress import prune, testing
 PUBLIC = [
     "ConstantSparsity",
     "HeadPrunedTransformerEncoder",
+    "HeadRemovalReport",
     "LayerSparsity",
     "MissingPruningStepError",
     "NoPrunableLayersError",

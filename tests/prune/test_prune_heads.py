@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from tfcompress import export, prune, testing
+import tfcompress
+from tfcompress import export, prune, quantize, testing
 
 HIDDEN, HEADS, LAYERS, SEQ, VOCAB = 32, 4, 2, 16, 100
 KEY_DIM = HIDDEN // HEADS
@@ -133,7 +134,7 @@ def test_removes_heads_exactly_saves_exports_and_verifies(family, tmp_path):
     np.testing.assert_array_equal(
         kept.output_dense.kernel.numpy(), old.output_dense.kernel.numpy()[[1, 2, 3]]
     )
-    report = small.heads_report
+    report = tfcompress.report_of(small).details
     assert report.removed == ((names[0], 4, (1, 3)), (names[1], 4, (0,)))
     assert report.params_before - report.params_after == 3 * PER_HEAD
 
@@ -150,7 +151,7 @@ def test_removes_heads_exactly_saves_exports_and_verifies(family, tmp_path):
             )
         )
         lowest = tuple(sorted(np.argsort(norms, kind="stable")[:2].tolist()))
-        assert (name, HEADS, lowest) in half.heads_report.removed
+        assert (name, HEADS, lowest) in tfcompress.report_of(half).details.removed
     assert [a.num_heads for a in _blocks(half).values()] == [2, 2]
 
     path = os.path.join(tmp_path, f"{family}.keras")
@@ -201,6 +202,17 @@ def test_fits_composes_with_remove_units_and_clones_from_config(tmp_path):
     assert clone._self_attention_layer.num_heads == 2
     assert [w.shape for w in clone.weights] == [w.shape for w in block.weights]
     clone.set_weights(block.get_weights())
+    for wrapped in (
+        prune.prune_low_magnitude(small, prune.ConstantSparsity(0.5, 0)),
+        quantize.quantize_model(small),
+    ):
+        attention = [
+            layer.num_heads
+            for layer in wrapped._flatten_layers()
+            if isinstance(layer, keras.layers.MultiHeadAttention)
+        ]
+        assert attention == [2, 2], type(wrapped)
+        np.testing.assert_allclose(_output(wrapped, x), _output(small, x), atol=0.05)
 
 
 @pytest.mark.slow
@@ -208,15 +220,24 @@ def test_report_fractions_and_clear_errors():
     bert, _ = _hub_model("bert")
     # 0.1 of 4 heads rounds to none: both layers are skipped and said so.
     same = prune.remove_heads(bert, 0.1)
-    assert same.heads_report.removed == ()
-    assert [r for _, r in same.heads_report.skipped] == ["0.1 of its 4 heads rounds to none"] * 2
+    assert tfcompress.report_of(same).details.removed == ()
+    assert [r for _, r in tfcompress.report_of(same).details.skipped] == [
+        "0.1 of its 4 heads rounds to none"
+    ] * 2
     assert same.count_params() == bert.count_params()
     # A fraction never removes every head; a dict names some layers only.
     most = prune.remove_heads(bert, 0.99)
     assert [a.num_heads for a in _blocks(most).values()] == [1, 1]
     one = prune.remove_heads(bert, {"transformer_layer_1": 0.5})
-    assert one.heads_report.skipped == (("transformer_layer_0", "not named in `heads`"),)
-    assert "transformer_layer_1: 4 -> 2 heads" in str(one.heads_report)
+    assert tfcompress.report_of(one).details.skipped == (
+        ("transformer_layer_0", "not named in `heads`"),
+    )
+    assert "transformer_layer_1: 4 -> 2 heads" in str(tfcompress.report_of(one).details)
+    report = tfcompress.report_of(one)  # the one report shape every verb stores
+    assert report.verb == "remove_heads" and report.model_name == bert.name
+    assert report.done_names == ("transformer_layer_1",)
+    assert report.done[0].class_name == "TransformerEncoder"
+    assert report.skipped_names == ("transformer_layer_0",)
 
     with pytest.raises(ValueError, match="all 4 attention heads of 'transformer_layer_0'"):
         prune.remove_heads(bert, {"transformer_layer_0": [0, 1, 2, 3]})
@@ -249,6 +270,9 @@ def test_gpt2_causal_lm_report_warns_about_generation():
         preprocessor=None,
     )
     small = prune.remove_heads(lm, 0.5)
-    assert small.heads_report.removed[0][1:] == (2, small.heads_report.removed[0][2])
-    assert len(small.heads_report.removed[0][2]) == 1
-    assert "generate()" in small.heads_report.notes[0]
+    assert tfcompress.report_of(small).details.removed[0][1:] == (
+        2,
+        tfcompress.report_of(small).details.removed[0][2],
+    )
+    assert len(tfcompress.report_of(small).details.removed[0][2]) == 1
+    assert "generate()" in tfcompress.report_of(small).details.notes[0]

@@ -11,7 +11,7 @@ Example:
 >>> pruned.fit(x, y, epochs=3, callbacks=[prune.UpdatePruningStep()])
 >>> small = prune.strip_pruning(pruned)
 >>> print(prune.sparsity_report(small))
->>> fewer_heads = prune.remove_heads(bert_classifier, 0.25)  # keras-hub BERT only
+>>> fewer_heads = prune.remove_heads(bert_classifier, 0.25)  # any keras-hub encoder
 """
 
 from tfcompress.prune.api import prune_low_magnitude, prune_scope, strip_pruning
@@ -22,7 +22,7 @@ from tfcompress.prune.errors import (
     UnsupportedPruningModelError,
 )
 from tfcompress.prune.export import SparseExportResult, to_sparse_tflite
-from tfcompress.prune.heads import HeadPrunedTransformerEncoder, remove_heads
+from tfcompress.prune.heads import HeadPrunedTransformerEncoder, HeadRemovalReport, remove_heads
 from tfcompress.prune.plan import PruningPlan
 from tfcompress.prune.report import LayerSparsity, SparsityReport, sparsity_report
 from tfcompress.prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
@@ -32,6 +32,7 @@ from tfcompress.prune.wrapper import PruneLowMagnitude
 __all__ = [
     "ConstantSparsity",
     "HeadPrunedTransformerEncoder",
+    "HeadRemovalReport",
     "LayerSparsity",
     "MissingPruningStepError",
     "NoPrunableLayersError",

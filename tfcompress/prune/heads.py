@@ -16,12 +16,14 @@ from their config are head-pruned too.
 
 import contextlib
 import dataclasses
+import functools
 import threading
 
 import keras
 import numpy as np
 
 from tfcompress import _flavor
+from tfcompress._report import Entry, Report, attach
 from tfcompress.errors import UnsupportedModelError
 from tfcompress.prune.errors import UnsupportedPruningModelError
 
@@ -32,7 +34,7 @@ _CLASSES = {}  # base class -> its head-pruned subclass
 
 @dataclasses.dataclass(frozen=True)
 class HeadRemovalReport:
-    """What `remove_heads` did (attached to the new model as `.heads_report`).
+    """What `remove_heads` did: `tfcompress.report_of(new_model).details`.
 
     Attributes:
         removed: `(attention, heads before, removed head indices)` per
@@ -168,14 +170,21 @@ class _HeadPrunedBlock:
         super().__init__(*args, **kwargs)
         self.pruned_heads = {str(k): int(v) for k, v in (pruned_heads or {}).items()}
 
-    def build(self, *args, **kwargs):
-        super().build(*args, **kwargs)
-        _apply_pruned_heads(self)
-
     def get_config(self):
         config = super().get_config()
         config["pruned_heads"] = dict(self.pruned_heads)
         return config
+
+
+def _pruning_build(base_build):
+    """`base_build`, then fewer heads; with its signature, which Keras reads to call it."""
+
+    @functools.wraps(base_build)
+    def build(self, *args, **kwargs):
+        base_build(self, *args, **kwargs)
+        _apply_pruned_heads(self)
+
+    return build
 
 
 class _HeadPrunedModel:
@@ -186,8 +195,10 @@ class _HeadPrunedModel:
             `HeadRemovalReport.removed` (the block's name).
     """
 
-    def __init__(self, *args, pruned_heads=None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *, pruned_heads=None, **kwargs):
+        # Keyword arguments only: Keras's clone_model takes a constructor with *args and
+        # **kwargs for a functional model's (inputs, outputs) and would lose the class.
+        super().__init__(**kwargs)
         self.pruned_heads = {str(k): int(v) for k, v in (pruned_heads or {}).items()}
         attentions = {key: (block, attr) for key, block, attr, _ in _attention_layers(self)}
         unknown = sorted(set(self.pruned_heads) - set(attentions))
@@ -212,7 +223,7 @@ class _HeadPrunedModel:
         return config
 
 
-def head_pruned_class(cls):
+def head_pruned_class(cls: type) -> type:
     """The registered head-pruned subclass of a keras-hub backbone or block class.
 
     Args:
@@ -227,20 +238,21 @@ def head_pruned_class(cls):
         return cls
     with _LOCK:
         if cls not in _CLASSES:
-            mixin = _HeadPrunedModel if issubclass(cls, keras.Model) else _HeadPrunedBlock
             name = f"HeadPruned{cls.__name__}"
-            new = type(
-                name,
-                (mixin, cls),
-                {
-                    "__module__": __name__,
-                    "__qualname__": name,
-                    "__doc__": f"A `{cls.__name__}` whose attention layers keep the heads given "
-                    "by `pruned_heads` (made by `tfcompress.prune.remove_heads`).",
-                },
-            )
+            namespace = {
+                "__module__": __name__,
+                "__qualname__": name,
+                "__doc__": f"A `{cls.__name__}` whose attention layers keep the heads given "
+                "by `pruned_heads` (made by `tfcompress.prune.remove_heads`).",
+            }
+            if issubclass(cls, keras.Model):
+                mixin = _HeadPrunedModel
+            else:
+                mixin = _HeadPrunedBlock
+                namespace["build"] = _pruning_build(cls.build)
+            new = type(name, (mixin, cls), namespace)
             registered = keras.saving.get_registered_object(f"tfcompress>{name}")
-            if registered is not None and registered not in (new, cls):
+            if registered is not None and registered.__mro__[2] is not cls:
                 raise UnsupportedModelError(
                     f"Two classes named {cls.__name__} hold attention heads "
                     f"({registered.__mro__[2].__module__} and {cls.__module__}); tfcompress "
@@ -395,7 +407,13 @@ def _find_backbone(model):
 # ----------------------------------------------------------------------------------------
 
 
-def remove_heads(model, heads=0.5, *, criterion="l1", verbose=False):
+def remove_heads(
+    model: keras.Model,
+    heads: float | dict = 0.5,
+    *,
+    criterion: str = "l1",
+    verbose: bool = False,
+) -> keras.Model:
     """Return a copy of a keras-hub model without some attention heads.
 
     Works on every keras-hub backbone whose blocks hold keras
@@ -424,12 +442,15 @@ def remove_heads(model, heads=0.5, *, criterion="l1", verbose=False):
             all their heads).
         criterion: `"l1"` or `"l2"` norm of each head's query, key, value and
             output kernel slices (used to rank heads for counts and fractions).
-        verbose: print the report.
+        verbose: print what was removed and skipped.
 
     Returns:
-        A new, uncompiled model of the same class whose `.heads_report` (a
-        `HeadRemovalReport`) lists the heads removed per attention layer and
-        the layers skipped, with the reason.
+        A new, uncompiled model of the same class (a backbone becomes the
+        head-pruned subclass of its class). `tfcompress.report_of(new)` is a
+        `tfcompress.Report`: one done entry per attention layer that lost
+        heads, one skipped entry (with the reason) per layer left whole, and
+        a `HeadRemovalReport` (heads removed per layer, parameters before and
+        after, notes) as its `details`.
 
     Raises:
         UnsupportedPruningModelError: `model` is not a keras-hub model (use
@@ -442,8 +463,11 @@ def remove_heads(model, heads=0.5, *, criterion="l1", verbose=False):
     Example:
 
     >>> small = prune.remove_heads(bert_classifier, {"transformer_layer_0": [1, 3]})
+    >>> tfcompress.report_of(small).done_names
+    ('transformer_layer_0',)
     >>> small = prune.remove_heads(gpt2_backbone, 0.5)  # half of every layer's heads
-    >>> print(small.heads_report)
+    >>> tfcompress.report_of(small).details.heads_removed
+    4
     """
     _flavor.check_built(model, what="remove_heads")
     if criterion not in CRITERIA:
@@ -484,7 +508,8 @@ def remove_heads(model, heads=0.5, *, criterion="l1", verbose=False):
             "`backbone.num_heads`, which still counts every head: use the model for "
             "scoring (call, predict, fit) and export, not for cached generation"
         )
-    new.heads_report = HeadRemovalReport(
+    classes = {key: type(block).__name__ for key, block, _, _ in layers}
+    details = HeadRemovalReport(
         removed=tuple(
             (key, attention.num_heads, tuple(drops[key]))
             for key, _, _, attention in layers
@@ -496,9 +521,19 @@ def remove_heads(model, heads=0.5, *, criterion="l1", verbose=False):
         params_after=new.count_params(),
         notes=tuple(notes),
     )
+    report = Report(
+        "remove_heads",
+        model.name,
+        done=[
+            Entry(key, classes[key], f"{n} -> {n - len(drop)} heads (removed {list(drop)})")
+            for key, n, drop in details.removed
+        ],
+        skipped=[Entry(key, classes[key], reason) for key, reason in skipped],
+        details=details,
+    )
     if verbose:
-        print(new.heads_report)
-    return new
+        print(details)
+    return attach(new, report)
 
 
 def _copy_weights(model, new, layers, drops):

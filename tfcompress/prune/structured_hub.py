@@ -3,9 +3,9 @@
 A keras-hub task or backbone is rebuilt from its config, which holds one
 `intermediate_dim` for every `TransformerEncoder`: each encoder layer keeps
 its own most important feed-forward units, the same number in every layer.
-Attention heads are removed by `remove_heads` (tfcompress/prune/heads.py): the
-encoder derives the head size from `hidden_dim // num_heads`, so fewer heads
-need a backbone that builds its encoders with an explicit head size.
+Attention heads are removed by `remove_heads` (tfcompress/prune/heads.py), whose
+head-pruned backbones keep their pruned heads through this rebuild (the kept
+head counts are in their config).
 """
 
 import numpy as np
