@@ -163,15 +163,15 @@ class _Checker(doctest.OutputChecker):
         return super().check_output(want, got, optionflags)
 
 
+# The recipe files examples name: quick, but a real train -> prune -> int8 chain.
 RECIPE = """\
 name: digits, doctest
 seed: 0
 data: {embedded: digits}
 model: {factory: "tfcompress.testing:digits_cnn"}
 stages:
-  - {type: train, epochs: 3, learning_rate: 0.003}
-  - {type: prune, final_sparsity: 0.8, epochs: 1}
-  - {type: qat, epochs: 1}
+  - {type: train, epochs: 2, learning_rate: 0.003}
+  - {type: prune, final_sparsity: 0.5, epochs: 1}
   - {type: export, modes: [int8]}
 """
 
@@ -204,6 +204,7 @@ def namespace(tmp_path_factory):
             data.x_train, data.y_train, epochs=1, verbose=0, callbacks=[prune.UpdatePruningStep()]
         )
         stripped = prune.strip_pruning(pruned)
+        pruned.save("pruned.keras")
 
         # The distiller freezes its teacher: give it a copy, not the shared `model`.
         teacher = keras.models.clone_model(model)
@@ -252,6 +253,7 @@ def namespace(tmp_path_factory):
         "teacher": teacher,
         "student": student,
         "qat_model": qat_model,
+        "qat": qat_model,
         "bert_classifier": bert_classifier,
         "backbone": backbone,
         "gpt2_backbone": gpt2_backbone,

@@ -319,7 +319,7 @@ def strip_pruning(model):
     Example:
 
     >>> small = strip_pruning(pruned)
-    >>> sparsity_report(small).sparsity
+    >>> round(sparsity_report(small).sparsity, 2)
     0.8
     """
     flavor = _flavor.flavor_of(model)
