@@ -20,6 +20,7 @@ BENCHMARKS = {
     "export_modes": "benchmarks.export_modes",
     "keras_builtin": "benchmarks.keras_builtin",
     "prune": "benchmarks.prune",
+    "prune_parity": "benchmarks.prune_parity",
     "heads": "benchmarks.heads",
     "quantize": "benchmarks.quantize",
     "distill": "benchmarks.distill",
