@@ -15,6 +15,7 @@ Example:
 
 import os
 import statistics
+import struct
 import time
 
 import numpy as np
@@ -55,7 +56,80 @@ def read_model_file(path):
             f"the TFLite file identifier {TFLITE_FILE_IDENTIFIER!r}. Pass a file written by "
             "the TFLite converter (for example tfcompress.export.to_tflite)."
         )
+    problem = _structure_problem(data)
+    if problem:
+        raise InvalidModelFileError(
+            f"'{path}' is a corrupt TFLite file ({len(data)} bytes): {problem}. Export it again."
+        )
     return data
+
+
+class _Table:
+    """Bounds-checked reads of one flatbuffer table (no flatbuffers package needed)."""
+
+    def __init__(self, data, pos):
+        self.data, self.pos = data, pos
+        self._need(pos, 4)
+        self.vtable = pos - struct.unpack_from("<i", data, pos)[0]
+        self._need(self.vtable, 4)
+        self.vsize = struct.unpack_from("<H", data, self.vtable)[0]
+        if self.vsize < 4 or self.vsize % 2:
+            raise ValueError(f"a table at byte {pos} has a broken layout")
+        self._need(self.vtable, self.vsize)
+
+    def _need(self, pos, size):
+        if pos < 0 or pos + size > len(self.data):
+            raise ValueError(f"an offset points outside the file (byte {pos})")
+
+    def vector(self, field):
+        """`(start, length)` of a vector field, or None when the field is absent."""
+        slot = 4 + 2 * field
+        if slot + 2 > self.vsize:
+            return None
+        offset = struct.unpack_from("<H", self.data, self.vtable + slot)[0]
+        if not offset:
+            return None
+        at = self.pos + offset
+        self._need(at, 4)
+        start = at + struct.unpack_from("<I", self.data, at)[0]
+        self._need(start, 4)
+        length = struct.unpack_from("<I", self.data, start)[0]
+        self._need(start + 4, 4 * length)
+        return start + 4, length
+
+    def tables(self, field):
+        found = self.vector(field)
+        if found is None:
+            return None
+        start, length = found
+        return [_Table(self.data, start + 4 * i + struct.unpack_from("<I", self.data,
+                                                                     start + 4 * i)[0])
+                for i in range(length)]
+
+
+def _structure_problem(data):
+    """Why `data` cannot be a TFLite model, or None.
+
+    LiteRT crashes (segfault) on some malformed files, e.g. a model without
+    subgraphs, instead of raising: check the skeleton it dereferences first.
+    Fields (schema.fbs): Model {1 operator_codes, 2 subgraphs, 4 buffers};
+    SubGraph {0 tensors, 1 inputs, 2 outputs, 3 operators}.
+    """
+    try:
+        root = _Table(data, struct.unpack_from("<I", data, 0)[0])
+        subgraphs = root.tables(2)
+        if not subgraphs:
+            return "it has no subgraph"
+        if root.vector(4) is None:
+            return "it has no buffer table"
+        for i, graph in enumerate(subgraphs):
+            for field, name in ((0, "tensors"), (1, "inputs"), (2, "outputs")):
+                if graph.vector(field) is None:
+                    return f"subgraph {i} has no {name}"
+            graph.tables(3)
+    except (ValueError, struct.error) as e:
+        return str(e)
+    return None
 
 
 def make_interpreter(path, num_threads=1, use_xnnpack=True):

@@ -194,7 +194,8 @@ def _elements(data, specs):
             return
         if len(data) in (2, 3) and _looks_like_inputs(data[0], specs):
             first = _align(data[0], specs)[0]
-            if _is_array_like(data[1]) and len(data[1]) == len(first) and (
+            if _is_array_like(data[1]) and np.ndim(data[1]) > 0 and len(data[1]) == len(
+                first) and (
                 len(first.shape) == specs[0].rank
             ):
                 yield data

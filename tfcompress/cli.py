@@ -354,12 +354,15 @@ def _one_line(text):
 
 def _bad_input(e):
     """Errors about what the user passed (exit 2), as opposed to a run that failed (exit 1)."""
+    from tfcompress_edge.runner import InvalidModelFileError as EdgeFileError
+
     from tfcompress import errors
     from tfcompress.pipeline.recipe import RecipeError
 
     return isinstance(e, (RecipeError, errors.InvalidModelFileError, errors.UntrustedCodeError,
                           errors.InvalidTFLiteFileError, errors.CalibrationDataError,
-                          FileNotFoundError, IsADirectoryError, NotADirectoryError))
+                          EdgeFileError, FileNotFoundError, IsADirectoryError,
+                          NotADirectoryError))
 
 
 def main(argv=None):
@@ -384,6 +387,8 @@ def main(argv=None):
     except UsageError as e:
         print(_one_line(e), file=sys.stderr)
         return EXIT_USAGE
+    except SystemExit as e:  # --help and --version: argparse has printed them
+        return e.code if isinstance(e.code, int) else EXIT_OK
     except KeyboardInterrupt:
         print("tfcompress: interrupted", file=sys.stderr)
         return 130

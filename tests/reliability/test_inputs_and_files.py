@@ -505,3 +505,27 @@ def test_13_inspect_and_bench_on_corrupt_tensor_names(tiny_files, tmp_path, caps
     for command in (["inspect", str(bad)], ["bench", str(bad), "--runs", "2"]):
         assert cli.main(command) == 2
         assert "names.tflite" in one_error_line(capsys)
+
+
+def _without_subgraphs(data):
+    """The same file with the Model table's `subgraphs` field marked absent."""
+    import struct
+
+    out = bytearray(data)
+    root = struct.unpack_from("<I", out, 0)[0]
+    vtable = root - struct.unpack_from("<i", out, root)[0]
+    struct.pack_into("<H", out, vtable + 4 + 2 * 2, 0)
+    return bytes(out)
+
+
+def test_13_a_model_without_subgraphs_is_an_error_not_a_segfault(tiny_files, tmp_path, capsys):
+    """LiteRT itself segfaults on this file (found by the property test below)."""
+    from tfcompress import export
+
+    folder, _ = tiny_files
+    bad = tmp_path / "nograph.tflite"
+    bad.write_bytes(_without_subgraphs((folder / "m.tflite").read_bytes()))
+    with pytest.raises(InvalidTFLiteFileError, match="has no subgraph"):
+        export.inspect(str(bad))
+    assert cli.main(["bench", str(bad), "--runs", "2"]) == 2
+    assert "has no subgraph" in one_error_line(capsys)

@@ -163,7 +163,9 @@ def run(recipe, out_dir, force=False, progress=print, trust_code=False):
 
     Example:
 
-    >>> records = run("recipe.yaml", "out")
+    >>> records = tfcompress.pipeline.run("digits.yaml", "run_out", progress=lambda line: None)
+    >>> records[0]["status"]
+    'done'
     """
     if not hasattr(recipe, "stages"):
         recipe = load_recipe(recipe)
