@@ -23,6 +23,7 @@ BENCHMARKS = {
     "prune_parity": "benchmarks.prune_parity",
     "heads": "benchmarks.heads",
     "quantize": "benchmarks.quantize",
+    "lowbit": "benchmarks.lowbit",
     "distill": "benchmarks.distill",
     "distributed": "benchmarks.distributed",
     "summary": "benchmarks.summary",

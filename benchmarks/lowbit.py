@@ -1,0 +1,332 @@
+"""Low-bit files through litert-quantizer: size, latency and agreement per recipe.
+
+Run: `python -m benchmarks.lowbit [--quick] [--parts recipes,pipeline,bert]`. Prints
+the tables; each part rewrites its own section of BENCHMARKS.md ("Low-bit files",
+"Low-bit digits pipeline", "Low-bit BERT-small latency"):
+
+1. every export mode on two digits models (an MLP 64-512-512-10 and the digits
+   CNN): bytes, gzip bytes, LiteRT latency against float32 (1 thread, one sample
+   per call, alternating repetitions), top-1 agreement with Keras, accuracy;
+2. the digits pipeline (the demo recipe: prune, QAT, export) with int8 as
+   shipped and with int4 / int2 QAT and export: gzip size against the float
+   teacher's file and the accuracy lost (targets: >= 30x at <= 1 point);
+3. a keras-hub BERT-small (4 layers, hidden 256, sequence 128, random weights,
+   batch 1): float32 against dynamic int8, int4 and blockwise int4 latency
+   (target: blockwise int4 no slower than float32).
+"""
+
+import os
+import statistics
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarks import _common  # noqa: E402
+
+RECIPE_MODES = (
+    "float32",
+    "dynamic",
+    "int8",
+    "int4",
+    "int4_block32",
+    "int4_block64",
+    "int4_block128",
+    "int2",
+    "int8_weight_only",
+    "int4_weight_only",
+    "static_int8",
+    "static_int16x8",
+)
+#: (label, final sparsity, QAT weight scheme, export mode, per-layer formats)
+PIPELINES = (
+    ("demo as shipped: prune 85% + QAT int8 + int8", 0.85, "int8", "int8", {}),
+    ("prune 85% + QAT int4 + int4", 0.85, "int4", "int4", {}),
+    ("prune 95% + QAT int4 + int4", 0.95, "int4", "int4", {}),
+    ("prune 97% + QAT int4 + int4", 0.97, "int4", "int4", {}),
+    ("prune 95% + QAT int2 + int2 (conv layers int4)", 0.95, "int2", "int2", {}),
+)
+
+
+def _digits_mlp(data, epochs):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((64,), name="pixels")
+    h = keras.layers.Dense(512, activation="relu", name="fc0")(inp)
+    h = keras.layers.Dense(512, activation="relu", name="fc1")(h)
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(h), name="digits_mlp")
+    model.compile(
+        keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(_flat(data.x_train), data.y_train, epochs=epochs, batch_size=32, verbose=0)
+    return model
+
+
+def _flat(x):
+    return x.reshape(len(x), -1).astype("float32")
+
+
+def _latency(paths, repetitions, runs):
+    """{name: [median ms per repetition]}, the files alternating within each repetition."""
+    runners = {name: _common.litert_runner(path) for name, path in paths.items()}
+    times = {name: [] for name in paths}
+    for _ in range(repetitions):
+        for name, runner in runners.items():
+            times[name].append(runner.benchmark(runs=runs, warmup=10).median_ms)
+    return times
+
+
+def _ratio(times, name, reference="float32"):
+    return [t / f for t, f in zip(times[name], times[reference])]
+
+
+def recipes_table(model, x_train, x_test, y_test, folder, repetitions, runs):
+    from tfcompress import export
+
+    results, checks = {}, {}
+    for mode in RECIPE_MODES:
+        path = os.path.join(folder, f"{model.name}_{mode}.tflite")
+        results[mode] = export.to_tflite(model, path, mode=mode, representative_data=x_train)
+        checks[mode] = export.verify(path, model, (x_test, y_test))
+    times = _latency({m: r.path for m, r in results.items()}, repetitions, runs)
+    base = results["float32"]
+    rows = []
+    for mode, r in results.items():
+        c = checks[mode]
+        fallbacks = "; ".join(f"{f.layer}: {f.got}" for f in getattr(r, "fallbacks", []))
+        rows.append(
+            [
+                f"`{mode}`",
+                f"{r.bytes:,}",
+                f"{r.gzip_bytes:,}",
+                f"{base.bytes / r.bytes:.1f}x",
+                _common.median_spread(_ratio(times, mode), "{:.2f}"),
+                f"{c.top1_agreement:.2%}",
+                f"{c.tflite_accuracy:.4f}",
+                fallbacks or "-",
+            ]
+        )
+    return _common.markdown_table(
+        [
+            "mode",
+            "bytes",
+            "gzip bytes",
+            "float32 / mode",
+            "latency / float32, median (min-max)",
+            "top-1 agreement with Keras",
+            "test accuracy (LiteRT)",
+            "layers not at the mode's width",
+        ],
+        rows,
+    ), checks["float32"].keras_accuracy
+
+
+def pipeline_table(folder, quick):
+    from importlib import resources
+
+    from tfcompress import pipeline
+    from tfcompress.pipeline.recipe import load_recipe
+
+    base = load_recipe(str(resources.files("tfcompress.pipeline") / "recipes" / "digits.yaml"))
+    train = base.stages[0].model_dump()
+    if quick:
+        train["epochs"] = 8
+    rows, best = [], None
+    for label, sparsity, scheme, mode, layers in PIPELINES:
+        recipe = base.model_dump()
+        recipe["stages"] = [
+            train,
+            {
+                "type": "prune",
+                "final_sparsity": sparsity,
+                "epochs": 4 if quick else 8,
+                "learning_rate": 0.001,
+            },
+            {
+                "type": "qat",
+                "epochs": 2 if quick else 3,
+                "learning_rate": 0.0003,
+                "weight_scheme": scheme,
+            },
+            {"type": "export", "modes": [mode], "layers": layers},
+        ]
+        # One folder: the train stage (same key) is reused by every variant.
+        records = pipeline.run(recipe, os.path.join(folder, "pipeline"), progress=lambda m: None)
+        teacher, exported = records[0], records[-1]["exports"][mode]
+        ratio = teacher["float32_gzip_bytes"] / exported["gzip_bytes"]
+        loss = teacher["accuracy"] - exported["tflite_accuracy"]
+        rows.append(
+            [
+                label,
+                f"{exported['bytes']:,}",
+                f"{exported['gzip_bytes']:,}",
+                f"**{ratio:.1f}x**",
+                f"{exported['tflite_accuracy']:.4f}",
+                f"{loss * 100:+.2f}",
+                f"{exported['top1_agreement']:.2%}",
+            ]
+        )
+        if loss <= 0.01 and (best is None or ratio > best[0]):
+            best = (ratio, label)
+    table = _common.markdown_table(
+        [
+            "pipeline",
+            "file bytes",
+            "gzip bytes",
+            "float32 teacher gzip / file gzip",
+            "test accuracy (LiteRT)",
+            "points lost vs teacher",
+            "top-1 agreement with Keras",
+        ],
+        rows,
+    )
+    teacher_note = (
+        f"Teacher: the demo's digits CNN, float32 file {teacher['float32_bytes']:,} "
+        f"bytes ({teacher['float32_gzip_bytes']:,} gzipped), test accuracy "
+        f"{teacher['accuracy']:.4f}."
+    )
+    verdict = "Target (>= 30x at <= 1 point lost): " + (
+        f"best within one point: {best[0]:.1f}x ({best[1]})"
+        + (" - **met**." if best[0] >= 30 else " - **missed**.")
+        if best
+        else "**missed**: no variant stays within one point."
+    )
+    return f"{teacher_note}\n\n{table}\n\n{verdict}"
+
+
+def bert_table(folder, repetitions, runs, quick):
+    from tfcompress import export, testing
+    from tfcompress.export import lowbit
+
+    seq = 64 if quick else 128
+    model = testing.tiny_bert_classifier(
+        vocabulary_size=8000,
+        num_layers=4,
+        hidden_dim=256,
+        num_heads=4,
+        intermediate_dim=1024,
+        sequence_length=seq,
+    )
+    paths, rows, results = {}, [], {}
+    for mode in ("float32", "dynamic", "int4", "int4_block32", "int4_block128"):
+        path = os.path.join(folder, f"bert_{mode}.tflite")
+        if mode in lowbit.lowbit_modes():
+            results[mode] = lowbit.to_lowbit_tflite(
+                model, path, mode=mode, batch_size=1, sequence_length=seq
+            )
+        else:
+            results[mode] = export.to_tflite(
+                model, path, mode=mode, batch_size=1, sequence_length=seq
+            )
+        paths[mode] = path
+    times = _latency(paths, repetitions, runs)
+    for mode, r in results.items():
+        rows.append(
+            [
+                f"`{mode}`",
+                f"{r.bytes:,}",
+                _common.median_spread(times[mode], "{:.2f}"),
+                _common.median_spread(_ratio(times, mode), "{:.2f}"),
+            ]
+        )
+    ratio = statistics.median(_ratio(times, "int4_block32"))
+    table = _common.markdown_table(
+        ["mode", "bytes", "latency ms, median (min-max)", "latency / float32"], rows
+    )
+    verdict = (
+        f"Blockwise-32 int4 / float32 latency: **{ratio:.2f}** (target <= 1.00: "
+        + ("**met**" if ratio <= 1.0 else "**missed**")
+        + ")."
+    )
+    note = (
+        f"keras-hub `BertTextClassifier` built from config (4 layers, hidden 256, 4 heads, "
+        f"intermediate 1024, sequence {seq}, vocabulary 8000, random weights), exported "
+        f"with static shapes (batch 1, {seq} tokens)."
+    )
+    return f"{note}\n\n{table}\n\n{verdict}"
+
+
+SECTIONS = {
+    "recipes": "Low-bit files",
+    "pipeline": "Low-bit digits pipeline",
+    "bert": "Low-bit BERT-small latency",
+}
+
+
+def run(quick=False, write=True, parts=tuple(SECTIONS)):
+    """Run the named parts; each rewrites its own BENCHMARKS.md section."""
+    from tfcompress import testing
+    from tfcompress.data import load_digits
+
+    data = load_digits()
+    repetitions, runs = (3, 50) if quick else (5, 200)
+    folder = tempfile.mkdtemp(prefix="tfcompress-lowbit-")
+    timing = (
+        "Latency: LiteRT (ai-edge-litert 2.3, XNNPACK), 1 thread, one sample per call, median "
+        f"of {{runs}} calls per repetition, {repetitions} alternating repetitions; ratios are "
+        "per repetition, median (min-max)." + (" (quick mode)" if quick else "")
+    )
+    bodies = {}
+    if "recipes" in parts:
+        import keras
+
+        mlp = _digits_mlp(data, epochs=5 if quick else 15)
+        table, accuracy = recipes_table(
+            mlp, _flat(data.x_train), _flat(data.x_test), data.y_test, folder, repetitions, runs
+        )
+        keras.utils.set_random_seed(0)
+        cnn = testing.digits_cnn(filters=(16, 32), dense_units=64)
+        cnn.compile(
+            keras.optimizers.Adam(3e-3),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        cnn.fit(data.x_train, data.y_train, epochs=5 if quick else 20, batch_size=32, verbose=0)
+        cnn_table, cnn_accuracy = recipes_table(
+            cnn, data.x_train, data.x_test, data.y_test, folder, repetitions, runs
+        )
+        bodies["recipes"] = (
+            "Every export mode, the converter's and litert-quantizer's "
+            "(`tfcompress.export.lowbit`, on the converter's float32 file). "
+            + timing.format(runs=runs)
+            + f"\n\n### Digits MLP (64-512-512-10)\n\nKeras float test accuracy {accuracy:.4f}."
+            f"\n\n{table}\n\n### Digits CNN (Conv16-Pool-Conv32-Dense64-Dense10)\n\nKeras "
+            f"float test accuracy {cnn_accuracy:.4f}.\n\n{cnn_table}"
+        )
+    if "pipeline" in parts:
+        bodies["pipeline"] = (
+            "The demo recipe (`tfcompress/pipeline/recipes/digits.yaml`: train 20 epochs, prune, "
+            "QAT, export) with the QAT weight scheme and the export mode changed, run by "
+            "`tfcompress.pipeline.run`; test accuracy of the file in LiteRT on 270 held-out "
+            "images.\n\n" + pipeline_table(folder, quick)
+        )
+    if "bert" in parts:
+        bert_runs = 20 if quick else 30
+        bodies["bert"] = (
+            bert_table(folder, repetitions, bert_runs, quick)
+            + "\n\n"
+            + timing.format(runs=bert_runs)
+        )
+    for part, body in bodies.items():
+        print(f"== {SECTIONS[part]}\n{body}\n")
+        if write:
+            _common.update_section(SECTIONS[part], body, "benchmarks/lowbit.py")
+    return bodies
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer epochs and repetitions")
+    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    parser.add_argument(
+        "--parts", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}"
+    )
+    args = parser.parse_args(argv)
+    run(quick=args.quick, write=not args.no_write, parts=tuple(args.parts.split(",")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
