@@ -59,7 +59,8 @@ def read_model_file(path):
     problem = _structure_problem(data)
     if problem:
         raise InvalidModelFileError(
-            f"'{path}' is a corrupt TFLite file ({len(data)} bytes): {problem}. Export it again."
+            f"'{path}' is a truncated or corrupt TFLite file ({len(data)} bytes): {problem}. "
+            "Export it again."
         )
     return data
 
