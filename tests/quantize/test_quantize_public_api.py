@@ -5,7 +5,8 @@ import tfcompress.quantize
 
 QUANTIZE = [
     "ActivationQuantizer", "AlreadyQuantizedError", "CALIBRATION_METHODS",
-    "CalibrationReport",
+    "CalibrationReport", "CollapseWarning", "check_collapse", "collapse_monitor",
+    "output_spread",
     "LayerHandler", "QuantizeConfig", "QuantizeReport", "QuantizeWrapper",
     "RangesNotSetError",
     "UnsupportedLayerError", "WeightScheme", "available_schemes", "calibrate",

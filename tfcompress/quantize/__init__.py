@@ -15,7 +15,15 @@ Example:
 from tfcompress.quantize import registry, schemes
 from tfcompress.quantize.annotate import quantize_annotate_layer, quantize_apply, quantize_scope
 from tfcompress.quantize.calibration import CalibrationReport, calibrate, compute_range
-from tfcompress.quantize.checks import check_ranges_set, configure_converter, is_quantization_aware
+from tfcompress.quantize.checks import (
+    CollapseWarning,
+    check_collapse,
+    check_ranges_set,
+    collapse_monitor,
+    configure_converter,
+    is_quantization_aware,
+    output_spread,
+)
 from tfcompress.quantize.config import CALIBRATION_METHODS, QuantizeConfig
 from tfcompress.quantize.errors import (
                                         AlreadyQuantizedError,
@@ -33,6 +41,7 @@ __all__ = [
     "ActivationQuantizer",
     "AlreadyQuantizedError",
     "CalibrationReport",
+    "CollapseWarning",
     "LayerHandler",
     "QuantizeConfig",
     "QuantizeReport",
@@ -42,10 +51,13 @@ __all__ = [
     "WeightScheme",
     "available_schemes",
     "calibrate",
+    "check_collapse",
     "check_ranges_set",
+    "collapse_monitor",
     "compute_range",
     "configure_converter",
     "is_quantization_aware",
+    "output_spread",
     "quantize_annotate_layer",
     "quantize_apply",
     "quantize_model",

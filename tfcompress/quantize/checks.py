@@ -1,5 +1,9 @@
 """Questions about models: is it quantization-aware, are its ranges set."""
 
+import warnings
+
+import numpy as np
+
 from tfcompress import _flavor
 from tfcompress.quantize.errors import RangesNotSetError
 
@@ -18,6 +22,7 @@ def _our_qat_layers(model):
     from tfcompress.quantize.composite import QuantizeComposite
     from tfcompress.quantize.layers import (
         ActivationQuantizer,
+        QuantizeAffine,
         QuantizeSeparableConv,
         QuantizeWrapper,
     )
@@ -28,6 +33,7 @@ def _our_qat_layers(model):
         QuantizeComposite,
         QuantizeBatchNorm,
         QuantizeSeparableConv,
+        QuantizeAffine,
     )
     return [layer for layer in model.layers if isinstance(layer, kinds)]
 
@@ -118,3 +124,100 @@ def configure_converter(converter, tf, int8_io=False):
     if int8_io:
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
+
+
+def output_spread(model, data, max_samples=256):
+    """How much a model's outputs vary across inputs, relative to their size.
+
+    The mean over output units of the standard deviation across samples,
+    divided by the largest absolute output. A collapsed QAT model (outputs
+    constant across inputs, e.g. BatchNorm statistics frozen on an untrained
+    deep network) scores near 0; agreement of its int8 file then proves nothing.
+
+    Args:
+        model: a Keras model (first output used when there are several).
+        data: inputs the model accepts (an array, a dict of arrays, or
+            `(inputs, labels)`).
+        max_samples: most samples run.
+
+    Returns:
+        The relative spread, a float >= 0.
+
+    Example:
+
+    >>> output_spread(qat_model, x_test[:128])
+    0.21...
+    """
+    if isinstance(data, tuple) and len(data) == 2:
+        data = data[0]
+    if isinstance(data, dict):
+        data = {k: np.asarray(v)[:max_samples] for k, v in data.items()}
+    else:
+        data = np.asarray(data)[:max_samples]
+    out = model.predict(data, verbose=0, batch_size=64)
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    elif isinstance(out, dict):
+        out = next(iter(out.values()))
+    out = np.asarray(out, dtype="float64").reshape(len(out), -1)
+    return float(out.std(axis=0).mean() / (np.abs(out).max() + 1e-12))
+
+
+def check_collapse(model, data, min_spread=1e-3):
+    """Warn (`CollapseWarning`) when a model's outputs barely vary across `data`.
+
+    Args:
+        model: a (QAT) Keras model.
+        data: inputs, as for `output_spread`.
+        min_spread: the relative spread below which the model is collapsed.
+
+    Returns:
+        The relative spread.
+
+    Example:
+
+    >>> check_collapse(qat_model, x_test[:128])  # warns if the outputs are constant
+    """
+    spread = output_spread(model, data)
+    if spread < min_spread:
+        warnings.warn(
+            f"The outputs of model '{model.name}' barely vary across inputs (relative spread "
+            f"{spread:.2g} < {min_spread:g}): the QAT model has collapsed, and agreement of "
+            "its int8 file with it proves nothing. Lower the learning rate, keep "
+            "BatchNormalization statistics updating longer (QuantizeConfig(freeze_bn_delay=...))"
+            ", or train the float model first.",
+            CollapseWarning,
+            stacklevel=2,
+        )
+    return spread
+
+
+class CollapseWarning(UserWarning):
+    """A QAT model whose outputs stopped varying across inputs."""
+
+
+def collapse_monitor(data, min_spread=1e-3):
+    """A Keras callback that runs `check_collapse` on `data` after every epoch of QAT.
+
+    Args:
+        data: a few inputs (a hundred is plenty).
+        min_spread: passed to `check_collapse`.
+
+    Returns:
+        A `keras.callbacks.Callback`; its `spreads` list holds one value per epoch.
+
+    Example:
+
+    >>> qat.fit(x, y, epochs=3, callbacks=[collapse_monitor(x[:128])])
+    """
+    import keras
+
+    class CollapseMonitor(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.spreads = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.spreads.append(check_collapse(self.model, data, min_spread))
+
+    return CollapseMonitor()

@@ -112,7 +112,9 @@ class QuantizeWrapper(Wrapper):
         ema_decay: passed to the output quantizer.
         preserve_sparsity: keep the kernel's zeros (PQAT): the kernel is
             multiplied by a fixed 0/1 mask (`sparsity_mask`, set by
-            `quantize_model` from the float kernel).
+            `quantize_model` from the float kernel). Without a weight scheme
+            (embedding tables), every trainable weight of rank >= 2 gets
+            such a mask (`table_masks`), so pruned table entries stay zero.
         preserve_clusters: keep a clustered kernel's shared values (CQAT):
             the number of clusters, or 0. Weights of one cluster
             (`cluster_ids`) compute with their mean, so they stay one value.
@@ -137,10 +139,9 @@ class QuantizeWrapper(Wrapper):
         **kwargs,
     ):
         super().__init__(layer, **kwargs)
-        if (preserve_sparsity or preserve_clusters) and weight_scheme is None:
+        if preserve_clusters and weight_scheme is None:
             raise ValueError(
-                "preserve_sparsity / preserve_clusters need a weight_scheme. "
-                "Received: weight_scheme=None"
+                "preserve_clusters needs a weight_scheme. Received: weight_scheme=None"
             )
         if not isinstance(preserve_clusters, int) or preserve_clusters < 0:
             raise ValueError(
@@ -166,12 +167,35 @@ class QuantizeWrapper(Wrapper):
             if quantize_output
             else None
         )
+        # keras-hub's ReversibleEmbedding also runs as the tied LM head (reverse=True):
+        # logits get their own range, apart from the embedding lookups'.
+        self.reverse_quantizer = (
+            ActivationQuantizer(ema_decay=ema_decay, name="reverse_output_quant")
+            if quantize_output and "reverse" in _call_arguments(layer)
+            else None
+        )
 
     def build(self, input_shape=None):
         if not self.layer.built:
             self.layer.build(input_shape)
         if self.output_quantizer is not None and not self.output_quantizer.built:
             self.output_quantizer.build(None)
+        if self.reverse_quantizer is not None and not self.reverse_quantizer.built:
+            self.reverse_quantizer.build(None)
+        self._masked = []
+        if self.weight_scheme is None and self.preserve_sparsity:
+            self._masked = [
+                i for i, v in enumerate(self.layer.trainable_variables) if len(v.shape) >= 2
+            ]
+            self.table_masks = [
+                self.add_weight(
+                    name=f"{self.layer.trainable_variables[i].name}_sparsity_mask",
+                    shape=tuple(self.layer.trainable_variables[i].shape),
+                    initializer="ones",
+                    trainable=False,
+                )
+                for i in self._masked
+            ]
         if self.weight_scheme is not None:
             shape = tuple(getattr(self.layer, self.kernel_attr).shape)
             if self.preserve_sparsity:
@@ -214,6 +238,11 @@ class QuantizeWrapper(Wrapper):
             shape = tf.shape(w)
             flat = tf.reshape(w, tf.concat([shape[:2], [-1]], 0))
             return tf.reshape(scheme.quantize(flat, per_channel=True), shape)
+        if self.granularity == "per_channel" and len(w.shape) > 4:
+            # TF's per-channel fake-quant gradient takes rank <= 4 (Conv3D kernels are 5-D).
+            shape = tf.shape(w)
+            flat = tf.reshape(w, (-1, w.shape[-1]))
+            return tf.reshape(scheme.quantize(flat, per_channel=True), shape)
         return scheme.quantize(w, per_channel=self.granularity == "per_channel")
 
     def call(self, inputs, training=None, mask=None, **kwargs):
@@ -222,11 +251,34 @@ class QuantizeWrapper(Wrapper):
         if self.layer._call_has_training_arg:
             kwargs["training"] = training
         if self.weight_scheme is None:
-            return self.quantize_output_of(self.layer(inputs, **kwargs), training)
+            if kwargs.get("reverse") and self.reverse_quantizer is not None:
+                return self.reverse_quantizer(self._call_masked(inputs, kwargs), training=training)
+            return self.quantize_output_of(self._call_masked(inputs, kwargs), training)
         kernel = getattr(self.layer, self.kernel_attr)
         return self.run_with(
             inputs, {id(kernel): self.quantized_kernel()}, training, call_kwargs=kwargs
         )
+
+    def _call_masked(self, inputs, kwargs):
+        if not self._masked:
+            return self.layer(inputs, **kwargs)
+        variables = self.layer.trainable_variables
+        replace = {
+            id(variables[i]): variables[i] * m
+            for i, m in zip(self._masked, self.table_masks, strict=True)
+        }
+        trainable = [replace.get(id(v), v) for v in variables]
+        non_trainable = [v.value for v in self.layer.non_trainable_variables]
+        outputs, _ = self.layer.stateless_call(trainable, non_trainable, inputs, **kwargs)
+        return outputs
+
+    def set_table_masks(self):
+        """Set the table masks from the zeros the wrapped layer's tables hold now."""
+        variables = self.layer.trainable_variables
+        for i, mask in zip(
+            getattr(self, "_masked", []), getattr(self, "table_masks", []), strict=True
+        ):
+            mask.assign((keras.ops.convert_to_numpy(variables[i]) != 0).astype("float32"))
 
     def quantize_output_of(self, outputs, training):
         if self.output_quantizer is None:
@@ -285,6 +337,15 @@ class QuantizeWrapper(Wrapper):
             preserve_clusters=self.preserve_clusters,
         )
         return config
+
+
+def _call_arguments(layer):
+    import inspect
+
+    try:
+        return inspect.signature(layer.call).parameters
+    except (TypeError, ValueError):
+        return {}
 
 
 def _flattened_output_shape(inputs, units):
@@ -391,4 +452,72 @@ class QuantizeSeparableConv(Wrapper):
     def get_config(self):
         config = super().get_config()
         config.update(weight_scheme=self.weight_scheme, ema_decay=self.ema_decay)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantizeAffine(Wrapper):
+    """`Rescaling` / `Normalization` as an int8 MUL and ADD with a range between them.
+
+    Both compute `x * a + b`; the converter writes a MUL and an ADD, and
+    without a range on the product both stay float. This wrapper computes
+    the product, fake-quantizes it (`product_quantizer`), adds the shift and
+    fake-quantizes the output.
+
+    Args:
+        layer: a `keras.layers.Rescaling` or `keras.layers.Normalization`
+            (channels last).
+        ema_decay: decay of the activation ranges.
+        **kwargs: base `Layer` arguments.
+
+    Example:
+
+    >>> q = QuantizeAffine(keras.layers.Rescaling(1 / 127.5, offset=-1.0))
+    """
+
+    def __init__(self, layer, ema_decay=0.99, **kwargs):
+        super().__init__(layer, **kwargs)
+        if not isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization)):
+            raise TypeError(
+                f"QuantizeAffine wraps Rescaling or Normalization. Received: layer={layer!r}"
+            )
+        self.ema_decay = float(ema_decay)
+        self.product_quantizer = ActivationQuantizer(ema_decay=ema_decay, name="product_quant")
+        self.output_quantizer = ActivationQuantizer(ema_decay=ema_decay, name="output_quant")
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.product_quantizer.build(None)
+        self.output_quantizer.build(None)
+        self.built = True
+
+    def scale_and_shift(self):
+        """`(a, b)` with `layer(x) == x * a + b`."""
+        layer = self.layer
+        if isinstance(layer, keras.layers.Rescaling):
+            return (
+                tf.cast(layer.scale, layer.compute_dtype),
+                tf.cast(layer.offset, layer.compute_dtype),
+            )
+        mean = tf.cast(layer.mean, layer.compute_dtype)
+        std = tf.maximum(
+            tf.sqrt(tf.cast(layer.variance, layer.compute_dtype)), keras.backend.epsilon()
+        )
+        if layer.invert:
+            return std, mean
+        return 1.0 / std, -mean / std
+
+    def call(self, inputs, training=None):
+        scale, shift = self.scale_and_shift()
+        x = tf.cast(inputs, self.layer.compute_dtype) * scale
+        x = self.product_quantizer(x, training=training)
+        return self.output_quantizer(x + shift, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(ema_decay=self.ema_decay)
         return config

@@ -113,6 +113,8 @@ def _register_defaults():
     # An output range: the converter stores the table at that scale (an int8 GATHER).
     register_layer(L.Embedding, LayerHandler("output"))
     register_layer(L.BatchNormalization, LayerHandler("batchnorm"))
+    for cls in (L.Rescaling, L.Normalization):
+        register_layer(cls, LayerHandler("affine"))
     register_layer(L.MultiHeadAttention, LayerHandler("composite"))
     # Elementwise layers: an output range is all the converter needs.
     for cls in (
@@ -134,8 +136,6 @@ def _register_defaults():
         L.GlobalAveragePooling3D,
         L.AveragePooling3D,
         L.LayerNormalization,
-        L.Rescaling,
-        L.Normalization,
         LayerScale,
     ):
         register_layer(cls, LayerHandler("output"))
@@ -188,7 +188,16 @@ def _register_keras_hub():
         return
     layers = keras_hub.layers
     register_layer(layers.TransformerEncoder, LayerHandler("composite"))
+    register_layer(layers.TransformerDecoder, LayerHandler("composite"))
+    try:  # ViT's whole encoder is one layer: its blocks' Dense and attention inside
+        from keras_hub.src.models.vit.vit_layers import ViTEncoder
+
+        register_layer(ViTEncoder, LayerHandler("composite"))
+    except ImportError:
+        pass
     register_layer(layers.PositionEmbedding, LayerHandler("output"))
+    # token + position tables summed: one output range (int8 GATHERs at that scale).
+    register_layer(layers.TokenAndPositionEmbedding, LayerHandler("output"))
 
 
 _register_defaults()

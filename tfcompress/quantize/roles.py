@@ -103,16 +103,21 @@ class OutputRole(Role):
     def build(self, layer, plan, ctx):
         from tfcompress.quantize.layers import QuantizeWrapper
 
+        # PQAT: tables (embeddings) keep their zeros through a fixed mask.
+        tables = any(len(w.shape) >= 2 for w in layer.trainable_weights)
         return QuantizeWrapper(
             ctx.copy_layer(layer),
             quantize_output=True,
             ema_decay=ctx.config.ema_decay,
+            preserve_sparsity=ctx.config.preserve_sparsity and tables,
             name=ctx.unique(f"quant_{layer.name}"),
         )
 
     def copy_weights(self, new, original, plan):
         if new.layer is not original:
             new.layer.set_weights(original.get_weights())
+        if new.preserve_sparsity and new.weight_scheme is None:
+            new.set_table_masks()
 
 
 class WeightsRole(OutputRole):
@@ -180,6 +185,24 @@ class SeparableConvRole(WeightsRole):
     def copy_weights(self, new, original, plan):
         if new.layer is not original:
             new.layer.set_weights(original.get_weights())
+
+
+class AffineRole(OutputRole):
+    """Rescaling / Normalization: `x * a + b`, with a range on the product too."""
+
+    name = "affine"
+
+    def build(self, layer, plan, ctx):
+        from tfcompress.quantize.layers import QuantizeAffine
+
+        return QuantizeAffine(
+            ctx.copy_layer(layer, rebuild=True),
+            ema_decay=ctx.config.ema_decay,
+            name=ctx.unique(f"quant_{layer.name}"),
+        )
+
+    def copy_weights(self, new, original, plan):
+        new.layer.set_weights(original.get_weights())
 
 
 class CompositeRole(Role):
@@ -253,6 +276,7 @@ for _role in (
     OutputRole(),
     WeightsRole(),
     SeparableConvRole(),
+    AffineRole(),
     CompositeRole(),
 ):
     register_role(_role)
