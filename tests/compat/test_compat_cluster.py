@@ -126,3 +126,10 @@ def test_cluster_a_layer_inside_a_model_definition(digits):
     assert len(np.unique(stripped.layers[1].kernel.numpy())) <= 8
     layers = cluster_weights([keras.layers.Dense(4), keras.layers.Dense(4)], 8)
     assert [type(layer) for layer in layers] == [ClusterWeights, ClusterWeights]
+
+
+def test_a_tf_keras_layer_goes_to_tfmot():
+    import tf_keras
+
+    wrapped = cluster_weights(tf_keras.layers.Dense(8), number_of_clusters=4)
+    assert type(wrapped).__module__.startswith("tensorflow_model_optimization")

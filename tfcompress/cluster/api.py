@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 
 from tfcompress import _flavor
+from tfcompress._report import Entry, Report, attach, wrapper_report
 from tfcompress.cluster.init import CentroidInitialization
 
 _TFMOT_INITS = {
@@ -133,9 +134,12 @@ def cluster_weights(
         from tfcompress.cluster.layers import ClusterWeights
 
         return ClusterWeights(model, **options)
-    flavor = _flavor.flavor_of(model)
-    _flavor.check_built(model, what="weight clustering")
-    if flavor == _flavor.TF_KERAS:
+    # A tf_keras layer (tfmot's layer form) goes to tfmot like a tf_keras model.
+    tf_keras_layer = "tf_keras" in type(model).__module__ and not _flavor.is_tf_keras_model(model)
+    if not tf_keras_layer:
+        flavor = _flavor.flavor_of(model)
+        _flavor.check_built(model, what="weight clustering")
+    if tf_keras_layer or flavor == _flavor.TF_KERAS:
         import tensorflow_model_optimization as tfmot
 
         if skip_layers:
@@ -144,13 +148,22 @@ def cluster_weights(
                 f"per-layer cluster_weights. Received: skip_layers={skip_layers!r}"
             )
         c = tfmot.clustering.keras
-        return c.cluster_weights(
+        if not tf_keras_layer:
+            # tfmot moves each kernel into its wrapper, which leaves the model it was given
+            # without its kernels: hand it a copy, so the user's model stays whole.
+            import tf_keras
+
+            source, model = model, tf_keras.models.clone_model(model)
+            model.set_weights(source.get_weights())
+        clustered = c.cluster_weights(
             model,
             number_of_clusters=int(number_of_clusters),
             cluster_centroids_init=getattr(c.CentroidInitialization, _TFMOT_INITS[init]),
             preserve_sparsity=bool(preserve_sparsity),
             cluster_per_channel=bool(cluster_per_channel),
         )
+        note = f"tfmot clustering, {int(number_of_clusters)} clusters"
+        return attach(clustered, wrapper_report("cluster_weights", model, clustered, note))
     return _cluster_keras3(model, options, set(skip_layers), seed)
 
 
@@ -240,7 +253,19 @@ def _cluster_keras3(model, options, skip, seed):
         preserve_sparsity=options["preserve_sparsity"],
         cluster_per_channel=options["cluster_per_channel"],
     )
-    return clustered
+    return attach(
+        clustered,
+        Report(
+            "cluster_weights",
+            model.name,
+            done=[
+                Entry(name, "", f"{n:,} weights -> {k} values")
+                for name, n, k in clustered.cluster_report.clustered
+            ],
+            skipped=[Entry(name, "", reason) for name, reason in clustered.cluster_report.skipped],
+            details=clustered.cluster_report,
+        ),
+    )
 
 
 def _clone_uncompiled(model, clone_function):
