@@ -18,6 +18,7 @@ from benchmarks import _common  # noqa: E402
 #: name -> module; each module has run(quick, write) and its own BENCHMARKS.md section.
 BENCHMARKS = {
     "export_modes": "benchmarks.export_modes",
+    "int8_speed": "benchmarks.int8_speed",
     "keras_builtin": "benchmarks.keras_builtin",
     "prune": "benchmarks.prune",
     "prune_parity": "benchmarks.prune_parity",
