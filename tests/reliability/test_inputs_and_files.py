@@ -529,3 +529,17 @@ def test_13_a_model_without_subgraphs_is_an_error_not_a_segfault(tiny_files, tmp
         export.inspect(str(bad))
     assert cli.main(["bench", str(bad), "--runs", "2"]) == 2
     assert "has no subgraph" in one_error_line(capsys)
+
+
+def test_10_keras_lambda_needs_trust_and_is_named(tmp_path, capsys):
+    import keras
+
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Lambda(lambda t: t * 2, name="doubler")(inputs)
+    keras.Model(inputs, outputs).save(tmp_path / "lam.keras")
+    with pytest.raises(UntrustedCodeError, match="Lambda layer 'doubler'"):
+        pipeline.data.load_model_file(str(tmp_path / "lam.keras"))
+    assert cli.main(["export", str(tmp_path / "lam.keras"), "-o", str(tmp_path / "l.tflite")]) == 2
+    assert "--trust-code" in one_error_line(capsys)
+    model = pipeline.data.load_model_file(str(tmp_path / "lam.keras"), trust_code=True)
+    assert model.layers[-1].name == "doubler"

@@ -191,13 +191,19 @@ def _h5_code(path):
         )
     if isinstance(config, bytes):
         config = config.decode("utf-8", "replace")
+    return _lambda_layers(config)
+
+
+def _lambda_layers(config_text):
+    """`["Lambda layer 'name'", ...]` for every Lambda layer in a model config (JSON)."""
     found = []
 
     def walk(node):
         if isinstance(node, dict):
-            name = node.get("class_name")
-            if name == "Lambda":
-                found.append(f"Lambda layer '{node.get('config', {}).get('name', '?')}'")
+            if node.get("class_name") == "Lambda":
+                config = node.get("config")
+                name = config.get("name", "?") if isinstance(config, dict) else "?"
+                found.append(f"Lambda layer '{name}'")
             for v in node.values():
                 walk(v)
         elif isinstance(node, list):
@@ -205,7 +211,7 @@ def _h5_code(path):
                 walk(v)
 
     try:
-        walk(json.loads(config))
+        walk(json.loads(config_text))
     except ValueError:
         pass
     return found
@@ -297,8 +303,14 @@ def load_model_file(path, trust_code=None):
     except Exception as e:
         message = _first_line(e)
         if "safe_mode" in str(e) or "unsafe" in str(e).lower():
+            try:
+                with zipfile.ZipFile(path) as z:
+                    lambdas = _lambda_layers(z.read("config.json").decode("utf-8", "replace"))
+            except (OSError, KeyError, zipfile.BadZipFile):
+                lambdas = []
+            what = ", ".join(lambdas) or "a Lambda layer"
             raise UntrustedCodeError(
-                f"'{path}' holds Python code (a Lambda layer's bytecode) that Keras's safe mode "
+                f"'{path}' holds Python code ({what}: its bytecode) that Keras's safe mode "
                 "will not run. Pass --trust-code (trust_code=True) only if you trust the file's "
                 f"author. Received: path={path!r}") from None
         raise InvalidModelFileError(
