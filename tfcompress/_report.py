@@ -122,6 +122,25 @@ def attach(model, report: Report):
     return model
 
 
+def wrapper_report(verb: str, model, result, note: str) -> Report:
+    """A `Report` listing the layers `result` wraps (tfmot's wrappers keep theirs in `.layer`).
+
+    Args:
+        verb: the tfcompress verb that delegated to tfmot.
+        model: the model it was given.
+        result: the model (or layer) tfmot returned.
+        note: what was done to each wrapped layer.
+
+    Returns:
+        A `Report` with one done entry per wrapped layer.
+    """
+    layers = getattr(result, "layers", None)
+    candidates = layers if layers is not None else [result]
+    done = [Entry(layer.layer.name, type(layer.layer).__name__, note)
+            for layer in candidates if hasattr(layer, "layer")]
+    return Report(verb, getattr(model, "name", ""), done=done, details="tfmot (tf_keras)")
+
+
 def report_of(model) -> Report | None:
     """The `Report` the last tfcompress verb stored on `model`, or `None`.
 

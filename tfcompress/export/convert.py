@@ -13,6 +13,7 @@ import warnings
 from tfcompress import _flavor, _io
 from tfcompress import _inputs as calib
 from tfcompress._io import gzip_size  # noqa: F401  (its old home: `export.convert.gzip_size`)
+from tfcompress._report import Entry, Report
 from tfcompress.errors import CalibrationDataError, ConversionError
 from tfcompress.export import _isolated, shapes
 from tfcompress.export.modes import get_mode
@@ -39,6 +40,7 @@ class ExportResult:
             the file keeps the model's dynamic shapes.
         isolated: the converter ran in a child process.
         notes: what `to_tflite` decided on its own, and why.
+        model_name: the name of the model that was exported.
     """
 
     path: str
@@ -52,6 +54,19 @@ class ExportResult:
     input_shapes: object = None
     isolated: bool = False
     notes: tuple = ()
+    model_name: str = ""
+
+    @property
+    def report(self) -> Report:
+        """This export in the shape every tfcompress verb reports: `tfcompress.Report`."""
+        return Report("to_tflite", self.model_name,
+                      done=[Entry(os.path.basename(self.path), "", self.summary_line())],
+                      skipped=[Entry("", "", note) for note in self.notes], details=self)
+
+    def summary_line(self) -> str:
+        """The mode, sizes and route in one line."""
+        return (f"{self.mode}, {self.bytes:,} bytes ({self.gzip_bytes:,} gzipped), "
+                f"via {self.route}")
 
     def __str__(self):
         calib_note = ", ranges from quantization-aware training" if self.quantization_aware \
@@ -195,6 +210,7 @@ def to_tflite(
         input_shapes=None if fixed is None else {s.name: s.shape for s in fixed},
         isolated=bool(isolate),
         notes=tuple(notes),
+        model_name=getattr(model, "name", ""),
     )
 
 

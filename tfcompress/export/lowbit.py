@@ -26,7 +26,6 @@ Example:
 
 import dataclasses
 import fnmatch
-import gzip
 import os
 import re
 import tempfile
@@ -35,6 +34,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from tfcompress import _io
+from tfcompress._report import Entry, Report
 from tfcompress.export.convert import ExportResult, to_tflite
 from tfcompress.export.modes import ExportMode, register_mode
 
@@ -153,6 +153,16 @@ class LowBitExportResult(ExportResult):
     """
 
     layers: tuple = ()
+
+    @property
+    def report(self) -> Report:
+        """Each weight op in the requested format (done) or what it got instead (skipped)."""
+        return Report(
+            "to_lowbit_tflite", self.model_name,
+            done=[Entry(c.layer, c.op, c.got) for c in self.layers if c.got == c.requested],
+            skipped=[Entry(c.layer, c.op, f"asked {c.requested}, got {c.got}: {c.reason}")
+                     for c in self.fallbacks],
+            details=self)
 
     @property
     def fallbacks(self):
@@ -329,12 +339,13 @@ def to_lowbit_tflite(
         path=path,
         mode=mode,
         bytes=len(data),
-        gzip_bytes=len(gzip.compress(data, compresslevel=9, mtime=0)),
+        gzip_bytes=_io.gzip_size(data),
         route=f"{float_result.route} + litert-quantizer",
         calibration_samples=None,
         int8_io=False,
         quantization_aware=_is_quantization_aware(model),
         layers=choices,
+        model_name=getattr(model, "name", ""),
     )
 
 
@@ -667,6 +678,7 @@ class FileWeight:
         shape: the tensor's shape (TFLite layout: outputs first).
         values: the integers, unpacked, as int8 numpy array of `shape`.
         scales: the scales as float32 (per channel, or `[out, in / block]`).
+        axis: the channel axis of per-channel scales.
     """
 
     name: str
@@ -676,6 +688,7 @@ class FileWeight:
     shape: tuple
     values: np.ndarray
     scales: np.ndarray
+    axis: int = 0
 
     def dequantized(self):
         """The float32 weights the runtime computes with: `values * scales`."""
@@ -685,7 +698,9 @@ class FileWeight:
             return (q * scale.reshape(q.shape)).astype(np.float32)
         if self.scales.size == 1:
             return (q * self.scales.reshape(())).astype(np.float32)
-        return (q * self.scales.reshape([-1] + [1] * (q.ndim - 1))).astype(np.float32)
+        shape = [1] * q.ndim
+        shape[self.axis] = -1
+        return (q * self.scales.reshape(shape)).astype(np.float32)
 
 
 def _unpack(raw, bits, count):
@@ -759,8 +774,9 @@ def read_weights(path):
             else:
                 continue
             name = fu.get_tensor_name(tensor)
+            axis = int(quant.quantizedDimension or 0) if not block else 0
             found[name] = FileWeight(
-                name, dtype, bits, block, shape, np.asarray(values).reshape(shape), scales
+                name, dtype, bits, block, shape, np.asarray(values).reshape(shape), scales, axis
             )
     return found
 

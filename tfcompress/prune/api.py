@@ -5,6 +5,7 @@ import logging
 import numpy as np
 
 from tfcompress import _flavor
+from tfcompress._report import Entry, Report, attach
 from tfcompress.prune import _registry, patterns
 from tfcompress.prune import plan as plan_lib
 from tfcompress.prune import schedules as schedules_lib
@@ -145,7 +146,8 @@ def prune_low_magnitude(
             overrides=overrides,
         )
         _log_plan(plan, verbose)
-        return _tfmot.prune(model, plan, schedule, pattern, overrides)
+        return attach(_tfmot.prune(model, plan, schedule, pattern, overrides),
+                      _report(model, plan))
 
     if any(isinstance(layer, PruneLowMagnitude) for layer in plan_lib.flat_layers(model)):
         raise ValueError(
@@ -210,7 +212,7 @@ def prune_low_magnitude(
         for name in taylor_layers:
             for var, value in zip(wrappers[name].importance_scores, scores[name], strict=False):
                 var.assign(value)
-    return pruned
+    return attach(pruned, _report(model, plan))
 
 
 def prune_scope():
@@ -422,6 +424,13 @@ def _copy_weights(source, target, mask):
         inner.set_weights(values)
         if isinstance(src, PruneLowMagnitude) and isinstance(layer, PruneLowMagnitude):
             layer.set_weights(src.get_weights())
+
+
+def _report(model, plan):
+    classes = {layer.name: type(layer).__name__ for layer in plan_lib.flat_layers(model)}
+    return Report("prune_low_magnitude", model.name,
+                  done=[Entry(name, classes.get(name, ""), "pruned") for name in plan.pruned],
+                  skipped=plan.skipped, details=plan)
 
 
 def _log_plan(plan, verbose):

@@ -5,6 +5,7 @@ import dataclasses
 
 from tfcompress import _flavor
 from tfcompress._graph import check_graph_model
+from tfcompress._report import Entry, Report, attach, wrapper_report
 from tfcompress.quantize import annotate, batchnorm, registry, roles
 from tfcompress.quantize.composite import _activation_name
 from tfcompress.quantize.config import QuantizeConfig
@@ -132,7 +133,8 @@ def quantize_model(model, config=None, *, representative_data=None, only_annotat
                 "representative_data= is for Keras 3 models; tfmot sets tf_keras "
                 "ranges during fit(). Received: representative_data"
             )
-        return _tfmot.quantize_model(model, config)
+        qat = _tfmot.quantize_model(model, config)
+        return attach(qat, wrapper_report("quantize_model", model, qat, "tfmot QAT"))
     functional = _as_functional(model)
     _check_not_quantized(functional)
     shared = {}
@@ -165,7 +167,10 @@ def quantize_model(model, config=None, *, representative_data=None, only_annotat
             report, calibration=calibrated.method, calibration_samples=calibrated.samples
         )
     qat.quantize_report = report
-    return qat
+    return attach(qat, Report(
+        "quantize_model", model.name,
+        done=[Entry(n, c, f"{s} weights" if s else "output range") for n, c, s in report.quantized],
+        skipped=report.kept_float, details=report))
 
 
 def _as_functional(model):
