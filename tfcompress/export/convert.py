@@ -18,6 +18,7 @@ from tfcompress.errors import CalibrationDataError, ConversionError
 from tfcompress.export import _isolated, shapes
 from tfcompress.export.modes import get_mode
 from tfcompress.export.shapes import static_specs
+from tfcompress.export.target import check_target, export_for_target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,10 @@ class ExportResult:
             the file keeps the model's dynamic shapes.
         isolated: the converter ran in a child process.
         notes: what `to_tflite` decided on its own, and why.
+        target: the `target=` asked for, or `None`.
+        choice: with a target: which file was written, and why.
+        candidates: with `target="cpu"`: each `Candidate` tried, with its
+            measured latency and agreement.
         model_name: the name of the model that was exported.
     """
 
@@ -54,6 +59,9 @@ class ExportResult:
     input_shapes: object = None
     isolated: bool = False
     notes: tuple = ()
+    target: object = None
+    choice: str = ""
+    candidates: tuple = ()
     model_name: str = ""
 
     @property
@@ -80,7 +88,7 @@ class ExportResult:
 def to_tflite(
     model,
     path,
-    mode="float32",
+    mode=None,
     representative_data=None,
     int8_io=False,
     max_calibration_samples=calib.DEFAULT_MAX_SAMPLES,
@@ -90,6 +98,7 @@ def to_tflite(
     sequence_length=None,
     input_shape=None,
     isolate=None,
+    target=None,
 ):
     """Convert a Keras model into a `.tflite` file.
 
@@ -100,9 +109,9 @@ def to_tflite(
     Args:
         model: a built Keras 3, keras-hub or tf_keras model.
         path: the `.tflite` file to write. Its folder must exist.
-        mode: one of `tfcompress.export.available_modes()`: `"float32"`,
-            `"float16"`, `"dynamic"` (int8 weights), `"int8"` (full integer)
-            or `"int16x8"`.
+        mode: one of `tfcompress.export.available_modes()`: `"float32"`
+            (the default), `"float16"`, `"dynamic"` (int8 weights), `"int8"`
+            (full integer) or `"int16x8"`. Leave it out when passing `target=`.
         representative_data: calibration inputs, needed by `"int8"` and
             `"int16x8"`: a numpy array, a dict of arrays, `(inputs, labels)`, a
             `tf.data.Dataset` (batched or not, labels or not) or a generator.
@@ -125,6 +134,14 @@ def to_tflite(
             recurrent layers only: the child costs a second TensorFlow import
             (about 20 s on a busy 2-core machine, against 1.4 s in-process
             for the digits CNN).
+        target: pick the file for a device instead of a mode: `"cpu"`
+            writes full int8, dynamic range and float32 candidates, checks
+            each against the model on `representative_data` (top-1 agreement
+            at least 95%), times them with LiteRT on this machine and keeps
+            the fastest, so never a file slower than float32; `"npu"` and
+            `"mcu"` write full int8 with int8 inputs and outputs. Each fixes
+            the batch size to 1 unless shapes are given. The result says
+            what was chosen and why (`choice`, `candidates`).
 
     Returns:
         An `ExportResult`.
@@ -135,6 +152,13 @@ def to_tflite(
     ...                    representative_data=x_train)
     >>> result.bytes, result.calibration_samples
     """
+    if target is not None:
+        check_target(target, mode, int8_io)
+        options = dict(max_calibration_samples=max_calibration_samples, verbose=verbose,
+                       batch_size=batch_size, sequence_length=sequence_length,
+                       input_shape=input_shape, isolate=isolate)
+        return export_for_target(to_tflite, model, path, target, representative_data, options)
+    mode = "float32" if mode is None else mode
     export_mode = get_mode(mode)
     if export_mode.writer is not None:  # e.g. the litert-quantizer low-bit modes
         return export_mode.writer(model, path, representative_data=representative_data,
