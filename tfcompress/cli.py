@@ -192,11 +192,15 @@ def _cmd_export(args):
         {"the model": args.model, "--calibration": args.calibration, "--verify": args.verify},
         {"-o/--output": args.output, "--c-header": args.c_header},
     )
+    from tfcompress import _io
+
+    # Every output is checked before the (minutes-long) conversion, not after it.
+    _io.check_output_path(args.output, what="TFLite file")
+    if args.c_header:
+        _io.check_output_path(args.c_header, what="C header")
     _check_model_path(args.model, args.trust_code)
     calibration = _load_npz(args.calibration, "--calibration") if args.calibration else None
     checks = _load_npz(args.verify, "--verify") if args.verify else None
-    from tfcompress import _io
-
     _io.remove_stale_temp_dirs()
     _progress(f"loading {args.model}")
     model = _load_model(args.model, args.trust_code)

@@ -543,3 +543,20 @@ def test_10_keras_lambda_needs_trust_and_is_named(tmp_path, capsys):
     assert "--trust-code" in one_error_line(capsys)
     model = pipeline.data.load_model_file(str(tmp_path / "lam.keras"), trust_code=True)
     assert model.layers[-1].name == "doubler"
+
+
+def test_21_a_bad_header_path_fails_before_the_conversion(tiny_files, tmp_path, capsys):
+    folder, _ = tiny_files
+    out = tmp_path / "x.tflite"
+    code = cli.main(
+        [
+            "export",
+            str(folder / "m.keras"),
+            "-o",
+            str(out),
+            "--c-header",
+            str(tmp_path / "missing" / "h.h"),
+        ]
+    )
+    assert code == 2 and "does not exist" in one_error_line(capsys)
+    assert not out.exists()
