@@ -29,6 +29,7 @@ GOLDEN = {
         "available_modes", "benchmark", "first_divergence", "get_mode", "gzip_size",
         "input_specs", "inspect", "register_mode", "to_c_array", "to_tflite", "verify",
         "LowBitExportResult", "lowbit", "read_weights",
+        "Candidate", "OpProfile", "OpTime", "profile",
     ],
     "tfcompress.data": [
         "DatasetSplits", "Splits", "TextSplits", "encode_for_bert", "load_digits",

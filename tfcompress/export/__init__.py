@@ -11,12 +11,18 @@ from tfcompress._inputs import InputSpec, input_specs
 from tfcompress.export.convert import ExportResult, gzip_size, to_tflite
 from tfcompress.export.inspect import COMPUTE_OPS, OpInfo, TensorInfo, TFLiteInfo, inspect
 from tfcompress.export.modes import ExportMode, available_modes, get_mode, register_mode
+from tfcompress.export.profile import OpProfile, OpTime, profile
+from tfcompress.export.target import Candidate
 from tfcompress.export.verify import VerifyResult, verify
 from tfcompress.export import lowbit  # registers the litert-quantizer modes (int4, ...)
 from tfcompress.export.lowbit import LowBitExportResult, read_weights
 
 __all__ = [
     "COMPUTE_OPS",
+    "Candidate",
+    "OpProfile",
+    "OpTime",
+    "profile",
     "ExportMode",
     "ExportResult",
     "InputSpec",
