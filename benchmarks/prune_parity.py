@@ -130,7 +130,8 @@ def run(quick=False, write=True):
         f"Mean accuracy, ours - tfmot: **{gap:+.4f}** "
         f"({'within' if abs(gap) <= 0.01 else 'outside'} 1 point); seed-to-seed spread of "
         f"ours {spread['ours']:.4f}, of tfmot {spread['tfmot']:.4f}. The Summary's tfmot rows "
-        "start from a twin trained on its own, whose dense accuracy differs from ours "
+        "start from the Keras 3 model's weights too: a twin trained on its own reaches "
+        "another dense accuracy, which those rows used to count as the engine's "
         f"({time.perf_counter() - start:.0f} s)." + ("\n\n(quick mode)" if quick else "")
     )
     print(body)
