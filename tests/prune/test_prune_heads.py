@@ -154,6 +154,20 @@ def test_removes_heads_exactly_saves_exports_and_verifies(family, tmp_path):
         assert (name, HEADS, lowest) in tfcompress.report_of(half).details.removed
     assert [a.num_heads for a in _blocks(half).values()] == [2, 2]
 
+    # Each layer of the backbone's graph that holds attention rebuilds from its config
+    # with the kept heads, as clone_model and quantize_model rebuild it.
+    rebuilt = [
+        layer
+        for layer in getattr(half, "backbone", half).layers
+        if getattr(layer, "pruned_heads", None)
+    ]
+    assert rebuilt
+    for layer in rebuilt:
+        clone = type(layer).from_config(layer.get_config())
+        if not clone.built:  # TransformerDecoder builds in __init__ from its config
+            clone.build_from_config(layer.get_build_config())
+        assert [w.shape for w in clone.weights] == [w.shape for w in layer.weights]
+
     path = os.path.join(tmp_path, f"{family}.keras")
     half.save(path)
     loaded = keras.saving.load_model(path)
@@ -175,7 +189,7 @@ def test_removes_heads_exactly_saves_exports_and_verifies(family, tmp_path):
 
 
 @pytest.mark.slow
-def test_fits_composes_with_remove_units_and_clones_from_config(tmp_path):
+def test_fits_and_composes_with_remove_units_pruning_and_qat(tmp_path):
     bert, x = _hub_model("bert")
     small = prune.remove_heads(bert, 0.5)
     small.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -194,14 +208,7 @@ def test_fits_composes_with_remove_units_and_clones_from_config(tmp_path):
         atol=1e-6,
     )
 
-    # A block cloned from its config (as quantize_model and prune_low_magnitude
-    # clone layers) keeps the pruned head count.
-    block = small.backbone.transformer_layers[0]
-    clone = block.__class__.from_config(block.get_config())
-    clone.build((None, SEQ, HIDDEN))
-    assert clone._self_attention_layer.num_heads == 2
-    assert [w.shape for w in clone.weights] == [w.shape for w in block.weights]
-    clone.set_weights(block.get_weights())
+    # Pruning wrappers and QAT rebuild blocks from their config: the heads stay removed.
     for wrapped in (
         prune.prune_low_magnitude(small, prune.ConstantSparsity(0.5, 0)),
         quantize.quantize_model(small),

@@ -5,13 +5,15 @@ own config as a *head-pruned* subclass of its class (`HeadPrunedBertBackbone`,
 `HeadPrunedGPT2Backbone`, `HeadPrunedViTBackbone`, ...). That subclass builds
 the backbone as usual, then replaces each keras `MultiHeadAttention` held by a
 block (`TransformerEncoder`, `TransformerDecoder`, `ViTEncoderBlock`, ...)
-with the same layer keeping fewer heads of the same size, and turns the block
-into a head-pruned subclass of its own class whose config records the kept
-head counts. The attention output keeps its width, so the rest of the graph is
-unchanged. The subclasses are registered under `tfcompress>HeadPruned<Class>`
-(for every backbone in `keras_hub.models` on `import tfcompress.prune`), so
-the result saves to and loads from `.keras`, and clones of its blocks made
-from their config are head-pruned too.
+with the same layer keeping fewer heads of the same size, in the same place
+among the block's layers. Each layer of the backbone's graph that holds such
+a block (the block itself, or ViT's `ViTEncoder`) becomes the head-pruned
+subclass of its own class, whose config records the kept head counts, so a
+copy rebuilt from its config (`clone_model`, `quantize_model`) is pruned too.
+The attention output keeps its width, so the rest of the graph is unchanged.
+The subclasses are registered under `tfcompress>HeadPruned<Class>` (for every
+backbone in `keras_hub.models` on `import tfcompress.prune`), so the result
+saves to and loads from `.keras`.
 """
 
 import contextlib
@@ -147,28 +149,39 @@ def _swap_attention(block, attr, kept):
     setattr(block, attr, new)
 
 
-def _apply_pruned_heads(block):
-    for attr, kept in block.pruned_heads.items():
-        attention = getattr(block, attr, None)
-        if not isinstance(attention, keras.layers.MultiHeadAttention):
-            raise ValueError(
-                f"'{block.name}' ({type(block).__name__}) has no MultiHeadAttention at "
-                f"`{attr}` to keep {kept} heads of. Received: pruned_heads={block.pruned_heads}"
-            )
+def _counts(pruned_heads):
+    return {str(k): int(v) for k, v in (pruned_heads or {}).items()}
+
+
+def _apply_pruned_heads(root, pruned_heads):
+    """Give the attention layers at or below `root` the head counts `{key: heads kept}`."""
+    attentions = {key: (block, attr) for key, block, attr, _ in _attention_layers(root)}
+    unknown = sorted(set(pruned_heads) - set(attentions))
+    if unknown:
+        raise ValueError(
+            f"'{root.name}' ({type(root).__name__}) has no attention block {unknown} to "
+            f"remove heads from; its attention blocks are {sorted(attentions)}. "
+            f"Received: pruned_heads={pruned_heads}"
+        )
+    for key, kept in pruned_heads.items():
+        block, attr = attentions[key]
         _swap_attention(block, attr, kept)
 
 
-class _HeadPrunedBlock:
-    """Mixed into a block class: after `build`, its attention layers keep fewer heads.
+class _HeadPrunedLayer:
+    """Mixed into a layer that is or holds attention blocks: fewer heads once built.
 
     Args:
-        pruned_heads: `{attribute name: heads kept}` for the block's
-            MultiHeadAttention layers (others keep all their heads).
+        pruned_heads: `{attention key: heads kept}`; the key of a block's
+            attention is the block's name (`block/attention` when it holds
+            several). Attention layers not named keep all their heads.
     """
 
     def __init__(self, *args, pruned_heads=None, **kwargs):
+        # Set first, untracked: some layers build inside their own __init__
+        # (TransformerDecoder given `decoder_sequence_shape`, as its config holds).
+        object.__setattr__(self, "pruned_heads", _counts(pruned_heads))
         super().__init__(*args, **kwargs)
-        self.pruned_heads = {str(k): int(v) for k, v in (pruned_heads or {}).items()}
 
     def get_config(self):
         config = super().get_config()
@@ -182,13 +195,13 @@ def _pruning_build(base_build):
     @functools.wraps(base_build)
     def build(self, *args, **kwargs):
         base_build(self, *args, **kwargs)
-        _apply_pruned_heads(self)
+        _apply_pruned_heads(self, self.pruned_heads)
 
     return build
 
 
 class _HeadPrunedModel:
-    """Mixed into a keras-hub backbone class: blocks keep `pruned_heads[key]` heads.
+    """Mixed into a keras-hub backbone class: attention `key` keeps `pruned_heads[key]` heads.
 
     Args:
         pruned_heads: `{attention key: heads kept}`, keys as in
@@ -199,23 +212,16 @@ class _HeadPrunedModel:
         # Keyword arguments only: Keras's clone_model takes a constructor with *args and
         # **kwargs for a functional model's (inputs, outputs) and would lose the class.
         super().__init__(**kwargs)
-        self.pruned_heads = {str(k): int(v) for k, v in (pruned_heads or {}).items()}
-        attentions = {key: (block, attr) for key, block, attr, _ in _attention_layers(self)}
-        unknown = sorted(set(self.pruned_heads) - set(attentions))
-        if unknown:
-            raise ValueError(
-                f"'{self.name}' has no attention block {unknown}; its blocks are "
-                f"{sorted(attentions)}. Received: pruned_heads={self.pruned_heads}"
-            )
-        for key, kept in self.pruned_heads.items():
-            block, attr = attentions[key]
-            if not isinstance(block, _HeadPrunedBlock):
-                # The block was built by the backbone's own code: make it the
-                # head-pruned kind of its class, so its config says what it keeps.
-                block.__class__ = head_pruned_class(type(block))
-                block.pruned_heads = {}
-            block.pruned_heads[attr] = kept
-            _apply_pruned_heads(block)
+        self.pruned_heads = _counts(pruned_heads)
+        _apply_pruned_heads(self, self.pruned_heads)
+        # The layers of the backbone's graph were made by its own code: each one holding
+        # a pruned attention layer becomes the head-pruned kind of its class, so that
+        # its config (which clones and quantize_model rebuild it from) says what it keeps.
+        for layer in self.layers:
+            keys = {key for key, *_ in _attention_layers(layer)} & set(self.pruned_heads)
+            if keys:
+                layer.__class__ = head_pruned_class(type(layer))
+                layer.pruned_heads = {key: self.pruned_heads[key] for key in sorted(keys)}
 
     def get_config(self):
         config = super().get_config()
@@ -224,17 +230,18 @@ class _HeadPrunedModel:
 
 
 def head_pruned_class(cls: type) -> type:
-    """The registered head-pruned subclass of a keras-hub backbone or block class.
+    """The registered head-pruned subclass of a keras-hub backbone or layer class.
 
     Args:
         cls: a `keras_hub.models.Backbone` subclass, or a layer class that
-            holds `MultiHeadAttention` layers.
+            holds `MultiHeadAttention` layers (directly, as a block does, or
+            in blocks it makes, as ViT's `ViTEncoder` does).
 
     Returns:
         `HeadPruned<cls name>`, a subclass of `cls` taking one more argument,
         `pruned_heads`, registered as `tfcompress>HeadPruned<cls name>`.
     """
-    if issubclass(cls, (_HeadPrunedBlock, _HeadPrunedModel)):
+    if issubclass(cls, (_HeadPrunedLayer, _HeadPrunedModel)):
         return cls
     with _LOCK:
         if cls not in _CLASSES:
@@ -248,7 +255,7 @@ def head_pruned_class(cls: type) -> type:
             if issubclass(cls, keras.Model):
                 mixin = _HeadPrunedModel
             else:
-                mixin = _HeadPrunedBlock
+                mixin = _HeadPrunedLayer
                 namespace["build"] = _pruning_build(cls.build)
             new = type(name, (mixin, cls), namespace)
             registered = keras.saving.get_registered_object(f"tfcompress>{name}")
@@ -265,19 +272,20 @@ def head_pruned_class(cls: type) -> type:
 
 
 def _register_keras_hub():
-    """Register the head-pruned kind of every keras-hub backbone and attention block."""
+    """Register the head-pruned kind of every keras-hub backbone and attention layer."""
     import keras_hub
-    from keras_hub.src.models.vit.vit_layers import ViTEncoderBlock
+    from keras_hub.src.models.vit.vit_layers import ViTEncoder
 
     for value in vars(keras_hub.models).values():
         if isinstance(value, type) and issubclass(value, keras_hub.models.Backbone):
             head_pruned_class(value)
-    for block in (
+    # The layers of backbone graphs that hold attention; others register when first made.
+    for layer in (
         keras_hub.layers.TransformerEncoder,
         keras_hub.layers.TransformerDecoder,
-        ViTEncoderBlock,
+        ViTEncoder,
     ):
-        head_pruned_class(block)
+        head_pruned_class(layer)
 
 
 _register_keras_hub()
