@@ -92,3 +92,14 @@ def test_zoo_model_rejects_unknown_family():
         testing.zoo_model("vgg")
     with pytest.raises(ValueError, match="Received: size='huge'"):
         testing.zoo_model("bert", size="huge")
+
+
+@pytest.mark.slow
+def test_assert_exports_int8_names_the_float_layer(trained_cnn, digits):
+    qat = quantize.quantize_model(
+        trained_cnn,
+        quantize.QuantizeConfig(skip_layers=("dense",)),
+        representative_data=digits.x_train[:128],
+    )
+    with pytest.raises(AssertionError, match=r"FULLY_CONNECTED\(float32\) in layer 'dense'"):
+        testing.assert_exports_int8(qat, data=digits.x_test)
