@@ -14,6 +14,7 @@
 
 import doctest
 import importlib
+import importlib.util
 import inspect
 import os
 import pathlib
@@ -38,6 +39,8 @@ PACKAGES = (
     "testing",
     "train",
 )
+# The core layer: private modules, but their examples are documentation too.
+CORE_MODULES = ("_flavor", "_graph", "_inputs", "_io", "_layers", "_report", "errors")
 NO_RUN = re.compile(r"^<!--\s*no-run:\s*(?P<why>.*?)\s*-->\s*$")
 
 
@@ -114,6 +117,12 @@ def _public_objects():
     import tfcompress
 
     yield "tfcompress", tfcompress, False
+    for name in tfcompress.__all__:  # the top level's own names (Report, report_of, ...)
+        if name not in PACKAGES and not name.startswith("__"):
+            yield f"tfcompress.{name}", getattr(tfcompress, name), True
+    for core in CORE_MODULES:
+        if importlib.util.find_spec(f"tfcompress.{core}") is not None:
+            yield f"tfcompress.{core}", importlib.import_module(f"tfcompress.{core}"), True
     for package in PACKAGES:
         module = importlib.import_module(f"tfcompress.{package}")
         # A package's own docstring; its members are reached by name below.
@@ -257,6 +266,7 @@ def namespace(tmp_path_factory):
         "bert_classifier": bert_classifier,
         "backbone": backbone,
         "gpt2_backbone": gpt2_backbone,
+        "data": bytes(16),  # what `atomic_path` examples write
         "build_model": testing.digits_cnn,
         "dataset": tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train)),
     }

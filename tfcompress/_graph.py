@@ -110,8 +110,8 @@ def all_layers(layer) -> list:
 
     >>> import keras
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
-    >>> [sub.name for sub in all_layers(model)]
-    ['d']
+    >>> [sub.name for sub in all_layers(model)]  # a Sequential's InputLayer included
+    ['input_layer...', 'd']
     """
     flatten = getattr(layer, "_flatten_layers", None)
     if flatten is None:
