@@ -28,6 +28,7 @@ BENCHMARKS = {
     "distill": "benchmarks.distill",
     "distributed": "benchmarks.distributed",
     "summary": "benchmarks.summary",
+    "zoo": "benchmarks.zoo",
 }
 
 

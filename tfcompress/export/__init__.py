@@ -13,7 +13,13 @@ from tfcompress.export.inspect import COMPUTE_OPS, OpInfo, TensorInfo, TFLiteInf
 from tfcompress.export.modes import ExportMode, available_modes, get_mode, register_mode
 from tfcompress.export.profile import OpProfile, OpTime, profile
 from tfcompress.export.target import Candidate
-from tfcompress.export.verify import VerifyResult, verify
+from tfcompress.export.verify import (
+    DivergenceReport,
+    LayerFidelity,
+    VerifyResult,
+    first_divergence,
+    verify,
+)
 from tfcompress.export import lowbit  # registers the litert-quantizer modes (int4, ...)
 from tfcompress.export.lowbit import LowBitExportResult, read_weights
 
@@ -23,15 +29,18 @@ __all__ = [
     "OpProfile",
     "OpTime",
     "profile",
+    "DivergenceReport",
     "ExportMode",
     "ExportResult",
     "InputSpec",
+    "LayerFidelity",
     "LowBitExportResult",
     "OpInfo",
     "TFLiteInfo",
     "TensorInfo",
     "VerifyResult",
     "available_modes",
+    "first_divergence",
     "benchmark",
     "get_mode",
     "gzip_size",
