@@ -85,10 +85,8 @@ def main(argv=None):
     )
     parser.add_argument("model", help="the .tflite file")
     parser.add_argument("data", help=".npz with x (or x_<input>) and optional y")
-    parser.add_argument("--threads", type=_positive_int, default=1,
-                        help="CPU threads (default 1)")
-    parser.add_argument("--runs", type=_positive_int, default=50,
-                        help="timed runs (default 50)")
+    parser.add_argument("--threads", type=_positive_int, default=1, help="CPU threads (default 1)")
+    parser.add_argument("--runs", type=_positive_int, default=50, help="timed runs (default 50)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     try:
@@ -103,8 +101,10 @@ def main(argv=None):
         print(f"samples    {result['samples']}")
         if "accuracy" in result:
             print(f"accuracy   {result['accuracy']:.4f}")
-        print(f"latency    median {result['latency_median_ms']:.3f} ms, "
-              f"p90 {result['latency_p90_ms']:.3f} ms on {args.threads} thread(s)")
+        print(
+            f"latency    median {result['latency_median_ms']:.3f} ms, "
+            f"p90 {result['latency_p90_ms']:.3f} ms on {args.threads} thread(s)"
+        )
     return 0
 
 

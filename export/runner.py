@@ -103,9 +103,10 @@ class _Table:
         if found is None:
             return None
         start, length = found
-        return [_Table(self.data, start + 4 * i + struct.unpack_from("<I", self.data,
-                                                                     start + 4 * i)[0])
-                for i in range(length)]
+        return [
+            _Table(self.data, start + 4 * i + struct.unpack_from("<I", self.data, start + 4 * i)[0])
+            for i in range(length)
+        ]
 
 
 def _structure_problem(data):
@@ -148,8 +149,10 @@ def make_interpreter(path, num_threads=1, use_xnnpack=True):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
-        raise ValueError(f"num_threads must be a whole number of at least 1. "
-                         f"Received: num_threads={num_threads!r}")
+        raise ValueError(
+            f"num_threads must be a whole number of at least 1. "
+            f"Received: num_threads={num_threads!r}"
+        )
     data = read_model_file(path)
     resolver = (
         OpResolverType.AUTO if use_xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
@@ -173,8 +176,7 @@ def make_interpreter(path, num_threads=1, use_xnnpack=True):
     return interpreter
 
 
-_CORRUPT_FILE_ERRORS = (ValueError, RuntimeError, TypeError, KeyError, IndexError,
-                        OverflowError)
+_CORRUPT_FILE_ERRORS = (ValueError, RuntimeError, TypeError, KeyError, IndexError, OverflowError)
 
 
 def _read_all_details(interpreter):
@@ -274,7 +276,8 @@ class TFLiteRunner:
             want = tuple(int(s) for s in self.input_details[name]["shape_signature"])
             sample = want[1:]
             ok = len(shape) == len(want) and all(
-                w == -1 or w == g for w, g in zip(sample, shape[1:]))
+                w == -1 or w == g for w, g in zip(sample, shape[1:])
+            )
             if not ok:
                 raise ValueError(
                     f"'{self.path}' input '{name}' takes samples of shape "
@@ -316,8 +319,9 @@ class TFLiteRunner:
         self._check_shapes(named)
         lengths = {k: len(v) for k, v in named.items()}
         if len(set(lengths.values())) > 1:
-            raise ValueError(f"'{self.path}' inputs need the same number of samples. "
-                             f"Received: {lengths}")
+            raise ValueError(
+                f"'{self.path}' inputs need the same number of samples. Received: {lengths}"
+            )
         n = len(next(iter(named.values())))
         if not self._batch_is_dynamic():
             batch_size = 1
@@ -341,8 +345,10 @@ class TFLiteRunner:
         rng = np.random.default_rng(seed)
         feed = {}
         for name, d in self.input_details.items():
-            shape = [1 if i == 0 else (sequence_length if s == -1 else s)
-                     for i, s in enumerate(d["shape_signature"])]
+            shape = [
+                1 if i == 0 else (sequence_length if s == -1 else s)
+                for i, s in enumerate(d["shape_signature"])
+            ]
             dtype = np.dtype(d["dtype"])
             if dtype.kind in _INTEGER_KINDS and not d["quantization"][0]:
                 # Token ids, segment ids and masks: small non-negative integers are valid.
@@ -394,12 +400,15 @@ class LatencyResult:
     def from_times(cls, times_ms, num_threads):
         ordered = sorted(times_ms)
         p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
-        return cls(statistics.median(ordered), p90, statistics.fmean(ordered), len(ordered),
-                   num_threads)
+        return cls(
+            statistics.median(ordered), p90, statistics.fmean(ordered), len(ordered), num_threads
+        )
 
     def __repr__(self):
-        return (f"LatencyResult(median_ms={self.median_ms:.4f}, p90_ms={self.p90_ms:.4f}, "
-                f"runs={self.runs}, num_threads={self.num_threads})")
+        return (
+            f"LatencyResult(median_ms={self.median_ms:.4f}, p90_ms={self.p90_ms:.4f}, "
+            f"runs={self.runs}, num_threads={self.num_threads})"
+        )
 
 
 def top1(outputs):

@@ -10,19 +10,26 @@ from tfcompress import cli
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "tfcompress.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tfcompress.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def test_help_imports_no_tensorflow():
-    code = ("import sys, contextlib, io\n"
-            "from tfcompress import cli\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n"
-            "    try: cli.main(['--help'])\n"
-            "    except SystemExit: pass\n"
-            "heavy = [m for m in ('tensorflow', 'keras', 'tf_keras', 'keras_hub') "
-            "if m in sys.modules]\n"
-            "print(heavy)")
+    code = (
+        "import sys, contextlib, io\n"
+        "from tfcompress import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try: cli.main(['--help'])\n"
+        "    except SystemExit: pass\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'tf_keras', 'keras_hub') "
+        "if m in sys.modules]\n"
+        "print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr
 
@@ -67,9 +74,22 @@ def saved(trained_cnn, digits, tmp_path_factory):
 
 def test_export_verify_and_c_header_end_to_end(saved, capsys):
     out = saved / "cnn_int8.tflite"
-    code = cli.main(["export", str(saved / "cnn.keras"), "-o", str(out), "--mode", "int8",
-                     "--calibration", str(saved / "calib.npz"), "--verify",
-                     str(saved / "test.npz"), "--c-header", str(saved / "cnn.h")])
+    code = cli.main(
+        [
+            "export",
+            str(saved / "cnn.keras"),
+            "-o",
+            str(out),
+            "--mode",
+            "int8",
+            "--calibration",
+            str(saved / "calib.npz"),
+            "--verify",
+            str(saved / "test.npz"),
+            "--c-header",
+            str(saved / "cnn.h"),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0
     assert "calibrated on 100 samples" in text
@@ -94,8 +114,15 @@ def test_demo_runs_the_pipeline_and_writes_its_report(tmp_path):
     result = run_cli("demo", "--out", str(tmp_path / "demo"), "--quick")
     assert result.returncode == 0, result.stderr[-2000:]
     files = set(os.listdir(tmp_path / "demo"))
-    assert {"01_train", "02_prune", "03_qat", "04_export", "report.md", "report.html",
-            "run.json"} <= files
+    assert {
+        "01_train",
+        "02_prune",
+        "03_qat",
+        "04_export",
+        "report.md",
+        "report.html",
+        "run.json",
+    } <= files
     assert (tmp_path / "demo" / "04_export" / "model_int8.tflite").is_file()
     assert "smaller (gzip) than the float32 teacher" in result.stdout
     assert "| 4. export | model_int8.tflite |" in result.stdout
@@ -105,8 +132,10 @@ def test_demo_runs_the_pipeline_and_writes_its_report(tmp_path):
 def test_text_demo_distils_prunes_and_exports_bert(tmp_path):
     result = run_cli("demo", "--text", "--quick", "--out", str(tmp_path / "text"))
     assert result.returncode == 0, result.stderr[-2000:]
-    records = [json.loads((tmp_path / "text" / f / "record.json").read_text())
-               for f in ("01_train", "02_distill", "03_prune", "04_export")]
+    records = [
+        json.loads((tmp_path / "text" / f / "record.json").read_text())
+        for f in ("01_train", "02_distill", "03_prune", "04_export")
+    ]
     assert records[1]["parameters"] < records[0]["parameters"] / 2
     assert records[2]["nonzero_parameters"] < 0.5 * records[2]["parameters"]
     assert set(records[3]["exports"]) == {"dynamic", "int8"}

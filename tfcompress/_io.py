@@ -177,7 +177,7 @@ def remove_stale_temp_dirs(max_age_s=24 * 3600):
         if not name.startswith(EXPORT_TEMP_PREFIX):
             continue
         path = os.path.join(root, name)
-        match = re.match(r"(\d+)-", name[len(EXPORT_TEMP_PREFIX):])
+        match = re.match(r"(\d+)-", name[len(EXPORT_TEMP_PREFIX) :])
         try:
             if match:
                 stale = not _alive(int(match.group(1)))

@@ -16,9 +16,11 @@ EXIT_USAGE = 2
 
 _MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 
-_TRUST_HELP = ("allow code named by the input files to run: recipe factories outside "
-               "tfcompress.*, .h5 models (tf_keras has no safe mode), Lambda layers in .keras "
-               "files. Only for files you trust (see docs/safety.md)")
+_TRUST_HELP = (
+    "allow code named by the input files to run: recipe factories outside "
+    "tfcompress.*, .h5 models (tf_keras has no safe mode), Lambda layers in .keras "
+    "files. Only for files you trust (see docs/safety.md)"
+)
 
 
 class UsageError(Exception):
@@ -37,8 +39,13 @@ def _progress(message):
 def _cmd_demo(args):
     from tfcompress import demo
 
-    demo.run_demo(out_dir=args.out, name="sst2" if args.text else "digits", quick=args.quick,
-                  force=args.force, progress=_progress)
+    demo.run_demo(
+        out_dir=args.out,
+        name="sst2" if args.text else "digits",
+        quick=args.quick,
+        force=args.force,
+        progress=_progress,
+    )
     return EXIT_OK
 
 
@@ -50,8 +57,7 @@ def _cmd_run(args):
         recipe = pipeline.load_recipe(args.recipe)
     except RecipeError as e:
         raise UsageError(f"tfcompress run: error: {e}") from None
-    pipeline.run(recipe, args.out, force=args.force, progress=_progress,
-                 trust_code=args.trust_code)
+    pipeline.run(recipe, args.out, force=args.force, progress=_progress, trust_code=args.trust_code)
     return EXIT_OK
 
 
@@ -79,9 +85,16 @@ def _cmd_tune(args):
 
     with trusting(args.trust_code):
         check_recipe_code(recipe)
-        result = pipeline.tune(recipe, args.out, max_accuracy_drop=args.max_accuracy_drop,
-                               trials=args.trials, epochs=args.epochs, force=args.force,
-                               progress=_progress, bit_widths=args.bit_widths)
+        result = pipeline.tune(
+            recipe,
+            args.out,
+            max_accuracy_drop=args.max_accuracy_drop,
+            trials=args.trials,
+            epochs=args.epochs,
+            force=args.force,
+            progress=_progress,
+            bit_widths=args.bit_widths,
+        )
     print(result)
     # A file outside the budget is still written, but the job did not do what was asked.
     return EXIT_OK if result.within_budget else EXIT_FAILED
@@ -205,9 +218,14 @@ def _cmd_export(args):
     _progress(f"loading {args.model}")
     model = _load_model(args.model, args.trust_code)
     _progress(f"converting to {args.mode}")
-    result = export.to_tflite(model, args.output, mode=args.mode,
-                              representative_data=calibration, int8_io=args.int8_io,
-                              max_calibration_samples=args.max_calibration_samples)
+    result = export.to_tflite(
+        model,
+        args.output,
+        mode=args.mode,
+        representative_data=calibration,
+        int8_io=args.int8_io,
+        max_calibration_samples=args.max_calibration_samples,
+    )
     print(result)
     if checks is not None:
         _progress("verifying against the Keras model")
@@ -231,10 +249,17 @@ def _cmd_bench(args):
     from tfcompress import export
 
     for path in args.files:
-        r = export.benchmark(path, num_threads=args.threads, runs=args.runs,
-                             profile=args.profile, sequence_length=args.sequence_length)
-        print(f"{path}: median {r.median_ms:.3f} ms, p90 {r.p90_ms:.3f} ms "
-              f"({r.runs} runs, {r.num_threads} thread(s))")
+        r = export.benchmark(
+            path,
+            num_threads=args.threads,
+            runs=args.runs,
+            profile=args.profile,
+            sequence_length=args.sequence_length,
+        )
+        print(
+            f"{path}: median {r.median_ms:.3f} ms, p90 {r.p90_ms:.3f} ms "
+            f"({r.runs} runs, {r.num_threads} thread(s))"
+        )
         if r.profile is not None:
             print(r.profile.summary(top=args.top))
     return EXIT_OK
@@ -247,12 +272,14 @@ def build_parser():
         "what the .tflite file does.",
     )
     parser.add_argument("--version", action="version", version=f"tfcompress {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="print the full traceback of an unexpected error")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the full traceback of an unexpected error"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     demo = sub.add_parser(
-        "demo", help="run the default pipeline on embedded digits: train, prune, QAT, int8",
+        "demo",
+        help="run the default pipeline on embedded digits: train, prune, QAT, int8",
         description="Run the shipped recipe on scikit-learn's bundled digits (real data, no "
         "download): train a CNN teacher, prune it to 85%% sparsity, fine-tune it "
         "quantization-aware keeping the zeros, export int8 TFLite, verify the file in LiteRT "
@@ -260,32 +287,41 @@ def build_parser():
     )
     demo.add_argument("--out", default="tfcompress_demo", help="output folder (created)")
     demo.add_argument("--quick", action="store_true", help="at most 2 epochs per stage")
-    demo.add_argument("--text", action="store_true",
-                      help="the text demo instead: a keras-hub BERT on SST-2 (needs the data, "
-                      "see README 'Datasets'), distilled, pruned, int8")
+    demo.add_argument(
+        "--text",
+        action="store_true",
+        help="the text demo instead: a keras-hub BERT on SST-2 (needs the data, "
+        "see README 'Datasets'), distilled, pruned, int8",
+    )
     demo.add_argument("--force", action="store_true", help="rerun finished stages")
     demo.set_defaults(func=_cmd_demo)
 
     exp = sub.add_parser(
-        "export", help="convert a saved .keras / .h5 model to .tflite",
+        "export",
+        help="convert a saved .keras / .h5 model to .tflite",
         description="Convert a saved Keras model to TFLite, optionally verify the file "
         "against the model and write a C header for TFLite Micro.",
     )
     exp.add_argument("model", help="a .keras (Keras 3) or .h5 (tf_keras) model file")
     exp.add_argument("-o", "--output", required=True, help="the .tflite file to write")
     exp.add_argument("--mode", choices=_MODES, default="float32", help="export mode")
-    exp.add_argument("--calibration", metavar="NPZ",
-                     help="calibration inputs (.npz with 'x'); needed by int8 and int16x8")
+    exp.add_argument(
+        "--calibration",
+        metavar="NPZ",
+        help="calibration inputs (.npz with 'x'); needed by int8 and int16x8",
+    )
     exp.add_argument("--max-calibration-samples", type=_positive_int, default=200)
     exp.add_argument("--int8-io", action="store_true", help="integer inputs and outputs")
-    exp.add_argument("--verify", metavar="NPZ",
-                     help="compare the file with the model on these inputs ('x', 'y')")
+    exp.add_argument(
+        "--verify", metavar="NPZ", help="compare the file with the model on these inputs ('x', 'y')"
+    )
     exp.add_argument("--c-header", metavar="H", help="also write a C header for TFLite Micro")
     exp.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
     exp.set_defaults(func=_cmd_export)
 
     run = sub.add_parser(
-        "run", help="run a recipe: stages from a model to verified .tflite files, with report",
+        "run",
+        help="run a recipe: stages from a model to verified .tflite files, with report",
         description="Run the stages of a YAML recipe (train, distill, prune, remove_units, "
         "cluster, qat, export) into OUT/NN_stage folders, then write OUT/report.md and "
         "OUT/report.html. A run that was stopped resumes after its last finished stage.",
@@ -297,7 +333,8 @@ def build_parser():
     run.set_defaults(func=_cmd_run)
 
     tune = sub.add_parser(
-        "tune", help="search for the smallest int8 file within an accuracy budget",
+        "tune",
+        help="search for the smallest int8 file within an accuracy budget",
         description="Train the recipe's base model (its leading train/distill stages), rank "
         "layers by int8 sensitivity, then try sparsity levels, cluster counts, layers kept in "
         "float and PTQ vs QAT, smallest estimated file first, until one keeps the validation "
@@ -307,37 +344,66 @@ def build_parser():
     )
     tune.add_argument("recipe", help="the recipe YAML file (its compression stages are ignored)")
     tune.add_argument("--out", required=True, help="output folder (created)")
-    tune.add_argument("--max-accuracy-drop", type=float, default=0.01,
-                      help="largest absolute validation accuracy drop, in [0, 1) "
-                      "(default 0.01)")
-    tune.add_argument("--trials", type=int, default=12,
-                      help="most candidates to train and verify (default 12)")
-    tune.add_argument("--epochs", type=_positive_int, default=2,
-                      help="fine-tuning epochs per prune / cluster / QAT step (default 2)")
-    tune.add_argument("--bit-widths", type=_bit_widths, default=(8,),
-                      help="weight widths to search, e.g. 8,4,2: 4 and 2 write real int4/int2 "
-                      "weights with per-layer widths by measured sensitivity (default 8)")
+    tune.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=0.01,
+        help="largest absolute validation accuracy drop, in [0, 1) (default 0.01)",
+    )
+    tune.add_argument(
+        "--trials", type=int, default=12, help="most candidates to train and verify (default 12)"
+    )
+    tune.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=2,
+        help="fine-tuning epochs per prune / cluster / QAT step (default 2)",
+    )
+    tune.add_argument(
+        "--bit-widths",
+        type=_bit_widths,
+        default=(8,),
+        help="weight widths to search, e.g. 8,4,2: 4 and 2 write real int4/int2 "
+        "weights with per-layer widths by measured sensitivity (default 8)",
+    )
     tune.add_argument("--force", action="store_true", help="rerun the base and every trial")
     tune.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
     tune.set_defaults(func=_cmd_tune)
 
-    ins = sub.add_parser("inspect", help="list the ops and dtypes inside a .tflite file",
-                         description="Print the ops of a .tflite file with the dtypes "
-                         "they compute in, and its inputs and outputs.")
+    ins = sub.add_parser(
+        "inspect",
+        help="list the ops and dtypes inside a .tflite file",
+        description="Print the ops of a .tflite file with the dtypes "
+        "they compute in, and its inputs and outputs.",
+    )
     ins.add_argument("file")
     ins.set_defaults(func=_cmd_inspect)
 
-    bench = sub.add_parser("bench", help="time .tflite files with LiteRT",
-                           description="Median and p90 single-sample latency with LiteRT.")
+    bench = sub.add_parser(
+        "bench",
+        help="time .tflite files with LiteRT",
+        description="Median and p90 single-sample latency with LiteRT.",
+    )
     bench.add_argument("files", nargs="+")
     bench.add_argument("--threads", type=_positive_int, default=1)
     bench.add_argument("--runs", type=_positive_int, default=100)
-    bench.add_argument("--profile", action="store_true",
-                       help="time each op on its own and show which ops XNNPACK runs")
-    bench.add_argument("--top", type=_positive_int, default=20,
-                       help="op types shown by --profile (most time first)")
-    bench.add_argument("--sequence-length", type=_positive_int, default=16,
-                       help="size of dynamic (-1) non-batch axes in the random inputs")
+    bench.add_argument(
+        "--profile",
+        action="store_true",
+        help="time each op on its own and show which ops XNNPACK runs",
+    )
+    bench.add_argument(
+        "--top",
+        type=_positive_int,
+        default=20,
+        help="op types shown by --profile (most time first)",
+    )
+    bench.add_argument(
+        "--sequence-length",
+        type=_positive_int,
+        default=16,
+        help="size of dynamic (-1) non-batch axes in the random inputs",
+    )
     bench.set_defaults(func=_cmd_bench)
     return parser
 
@@ -363,10 +429,20 @@ def _bad_input(e):
     from tfcompress import errors
     from tfcompress.pipeline.recipe import RecipeError
 
-    return isinstance(e, (RecipeError, errors.InvalidModelFileError, errors.UntrustedCodeError,
-                          errors.InvalidTFLiteFileError, errors.CalibrationDataError,
-                          EdgeFileError, FileNotFoundError, IsADirectoryError,
-                          NotADirectoryError))
+    return isinstance(
+        e,
+        (
+            RecipeError,
+            errors.InvalidModelFileError,
+            errors.UntrustedCodeError,
+            errors.InvalidTFLiteFileError,
+            errors.CalibrationDataError,
+            EdgeFileError,
+            FileNotFoundError,
+            IsADirectoryError,
+            NotADirectoryError,
+        ),
+    )
 
 
 def main(argv=None):
@@ -410,8 +486,10 @@ def main(argv=None):
             print(f"tfcompress: error: {_one_line(e)}", file=sys.stderr)
         else:
             hint = "" if debug else " (rerun with --debug for the traceback)"
-            print(f"tfcompress: error: {type(e).__name__}: {_one_line(e)[:500]}{hint}",
-                  file=sys.stderr)
+            print(
+                f"tfcompress: error: {type(e).__name__}: {_one_line(e)[:500]}{hint}",
+                file=sys.stderr,
+            )
         return EXIT_FAILED
 
 

@@ -28,19 +28,34 @@ def test_a_good_recipe_loads(tmp_path):
     assert recipe.stages[2].modes == ["float32", "int8"]
 
 
-@pytest.mark.parametrize("edit, message", [
-    (("epochs: 1", "epochs: many"), "line 6: stages[0].epochs: Input should be a valid integer"),
-    (("final_sparsity: 0.5", "final_sparsity: 1.5"),
-     "line 8: stages[1].final_sparsity: Input should be less than 1 (received 1.5)"),
-    (("final_sparsity: 0.5", "final_sparsity: 0.5\n    sparsty: 0.2"),
-     "line 9: stages[1].sparsty: unknown key"),
-    (("int8]", "int3]"), "line 9: stages[2].modes[1]: Input should be 'float32'"),
-    (("type: prune", "type: shrink"), "line 7: stages[1]: Input tag 'shrink'"),
-    (("name: ok", "name: ok\ncolour: blue"), "line 2: colour: unknown key"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            ("epochs: 1", "epochs: many"),
+            "line 6: stages[0].epochs: Input should be a valid integer",
+        ),
+        (
+            ("final_sparsity: 0.5", "final_sparsity: 1.5"),
+            "line 8: stages[1].final_sparsity: Input should be less than 1 (received 1.5)",
+        ),
+        (
+            ("final_sparsity: 0.5", "final_sparsity: 0.5\n    sparsty: 0.2"),
+            "line 9: stages[1].sparsty: unknown key",
+        ),
+        (("int8]", "int3]"), "line 9: stages[2].modes[1]: Input should be 'float32'"),
+        (("type: prune", "type: shrink"), "line 7: stages[1]: Input tag 'shrink'"),
+        (("name: ok", "name: ok\ncolour: blue"), "line 2: colour: unknown key"),
+    ],
+)
 def test_mistakes_name_line_and_field(tmp_path, edit, message):
-    with pytest.raises(RecipeError, match=message.replace("[", "\\[").replace("]", "\\]")
-                       .replace("(", "\\(").replace(")", "\\)")):
+    with pytest.raises(
+        RecipeError,
+        match=message.replace("[", "\\[")
+        .replace("]", "\\]")
+        .replace("(", "\\(")
+        .replace(")", "\\)"),
+    ):
         load_recipe(write(tmp_path, GOOD.replace(*edit)))
 
 
@@ -53,7 +68,10 @@ def test_export_before_any_training_is_refused(tmp_path):
 def test_qat_before_prune_is_allowed(tmp_path):
     text = GOOD.replace("  - type: prune\n", "  - {type: qat}\n  - type: prune\n")
     assert [s.type for s in load_recipe(write(tmp_path, text)).stages][:3] == [
-        "train", "qat", "prune"]
+        "train",
+        "qat",
+        "prune",
+    ]
 
 
 def test_two_model_sources(tmp_path):

@@ -10,13 +10,20 @@ from tfcompress.pipeline import RecipeError
 RECIPE = {
     "name": "tiny",
     "data": {"embedded": "digits"},
-    "model": {"factory": "tfcompress.testing:digits_cnn", "kwargs": {"filters": [4, 8],
-                                                                     "dense_units": 16}},
+    "model": {
+        "factory": "tfcompress.testing:digits_cnn",
+        "kwargs": {"filters": [4, 8], "dense_units": 16},
+    },
     "stages": [
         {"type": "train", "epochs": 2, "learning_rate": 0.005},
-        {"type": "distill", "epochs": 1, "student": {
-            "factory": "tfcompress.testing:digits_cnn",
-            "kwargs": {"filters": [2, 4], "dense_units": 8, "seed": 1}}},
+        {
+            "type": "distill",
+            "epochs": 1,
+            "student": {
+                "factory": "tfcompress.testing:digits_cnn",
+                "kwargs": {"filters": [2, 4], "dense_units": 8, "seed": 1},
+            },
+        },
         {"type": "export", "modes": ["float32", "int8"]},
     ],
 }
@@ -120,10 +127,13 @@ def test_output_folder_that_is_a_file(tmp_path):
     assert target.read_text() == "keep"
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"npz": "/nowhere/data.npz"}, "The data file '/nowhere/data.npz' does not exist"),
-    ({"factory": "tfcompress.nope:make"}, "cannot be imported"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"npz": "/nowhere/data.npz"}, "The data file '/nowhere/data.npz' does not exist"),
+        ({"factory": "tfcompress.nope:make"}, "cannot be imported"),
+    ],
+)
 def test_bad_data_sources(tmp_path, data, message):
     recipe = dict(RECIPE, data=data)
     with pytest.raises(RecipeError, match=message):
@@ -131,19 +141,26 @@ def test_bad_data_sources(tmp_path, data, message):
 
 
 def test_a_factory_that_raises(tmp_path):
-    recipe = dict(RECIPE, model={"factory": "tfcompress.testing:digits_cnn",
-                                 "kwargs": {"filters": "wide"}})
+    recipe = dict(
+        RECIPE, model={"factory": "tfcompress.testing:digits_cnn", "kwargs": {"filters": "wide"}}
+    )
     with pytest.raises(RecipeError, match="factory 'tfcompress.testing:digits_cnn' raised"):
         pipeline.run(recipe, str(tmp_path / "out"), progress=lambda m: None)
 
 
 def test_npz_data_and_cli_run(tmp_path, digits, capsys):
-    np.savez(tmp_path / "d.npz", x_train=digits.x_train, y_train=digits.y_train,
-             x_test=digits.x_test, y_test=digits.y_test)
+    np.savez(
+        tmp_path / "d.npz",
+        x_train=digits.x_train,
+        y_train=digits.y_train,
+        x_test=digits.x_test,
+        y_test=digits.y_test,
+    )
     (tmp_path / "r.yaml").write_text(
         "data: {npz: " + str(tmp_path / "d.npz") + "}\n"
         "model: {factory: 'tfcompress.testing:digits_cnn', kwargs: {filters: [4, 8]}}\n"
-        "stages:\n  - {type: train, epochs: 2}\n")
+        "stages:\n  - {type: train, epochs: 2}\n"
+    )
     assert cli.main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o")]) == 0
     record = json.loads((tmp_path / "o" / "01_train" / "record.json").read_text())
     assert record["accuracy"] > 0.3 and "stage 1/1 train" in capsys.readouterr().out

@@ -106,12 +106,16 @@ def check_factory(spec, what, trust_code=None):
         for part in attr.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError, ValueError) as e:
-        raise RecipeError(f"The {what} factory '{spec}' cannot be imported: {e}. Check the "
-                          "module is importable (on PYTHONPATH) and the name is right.") from None
+        raise RecipeError(
+            f"The {what} factory '{spec}' cannot be imported: {e}. Check the "
+            "module is importable (on PYTHONPATH) and the name is right."
+        ) from None
     if not callable(target):
-        raise RecipeError(f"The {what} factory '{spec}' is a {type(target).__name__}, not a "
-                          "function. Name a function that returns the "
-                          f"{what}. Received: factory={spec!r}")
+        raise RecipeError(
+            f"The {what} factory '{spec}' is a {type(target).__name__}, not a "
+            "function. Name a function that returns the "
+            f"{what}. Received: factory={spec!r}"
+        )
     return target
 
 
@@ -159,8 +163,10 @@ def build_from_factory(spec, kwargs, what, trust_code=None):
     except Exception as e:
         raise RecipeError(f"The {what} factory '{spec}' raised {type(e).__name__}: {e}") from e
     if what in ("model", "student") and not _is_model(result):
-        raise RecipeError(f"The {what} factory '{spec}' must return a Keras model; it returned "
-                          f"a {type(result).__name__}. Received: {_short(result)}")
+        raise RecipeError(
+            f"The {what} factory '{spec}' must return a Keras model; it returned "
+            f"a {type(result).__name__}. Received: {_short(result)}"
+        )
     return result
 
 
@@ -226,13 +232,16 @@ def check_model_file(path, trust_code=None):
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise InvalidModelFileError(f"No model file at '{path}'. Check the path. "
-                                    f"Received: path={path!r}")
+        raise InvalidModelFileError(
+            f"No model file at '{path}'. Check the path. Received: path={path!r}"
+        )
     if path.endswith(".keras"):
         problem = None
         if not zipfile.is_zipfile(path):
-            problem = (f"it is {os.path.getsize(path)} bytes and not a zip archive "
-                       "(empty, truncated, or another format)")
+            problem = (
+                f"it is {os.path.getsize(path)} bytes and not a zip archive "
+                "(empty, truncated, or another format)"
+            )
         else:
             try:
                 with zipfile.ZipFile(path) as z:
@@ -247,7 +256,8 @@ def check_model_file(path, trust_code=None):
         if problem:
             raise InvalidModelFileError(
                 f"'{path}' is not a valid .keras model: {problem}. Save the model again with "
-                f"model.save('model.keras'). Received: path={path!r}")
+                f"model.save('model.keras'). Received: path={path!r}"
+            )
         return
     if path.endswith((".h5", ".hdf5")):
         code = _h5_code(path)
@@ -257,12 +267,14 @@ def check_model_file(path, trust_code=None):
                 f"'{path}' is an HDF5 model: tf_keras loads it with no safe mode, so its "
                 f"config could run Python code ({what}). Pass --trust-code (trust_code=True) "
                 "only if you trust the file's author, or re-save it as .keras. "
-                f"Received: path={path!r}")
+                f"Received: path={path!r}"
+            )
         return
     raise InvalidModelFileError(
         f"'{path}' is not a .keras or .h5 model file. Save the model with "
         "model.save('model.keras') (Keras 3) or model.save('model.h5') (tf_keras) first. "
-        f"Received: path={path!r}")
+        f"Received: path={path!r}"
+    )
 
 
 def load_model_file(path, trust_code=None):
@@ -294,7 +306,8 @@ def load_model_file(path, trust_code=None):
         except Exception as e:
             raise InvalidModelFileError(
                 f"tf_keras could not load '{path}': {type(e).__name__}: {_first_line(e)}. "
-                f"Received: path={path!r}") from None
+                f"Received: path={path!r}"
+            ) from None
     import keras
 
     register_custom_layers()
@@ -312,11 +325,13 @@ def load_model_file(path, trust_code=None):
             raise UntrustedCodeError(
                 f"'{path}' holds Python code ({what}: its bytecode) that Keras's safe mode "
                 "will not run. Pass --trust-code (trust_code=True) only if you trust the file's "
-                f"author. Received: path={path!r}") from None
+                f"author. Received: path={path!r}"
+            ) from None
         raise InvalidModelFileError(
             f"Keras could not load '{path}': {type(e).__name__}: {message}. If the model has "
             "custom layers, import the module that registers them. "
-            f"Received: path={path!r}") from None
+            f"Received: path={path!r}"
+        ) from None
 
 
 def _first_line(e, limit=300):
@@ -343,8 +358,15 @@ def load_data(spec, seed=0, cache_dir=None, trust_code=None):
         from tfcompress.data import load_digits
 
         d = load_digits(seed=seed)
-        return PipelineData(d.x_train, d.y_train, d.x_val, d.y_val, d.x_test, d.y_test,
-                            "scikit-learn digits (1,797 real 8x8 images)")
+        return PipelineData(
+            d.x_train,
+            d.y_train,
+            d.x_val,
+            d.y_val,
+            d.x_test,
+            d.y_test,
+            "scikit-learn digits (1,797 real 8x8 images)",
+        )
     if spec.embedded == "sst2":
         try:
             data = _load_sst2(spec, seed, cache_dir)
@@ -355,12 +377,20 @@ def load_data(spec, seed=0, cache_dir=None, trust_code=None):
         return validate_data(_load_npz(spec.npz))
     result = build_from_factory(spec.factory, dict(spec.kwargs), "data", trust_code)
     try:
-        data = PipelineData(result.x_train, np.asarray(result.y_train), result.x_val,
-                            np.asarray(result.y_val), result.x_test, np.asarray(result.y_test),
-                            f"from {spec.factory}")
+        data = PipelineData(
+            result.x_train,
+            np.asarray(result.y_train),
+            result.x_val,
+            np.asarray(result.y_val),
+            result.x_test,
+            np.asarray(result.y_test),
+            f"from {spec.factory}",
+        )
     except AttributeError as e:
-        raise RecipeError(f"The data factory '{spec.factory}' must return an object with "
-                          f"x_train, y_train, x_val, y_val, x_test, y_test: {e}") from None
+        raise RecipeError(
+            f"The data factory '{spec.factory}' must return an object with "
+            f"x_train, y_train, x_val, y_val, x_test, y_test: {e}"
+        ) from None
     return validate_data(data)
 
 
@@ -371,18 +401,28 @@ def _load_npz(path):
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
             if missing:
-                raise RecipeError(f"The data file '{path}' lacks arrays {missing}; it has "
-                                  f"{sorted(f.keys())}.")
+                raise RecipeError(
+                    f"The data file '{path}' lacks arrays {missing}; it has {sorted(f.keys())}."
+                )
             x_val = f["x_val"] if "x_val" in f else f["x_test"]
             y_val = f["y_val"] if "y_val" in f else f["y_test"]
-            return PipelineData(f["x_train"], f["y_train"], x_val, y_val, f["x_test"],
-                                f["y_test"], f"arrays from {path}")
+            return PipelineData(
+                f["x_train"],
+                f["y_train"],
+                x_val,
+                y_val,
+                f["x_test"],
+                f["y_test"],
+                f"arrays from {path}",
+            )
     except RecipeError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"The data file '{path}' is not a readable .npz archive "
-                        f"({type(e).__name__}: {_first_line(e)}). Save it with "
-                        f"numpy.savez. Received: npz={path!r}") from None
+        raise DataError(
+            f"The data file '{path}' is not a readable .npz archive "
+            f"({type(e).__name__}: {_first_line(e)}). Save it with "
+            f"numpy.savez. Received: npz={path!r}"
+        ) from None
 
 
 def _arrays(x):
@@ -392,8 +432,10 @@ def _arrays(x):
 def _length(name, x):
     lengths = {k: len(v) for k, v in _arrays(x).items()}
     if len(set(lengths.values())) > 1:
-        raise DataError(f"The inputs of {name} have different lengths {lengths}; every input "
-                        f"needs one row per sample. Received: {lengths}")
+        raise DataError(
+            f"The inputs of {name} have different lengths {lengths}; every input "
+            f"needs one row per sample. Received: {lengths}"
+        )
     return next(iter(lengths.values()))
 
 
@@ -420,40 +462,54 @@ def validate_data(data):
             raise DataError(f"x_{split} / y_{split} are not arrays: {e}") from None
         n = _length(f"x_{split}", arrays)
         if n == 0:
-            raise DataError(f"x_{split} is empty: training or evaluating on no samples gives "
-                            f"meaningless results. Received: x_{split} with 0 samples")
+            raise DataError(
+                f"x_{split} is empty: training or evaluating on no samples gives "
+                f"meaningless results. Received: x_{split} with 0 samples"
+            )
         if y.ndim != 1 or len(y) != n:
-            raise DataError(f"y_{split} must hold one integer label per sample of x_{split} "
-                            f"({n}). Received: y_{split} of shape {tuple(y.shape)}")
+            raise DataError(
+                f"y_{split} must hold one integer label per sample of x_{split} "
+                f"({n}). Received: y_{split} of shape {tuple(y.shape)}"
+            )
         if y.dtype.kind == "f":
             if not np.all(np.isfinite(y)):
-                raise DataError(f"y_{split} holds NaN or infinite labels. Received: "
-                                f"{int(np.sum(~np.isfinite(y)))} such labels")
+                raise DataError(
+                    f"y_{split} holds NaN or infinite labels. Received: "
+                    f"{int(np.sum(~np.isfinite(y)))} such labels"
+                )
             fractional = y[y != np.round(y)]
             if fractional.size:
-                raise DataError(f"y_{split} must hold class ids (whole numbers); "
-                                f"{fractional.size} labels are fractional and would be truncated. "
-                                f"Received: y_{split} values such as {fractional[:3].tolist()}")
+                raise DataError(
+                    f"y_{split} must hold class ids (whole numbers); "
+                    f"{fractional.size} labels are fractional and would be truncated. "
+                    f"Received: y_{split} values such as {fractional[:3].tolist()}"
+                )
         elif y.dtype.kind not in "iub":
             raise DataError(f"y_{split} must hold integer class ids. Received: dtype {y.dtype}")
         if y.size and y.min() < 0:
-            raise DataError(f"y_{split} holds negative labels; class ids start at 0. Received: "
-                            f"min label {y.min()}")
+            raise DataError(
+                f"y_{split} holds negative labels; class ids start at 0. Received: "
+                f"min label {y.min()}"
+            )
         for name, a in arrays.items():
             if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
                 bad = int(np.sum(~np.isfinite(a)))
-                raise DataError(f"x_{split}{'' if name == 'x' else '[' + repr(name) + ']'} "
-                                f"holds {bad} NaN or infinite values; the model would train on "
-                                f"garbage. Clean or impute them. Received: {bad} non-finite "
-                                "values")
+                raise DataError(
+                    f"x_{split}{'' if name == 'x' else '[' + repr(name) + ']'} "
+                    f"holds {bad} NaN or infinite values; the model would train on "
+                    f"garbage. Clean or impute them. Received: {bad} non-finite "
+                    "values"
+                )
             if a.dtype.kind not in "fiub":
                 raise DataError(f"x_{split} must be numeric. Received: dtype {a.dtype}")
             shapes.setdefault(name, {})[split] = tuple(a.shape[1:])
         setattr(data, f"y_{split}", y.astype(np.int64))
     for name, by_split in shapes.items():
         if len(set(by_split.values())) > 1:
-            raise DataError(f"Input '{name}' has a different sample shape per split; every "
-                            f"split must match. Received: {by_split}")
+            raise DataError(
+                f"Input '{name}' has a different sample shape per split; every "
+                f"split must match. Received: {by_split}"
+            )
     return data
 
 
@@ -471,7 +527,8 @@ def check_data_fits(model, data):
             raise DataError(
                 f"The labels go up to {top} but model '{model.name}' has {classes} outputs "
                 f"(classes 0..{classes - 1}). Fix the labels or the model's last layer. "
-                f"Received: max label {top}")
+                f"Received: max label {top}"
+            )
     inputs = getattr(model, "inputs", None)
     if inputs and len(inputs) == 1 and not isinstance(data.x_train, dict):
         want = tuple(inputs[0].shape[1:])
@@ -480,7 +537,8 @@ def check_data_fits(model, data):
             raise DataError(
                 f"Model '{model.name}' takes samples of shape {want} but x_train's samples "
                 f"have shape {got}. Reshape the data or fix the model's input. "
-                f"Received: x_train shape {tuple(np.asarray(data.x_train).shape)}")
+                f"Received: x_train shape {tuple(np.asarray(data.x_train).shape)}"
+            )
 
 
 def fingerprint(data):
@@ -502,16 +560,23 @@ def _load_sst2(spec, seed, cache_dir):
 
     splits = load_sst2(max_train=spec.max_train or 4000, seed=seed)
     vocab = os.path.join(cache_dir, "vocabulary.txt") if cache_dir else None
-    tokenizer = sst2_tokenizer(splits.x_train, vocabulary_size=spec.vocabulary_size,
-                               cache_path=vocab)
+    tokenizer = sst2_tokenizer(
+        splits.x_train, vocabulary_size=spec.vocabulary_size, cache_path=vocab
+    )
     n_val = min(len(splits.x_val), 1000)
 
     def encode(x):
         return encode_for_bert(tokenizer, x, sequence_length=spec.sequence_length)
 
-    return PipelineData(encode(splits.x_train), splits.y_train, encode(splits.x_val[:n_val]),
-                        splits.y_val[:n_val], encode(splits.x_test), splits.y_test,
-                        f"SST-2 ({len(splits.x_train)} training sentences, dev as test)")
+    return PipelineData(
+        encode(splits.x_train),
+        splits.y_train,
+        encode(splits.x_val[:n_val]),
+        splits.y_val[:n_val],
+        encode(splits.x_test),
+        splits.y_test,
+        f"SST-2 ({len(splits.x_train)} training sentences, dev as test)",
+    )
 
 
 def register_custom_layers():

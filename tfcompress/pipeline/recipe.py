@@ -56,8 +56,9 @@ class ModelSpec(_Strict):
     @model_validator(mode="after")
     def _one_source(self):
         if (self.path is None) == (self.factory is None):
-            raise ValueError("give exactly one of 'path' (a .keras file) or 'factory' "
-                             "('module:function')")
+            raise ValueError(
+                "give exactly one of 'path' (a .keras file) or 'factory' ('module:function')"
+            )
         return self
 
 
@@ -76,8 +77,10 @@ class DataSpec(_Strict):
     def _one_source(self):
         given = [k for k in ("embedded", "npz", "factory") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of 'embedded' (digits or sst2), 'npz' (a file "
-                             "with x_train, y_train, x_test, y_test) or 'factory'")
+            raise ValueError(
+                "give exactly one of 'embedded' (digits or sst2), 'npz' (a file "
+                "with x_train, y_train, x_test, y_test) or 'factory'"
+            )
         return self
 
 
@@ -132,8 +135,10 @@ class ClusterStage(_Training):
         from tfcompress.cluster.init import available_inits
 
         if self.init not in available_inits():
-            raise ValueError(f"init must be one of {sorted(available_inits())} (register more "
-                             f"with tfcompress.cluster.register_init); received {self.init!r}")
+            raise ValueError(
+                f"init must be one of {sorted(available_inits())} (register more "
+                f"with tfcompress.cluster.register_init); received {self.init!r}"
+            )
         return self
 
 
@@ -184,8 +189,9 @@ def spec_name(spec_class: type) -> str:
     names = getattr(field.annotation, "__args__", ()) if field is not None else ()
     if len(names) != 1 or not isinstance(names[0], str):
         raise TypeError(
-            "A stage spec needs a field `type: Literal[\"<stage name>\"]` naming its stage "
-            f"type. Received: {getattr(spec_class, '__name__', spec_class)!r}")
+            'A stage spec needs a field `type: Literal["<stage name>"]` naming its stage '
+            f"type. Received: {getattr(spec_class, '__name__', spec_class)!r}"
+        )
     return names[0]
 
 
@@ -225,8 +231,15 @@ def register_stage_spec(spec_class: type) -> type:
 StageSpec = _Strict
 TrainingStageSpec = _Training
 
-for _spec in (TrainStage, DistillStage, PruneStage, RemoveUnitsStage, ClusterStage, QATStage,
-              ExportStage):
+for _spec in (
+    TrainStage,
+    DistillStage,
+    PruneStage,
+    RemoveUnitsStage,
+    ClusterStage,
+    QATStage,
+    ExportStage,
+):
     register_stage_spec(_spec)
 
 
@@ -249,7 +262,8 @@ class Recipe(_Strict):
                 raise ValueError(
                     f"stage {i + 1} ({stage.type}) comes before any stage that trains the "
                     "model built by the factory; add a 'train' (or 'distill') stage first, or "
-                    "give a trained model with 'path'")
+                    "give a trained model with 'path'"
+                )
         return self
 
 
@@ -264,14 +278,18 @@ class _RecipeLoader(yaml.SafeLoader):
         seen = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
-                    key_node, yaml.ScalarNode):
+                key_node, yaml.ScalarNode
+            ):
                 continue  # `<<: *base` merges may be overridden on purpose
             line = key_node.start_mark.line + 1
             if key_node.value in seen:
                 raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark,
+                    "while constructing a mapping",
+                    node.start_mark,
                     f"found the key {key_node.value!r} twice (lines {seen[key_node.value]} and "
-                    f"{line}); keep one", key_node.start_mark)
+                    f"{line}); keep one",
+                    key_node.start_mark,
+                )
             seen[key_node.value] = line
         return super().construct_mapping(node, deep=deep)
 
@@ -291,8 +309,10 @@ def _check_expansion(tree, name):
             total += sum(size(k) + size(v) for k, v in node.value)
         sizes[id(node)] = total
         if total > MAX_YAML_NODES:
-            raise RecipeError(f"{name}: its YAML aliases expand to more than {MAX_YAML_NODES:,} "
-                              "values; a recipe needs a few dozen. Remove the repeated aliases.")
+            raise RecipeError(
+                f"{name}: its YAML aliases expand to more than {MAX_YAML_NODES:,} "
+                "values; a recipe needs a few dozen. Remove the repeated aliases."
+            )
         return total
 
     if tree is not None:
@@ -320,8 +340,10 @@ def load_recipe(source):
             with open(name, encoding="utf-8") as f:
                 text = f.read()
         except UnicodeDecodeError as e:
-            raise RecipeError(f"{name} is not UTF-8 text: byte 0x{e.object[e.start]:02x} at "
-                              f"offset {e.start}. Save the recipe as UTF-8.") from None
+            raise RecipeError(
+                f"{name} is not UTF-8 text: byte 0x{e.object[e.start]:02x} at "
+                f"offset {e.start}. Save the recipe as UTF-8."
+            ) from None
         try:
             tree = yaml.compose(text, Loader=_RecipeLoader)
             _check_expansion(tree, name)
@@ -332,14 +354,17 @@ def load_recipe(source):
             problem = getattr(e, "problem", None) or str(e).splitlines()[0]
             raise RecipeError(f"{name}{where} is not valid YAML: {problem}") from None
         if not isinstance(data, dict):
-            raise RecipeError(f"{name}: a recipe is a mapping with 'model', 'data' and "
-                              f"'stages'; the file holds {type(data).__name__}.")
+            raise RecipeError(
+                f"{name}: a recipe is a mapping with 'model', 'data' and "
+                f"'stages'; the file holds {type(data).__name__}."
+            )
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
         problems = [_describe(error, name, tree) for error in e.errors()]
-        raise RecipeError(f"{name} has {len(problems)} problem(s):\n  "
-                          + "\n  ".join(problems)) from None
+        raise RecipeError(
+            f"{name} has {len(problems)} problem(s):\n  " + "\n  ".join(problems)
+        ) from None
 
 
 def _describe(error, name, tree):
@@ -356,8 +381,11 @@ def _describe(error, name, tree):
     message = error["msg"]
     if error["type"] == "extra_forbidden":
         message = "unknown key (check its spelling against the documented fields)"
-    elif "input" in error and error["type"] not in ("missing",) and not isinstance(
-            error["input"], (dict, list)):
+    elif (
+        "input" in error
+        and error["type"] not in ("missing",)
+        and not isinstance(error["input"], (dict, list))
+    ):
         message += f" (received {error['input']!r})"
     return f"{where}: {field}: {message}"
 

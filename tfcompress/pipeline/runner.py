@@ -36,9 +36,16 @@ def _source_key(recipe, data):
     model = recipe.model.model_dump()
     if recipe.model.path is not None:
         model["sha256"] = _io.file_digest(recipe.model.path)[1]
-    return _sha(dict(format=RECORD_FORMAT, version=__version__, model=model,
-                     data=data_lib.fingerprint(data), data_spec=recipe.data.model_dump(),
-                     seed=recipe.seed))
+    return _sha(
+        dict(
+            format=RECORD_FORMAT,
+            version=__version__,
+            model=model,
+            data=data_lib.fingerprint(data),
+            data_spec=recipe.data.model_dump(),
+            seed=recipe.seed,
+        )
+    )
 
 
 def _stage_key(upstream, stage):
@@ -59,8 +66,9 @@ def measure(model, data, folder):
     logits = model.predict(x, verbose=0)
     weights = [w for w in model.weights if "kernel" in w.path or "embeddings" in w.path]
     total = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-    nonzero = int(sum(np.count_nonzero(keras.ops.convert_to_numpy(w)) for w in
-                      model.trainable_weights))
+    nonzero = int(
+        sum(np.count_nonzero(keras.ops.convert_to_numpy(w)) for w in model.trainable_weights)
+    )
     kernels = int(sum(np.prod(w.shape) for w in weights))
     path = os.path.join(folder, ".size_probe.tflite")
     try:
@@ -71,8 +79,13 @@ def measure(model, data, folder):
     finally:
         if os.path.exists(path):
             os.remove(path)
-    return dict(accuracy=float(np.mean(np.argmax(logits, -1) == y)), parameters=total,
-                nonzero_parameters=nonzero, kernel_parameters=kernels, **sizes)
+    return dict(
+        accuracy=float(np.mean(np.argmax(logits, -1) == y)),
+        parameters=total,
+        nonzero_parameters=nonzero,
+        kernel_parameters=kernels,
+        **sizes,
+    )
 
 
 def _outputs(folder, record):
@@ -108,8 +121,9 @@ def check_finished(folder, key):
     if record.get("status") != "done":
         return None, None
     if record.get("key") != key:
-        return None, ("its model, data, seed, options, an earlier stage or the tfcompress "
-                      "version changed")
+        return None, (
+            "its model, data, seed, options, an earlier stage or the tfcompress version changed"
+        )
     outputs = record.get("outputs")
     if not isinstance(outputs, dict) or "model.keras" not in outputs:
         return None, f"{record_path} lists no outputs (written by an older version)"
@@ -119,8 +133,10 @@ def check_finished(folder, key):
             return None, f"{path} is missing"
         size, digest = _io.file_digest(path)
         if size != expected.get("bytes"):
-            return None, (f"{path} is {size} bytes, not the {expected.get('bytes')} it was "
-                          "written with (truncated or replaced)")
+            return None, (
+                f"{path} is {size} bytes, not the {expected.get('bytes')} it was "
+                "written with (truncated or replaced)"
+            )
         if digest != expected.get("sha256"):
             return None, f"{path} changed since the stage wrote it (sha256 differs)"
     return record, None
@@ -224,35 +240,45 @@ def _run_locked(recipe, out_dir, force, progress):
         progress(label)
         start = time.perf_counter()
         record = {"stage": index + 1, "type": spec.type, "spec": spec.model_dump(), "key": key}
-        ctx = stages_lib.StageContext(model=model, data=data, folder=folder, progress=progress,
-                                      record=record,
-                                      history=tuple(s.type for s in recipe.stages[:index]),
-                                      key=key)
+        ctx = stages_lib.StageContext(
+            model=model,
+            data=data,
+            folder=folder,
+            progress=progress,
+            record=record,
+            history=tuple(s.type for s in recipe.stages[:index]),
+            key=key,
+        )
         model = stages_lib.get_stage(spec.type)(ctx, spec)
         record["seconds"] = round(time.perf_counter() - start, 2)
         record.update(measure(model, data, folder))
         _io.atomic_save_keras(model, os.path.join(folder, "model.keras"))
         record["outputs"] = _outputs(folder, record)
         record["status"] = "done"
-        _io.atomic_write_text(os.path.join(folder, "record.json"),
-                              json.dumps(record, indent=2, default=str))
+        _io.atomic_write_text(
+            os.path.join(folder, "record.json"), json.dumps(record, indent=2, default=str)
+        )
         # Only now is the backup redundant: a kill before this line resumes from it.
         shutil.rmtree(os.path.join(folder, "backup"), ignore_errors=True)
         records.append(record)
         upstream = _sha([key, record["outputs"]["model.keras"]["sha256"]])
-        progress(f"stage {index + 1} {spec.type}: accuracy {record['accuracy']:.4f}, "
-                 f"{record['nonzero_parameters']:,} non-zero parameters, "
-                 f"{record['seconds']:.0f} s")
-    _io.atomic_write_text(os.path.join(out_dir, "run.json"),
-                          json.dumps({"recipe": recipe.model_dump(), "stages": records},
-                                     indent=2, default=str))
+        progress(
+            f"stage {index + 1} {spec.type}: accuracy {record['accuracy']:.4f}, "
+            f"{record['nonzero_parameters']:,} non-zero parameters, "
+            f"{record['seconds']:.0f} s"
+        )
+    _io.atomic_write_text(
+        os.path.join(out_dir, "run.json"),
+        json.dumps({"recipe": recipe.model_dump(), "stages": records}, indent=2, default=str),
+    )
     from tfcompress.pipeline.report import write_report
 
     progress("writing the report")
     final = model if model is not None else _current_model(recipe, records, out_dir)
     first = _stage_model(recipe, records[0], out_dir)
-    report = write_report(out_dir, records, f"tfcompress report: {recipe.name}",
-                          first_model=first, final_model=final)
+    report = write_report(
+        out_dir, records, f"tfcompress report: {recipe.name}", first_model=first, final_model=final
+    )
     progress(f"wrote {report} and report.html")
     return records
 

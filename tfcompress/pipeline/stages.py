@@ -43,8 +43,10 @@ def stage(name: str, spec: type | None = None):
         from tfcompress.pipeline.recipe import register_stage_spec, spec_name
 
         if spec_name(spec) != name:
-            raise ValueError(f"The spec's `type` field must be Literal[{name!r}], the stage's "
-                             f"name. Received: {spec.__name__}.type = {spec_name(spec)!r}")
+            raise ValueError(
+                f"The spec's `type` field must be Literal[{name!r}], the stage's "
+                f"name. Received: {spec.__name__}.type = {spec_name(spec)!r}"
+            )
         register_stage_spec(spec)
 
     def register(function):
@@ -117,8 +119,9 @@ def _weights_bytes(model):
 
     buffer = io.BytesIO()
     store = saving_lib.H5IOStore(buffer, mode="w")
-    saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="",
-                           visited_saveables=set())
+    saving_lib._save_state(
+        model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set()
+    )
     store.close()
     return buffer.getvalue()
 
@@ -155,8 +158,10 @@ def _make_backup_callback(folder, progress, keep):
             return None
 
         def _discard(self, problem):
-            progress(f"warning: discarding the training backup: {problem}; the stage "
-                     "trains from the start")
+            progress(
+                f"warning: discarding the training backup: {problem}; the stage "
+                "trains from the start"
+            )
             shutil.rmtree(self.backup_dir, ignore_errors=True)
 
         def on_train_begin(self, logs=None):
@@ -173,8 +178,9 @@ def _make_backup_callback(folder, progress, keep):
                 for v, value in zip(self.model.variables, before):
                     v.assign(value)
                 self.model._initial_epoch = 0
-                self._discard(f"{self._weights_path} does not load "
-                              f"({type(e).__name__}: {str(e)[:120]})")
+                self._discard(
+                    f"{self._weights_path} does not load ({type(e).__name__}: {str(e)[:120]})"
+                )
 
         def _save_model(self):
             os.makedirs(self.backup_dir, exist_ok=True)
@@ -182,9 +188,16 @@ def _make_backup_callback(folder, progress, keep):
             # Weights first, then the metadata naming their hash: a kill between the two
             # leaves a mismatch, which on_train_begin discards.
             _io.atomic_write_bytes(self._weights_path, data)
-            _io.atomic_write_text(self._training_metadata_path, json.dumps(
-                {"epoch": self._current_epoch, "batch": self._last_batch_seen,
-                 "weights_sha256": hashlib.sha256(data).hexdigest()}))
+            _io.atomic_write_text(
+                self._training_metadata_path,
+                json.dumps(
+                    {
+                        "epoch": self._current_epoch,
+                        "batch": self._last_batch_seen,
+                        "weights_sha256": hashlib.sha256(data).hexdigest(),
+                    }
+                ),
+            )
 
     return SafeBackupAndRestore()
 
@@ -201,12 +214,18 @@ def fit(ctx, model, spec, callbacks=()):
         model(_head(ctx.data.x_train))
     # Without a stage key (callers outside the runner) the backup cannot be told apart
     # from another run's, so it goes when fit() ends, as Keras's own does.
-    backup = _make_backup_callback(backup_folder(ctx.folder, ctx.key), ctx.progress,
-                                   keep=bool(ctx.key))
-    history = model.fit(ctx.data.x_train, ctx.data.y_train,
-                        validation_data=(ctx.data.x_val, ctx.data.y_val),
-                        epochs=spec.epochs, batch_size=spec.batch_size,
-                        callbacks=[backup, *callbacks], verbose=2)
+    backup = _make_backup_callback(
+        backup_folder(ctx.folder, ctx.key), ctx.progress, keep=bool(ctx.key)
+    )
+    history = model.fit(
+        ctx.data.x_train,
+        ctx.data.y_train,
+        validation_data=(ctx.data.x_val, ctx.data.y_val),
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        callbacks=[backup, *callbacks],
+        verbose=2,
+    )
     ctx.record["history"] = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     return model
 
@@ -234,18 +253,26 @@ def export_stage(ctx, spec):
         write = export.to_tflite
         if spec.layers and mode in export.lowbit.lowbit_modes():  # per-layer formats
             write = functools.partial(export.lowbit.to_lowbit_tflite, layers=spec.layers)
-        written = write(ctx.model, path, mode=mode, representative_data=calibration,
-                        int8_io=spec.int8_io and export_mode.io_dtype is not None,
-                        max_calibration_samples=spec.calibration_samples)
+        written = write(
+            ctx.model,
+            path,
+            mode=mode,
+            representative_data=calibration,
+            int8_io=spec.int8_io and export_mode.io_dtype is not None,
+            max_calibration_samples=spec.calibration_samples,
+        )
         check = export.verify(path, ctx.model, (ctx.data.x_test, ctx.data.y_test))
         latency = export.benchmark(path, num_threads=1, runs=100)
-        results[mode] = dict(path=os.path.basename(path), bytes=written.bytes,
-                             gzip_bytes=written.gzip_bytes,
-                             calibration_samples=written.calibration_samples,
-                             tflite_accuracy=check.tflite_accuracy,
-                             keras_accuracy=check.keras_accuracy,
-                             top1_agreement=check.top1_agreement,
-                             latency_ms=latency.median_ms)
+        results[mode] = dict(
+            path=os.path.basename(path),
+            bytes=written.bytes,
+            gzip_bytes=written.gzip_bytes,
+            calibration_samples=written.calibration_samples,
+            tflite_accuracy=check.tflite_accuracy,
+            keras_accuracy=check.keras_accuracy,
+            top1_agreement=check.top1_agreement,
+            latency_ms=latency.median_ms,
+        )
     ctx.record["exports"] = results
     return ctx.model
 
@@ -261,11 +288,13 @@ def distill_stage(ctx, spec):
     student = build_from_factory(spec.student.factory, dict(spec.student.kwargs), "student")
     ctx.record["teacher_parameters"] = int(teacher.count_params())
     ctx.record["teacher_accuracy"] = float(
-        (teacher.predict(ctx.data.x_test, verbose=0).argmax(-1) == ctx.data.y_test).mean())
-    trainer = distill.distiller(student, teacher, alpha=spec.alpha,
-                                temperature=spec.temperature)
-    trainer.compile(optimizer=keras.optimizers.Adam(spec.learning_rate),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        (teacher.predict(ctx.data.x_test, verbose=0).argmax(-1) == ctx.data.y_test).mean()
+    )
+    trainer = distill.distiller(student, teacher, alpha=spec.alpha, temperature=spec.temperature)
+    trainer.compile(
+        optimizer=keras.optimizers.Adam(spec.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     fit(ctx, trainer, spec)
     return trainer.student
 
@@ -275,14 +304,19 @@ def qat_stage(ctx, spec):
     from tfcompress import quantize
 
     # Keep what earlier stages bought: zeros from pruning, shared values from clustering.
-    config = quantize.QuantizeConfig(weight_scheme=spec.weight_scheme,
-                                     preserve_sparsity="prune" in ctx.history,
-                                     preserve_clusters="cluster" in ctx.history)
-    ctx.record["preserve"] = {"sparsity": config.preserve_sparsity,
-                              "clusters": config.preserve_clusters}
+    config = quantize.QuantizeConfig(
+        weight_scheme=spec.weight_scheme,
+        preserve_sparsity="prune" in ctx.history,
+        preserve_clusters="cluster" in ctx.history,
+    )
+    ctx.record["preserve"] = {
+        "sparsity": config.preserve_sparsity,
+        "clusters": config.preserve_clusters,
+    }
     # Ranges start from a calibration pass, then training moves them.
-    qat = quantize.quantize_model(ctx.model, config,
-                                  representative_data=_head(ctx.data.x_train, 256))
+    qat = quantize.quantize_model(
+        ctx.model, config, representative_data=_head(ctx.data.x_train, 256)
+    )
     report = getattr(qat, "quantize_report", None)
     if report is not None:
         ctx.record["quantize_report"] = str(report)
@@ -295,9 +329,12 @@ def cluster_stage(ctx, spec):
     from tfcompress import cluster
 
     # After pruning, the zeros stay zeros (tfmot's sparsity-preserving clustering).
-    clustered = cluster.cluster_weights(ctx.model, number_of_clusters=spec.number_of_clusters,
-                                        init=spec.init,
-                                        preserve_sparsity="prune" in ctx.history)
+    clustered = cluster.cluster_weights(
+        ctx.model,
+        number_of_clusters=spec.number_of_clusters,
+        init=spec.init,
+        preserve_sparsity="prune" in ctx.history,
+    )
     report = getattr(clustered, "cluster_report", None)
     if report is not None:
         ctx.record["cluster_report"] = str(report)
@@ -308,7 +345,8 @@ def cluster_stage(ctx, spec):
                 f"cluster stage: number_of_clusters={spec.number_of_clusters} leaves every "
                 f"layer unclustered ({'; '.join(f'{n}: {r}' for n, r in report.skipped)}). "
                 "Lower number_of_clusters below the kernel sizes. "
-                f"Received: number_of_clusters={spec.number_of_clusters}")
+                f"Received: number_of_clusters={spec.number_of_clusters}"
+            )
     compile_for_labels(clustered, spec.learning_rate)
     fit(ctx, clustered, spec)
     return cluster.strip_clustering(clustered)
@@ -338,10 +376,16 @@ def prune_stage(ctx, spec):
     if spec.schedule == "constant":
         schedule = prune.ConstantSparsity(spec.final_sparsity, begin_step=0, frequency=frequency)
     else:
-        schedule = prune.PolynomialDecay(spec.initial_sparsity, spec.final_sparsity,
-                                         begin_step=0, end_step=end_step, frequency=frequency)
-    pruned = prune.prune_low_magnitude(ctx.model, schedule, pattern=_pattern(spec.pattern),
-                                       scope=spec.scope)
+        schedule = prune.PolynomialDecay(
+            spec.initial_sparsity,
+            spec.final_sparsity,
+            begin_step=0,
+            end_step=end_step,
+            frequency=frequency,
+        )
+    pruned = prune.prune_low_magnitude(
+        ctx.model, schedule, pattern=_pattern(spec.pattern), scope=spec.scope
+    )
     compile_for_labels(pruned, spec.learning_rate)
     fit(ctx, pruned, spec, callbacks=[prune.UpdatePruningStep()])
     stripped = prune.strip_pruning(pruned)
