@@ -560,3 +560,15 @@ def test_21_a_bad_header_path_fails_before_the_conversion(tiny_files, tmp_path, 
     )
     assert code == 2 and "does not exist" in one_error_line(capsys)
     assert not out.exists()
+
+
+def test_11_tune_refuses_untrusted_code_before_any_work(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    (tmp_path / "r.yaml").write_text(
+        "data: {embedded: digits}\n"
+        f"model: {{factory: 'os:system', kwargs: {{command: 'touch {marker}'}}}}\n"
+        "stages:\n  - {type: train, epochs: 1}\n"
+    )
+    assert cli.main(["tune", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "call 'system(...)'" in one_error_line(capsys)
+    assert not marker.exists() and not (tmp_path / "o").exists()
