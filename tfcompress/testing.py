@@ -7,6 +7,7 @@ Example:
 >>> testing.assert_exports_int8(model, representative_data=x_train[:64])
 """
 
+import collections
 import dataclasses
 import functools
 import os
@@ -723,9 +724,13 @@ class ModelCheckReport:
                 f"  compute ops in int8: {self.int8_share:.1%} ({counts}); "
                 f"{self.tflite_bytes:,} bytes"
             )
-        for op in self.float_ops:
-            why = "unexplained" if op in self.unexplained_float_ops else "kept float by QAT"
-            lines.append(f"  float {op.op} ({op.compute_dtype}) in layer {op.layer!r}: {why}")
+        grouped = collections.Counter(
+            (op.op, op.compute_dtype, op.layer, op in self.unexplained_float_ops)
+            for op in self.float_ops
+        )
+        for (name, dtype, layer, unexplained), n in grouped.items():
+            why = "unexplained" if unexplained else "kept float by QAT"
+            lines.append(f"  float {n} x {name} ({dtype}) in layer {layer!r}: {why}")
         if self.fidelity is not None:
             lines.append(f"  fidelity: {self.fidelity}")
         if self.round_trip_max_diff is not None:
@@ -928,8 +933,6 @@ class _StepFailed(Exception):
 
 
 def _check_ops(path, qat, checked_ops, fields, failures, export, locate_ops):
-    import collections
-
     info = export.inspect(path)
     counts = collections.defaultdict(collections.Counter)
     for op in info.ops:

@@ -49,7 +49,7 @@ def test_a_layer_kept_float_is_named_and_explained(trained_cnn, digits):
     assert [(op.op, op.layer) for op in report.float_ops] == [("FULLY_CONNECTED", "dense")]
     assert report.unexplained_float_ops == ()
     assert report.int8_share == 0.75
-    assert "float FULLY_CONNECTED (float32) in layer 'dense': kept float by QAT" in str(report)
+    assert "float 1 x FULLY_CONNECTED (float32) in layer 'dense': kept float by QAT" in str(report)
 
 
 @pytest.mark.slow
