@@ -259,6 +259,16 @@ def test_report_fractions_and_clear_errors():
     with pytest.raises(prune.UnsupportedPruningModelError, match="remove_units"):
         prune.remove_heads(testing.tiny_mlp(), 0.5)
 
+    # The head-pruned encoder on its own: heads keyed by the block's name, checked on build.
+    encoder = prune.HeadPrunedTransformerEncoder(16, 4, name="enc", pruned_heads={"enc": 2})
+    encoder.build((None, 8, 16))
+    attention = encoder._self_attention_layer
+    assert (attention.num_heads, attention.key_dim) == (2, 4)
+    for pruned_heads, message in (({"enc": 0}, "can keep 1 to 4"), ({"x": 2}, "no attention")):
+        encoder = prune.HeadPrunedTransformerEncoder(16, 4, name="enc", pruned_heads=pruned_heads)
+        with pytest.raises(ValueError, match=message):
+            encoder.build((None, 8, 16))
+
 
 def test_gpt2_causal_lm_report_warns_about_generation():
     import keras_hub

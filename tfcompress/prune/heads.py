@@ -64,6 +64,7 @@ class HeadRemovalReport:
 
     @property
     def heads_removed(self):
+        """Heads removed from all attention layers."""
         return sum(len(drop) for _, _, drop in self.removed)
 
     def __str__(self):
@@ -165,6 +166,12 @@ def _apply_pruned_heads(root, pruned_heads):
         )
     for key, kept in pruned_heads.items():
         block, attr = attentions[key]
+        total = getattr(block, attr).num_heads
+        if not 1 <= kept <= total:
+            raise ValueError(
+                f"'{key}' has {total} attention heads; it can keep 1 to {total} of them. "
+                f"Received: pruned_heads={{{key!r}: {kept}}}"
+            )
         _swap_attention(block, attr, kept)
 
 
