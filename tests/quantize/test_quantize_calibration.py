@@ -40,8 +40,9 @@ def test_range_always_includes_zero():
 
 @pytest.mark.parametrize("method", ["minmax", "percentile", "mse"])
 def test_ptq_with_each_method_exports_int8(method, float_cnn, digits, convert_int8, tmp_path):
-    qat = quantize.quantize_model(float_cnn, QuantizeConfig(calibration=method),
-                                  representative_data=digits.x_train[:256])
+    qat = quantize.quantize_model(
+        float_cnn, QuantizeConfig(calibration=method), representative_data=digits.x_train[:256]
+    )
     assert qat.quantize_report.calibration == method
     assert qat.quantize_report.calibration_samples == 256
     quantize.check_ranges_set(qat)
@@ -56,6 +57,7 @@ def test_calibrate_report(float_cnn, digits):
     qat = quantize.quantize_model(float_cnn)
     report = quantize.calibrate(qat, (digits.x_train[:100], digits.y_train[:100]), method="mse")
     assert report.method == "mse" and report.samples == 100
-    assert set(report.ranges) == {path for path, _ in
-                                  quantize.calibration.activation_quantizers(qat)}
+    assert set(report.ranges) == {
+        path for path, _ in quantize.calibration.activation_quantizers(qat)
+    }
     assert "mse" in str(report)

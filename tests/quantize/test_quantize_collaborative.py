@@ -16,8 +16,12 @@ def _int8_kernel(path, name_part, rows):
     interpreter = Interpreter(str(path))
     interpreter.allocate_tensors()
     for t in interpreter.get_tensor_details():
-        if (t["dtype"] == np.int8 and name_part in t["name"] and len(t["shape"]) == 2
-                and t["shape"][0] == rows):
+        if (
+            t["dtype"] == np.int8
+            and name_part in t["name"]
+            and len(t["shape"]) == 2
+            and t["shape"][0] == rows
+        ):
             return interpreter.get_tensor(t["index"])
     raise AssertionError(f"no int8 kernel {name_part} in {path}")
 
@@ -33,11 +37,15 @@ def pruned(float_cnn):
     return model
 
 
-def test_pqat_keeps_zeros_through_fit_and_into_int8(pruned, digits, compile_classifier,
-                                                    convert_int8, tmp_path):
-    qat = compile_classifier(quantize.quantize_model(
-        pruned, QuantizeConfig(preserve_sparsity=True), representative_data=digits.x_train[:128]),
-        lr=1e-3)
+def test_pqat_keeps_zeros_through_fit_and_into_int8(
+    pruned, digits, compile_classifier, convert_int8, tmp_path
+):
+    qat = compile_classifier(
+        quantize.quantize_model(
+            pruned, QuantizeConfig(preserve_sparsity=True), representative_data=digits.x_train[:128]
+        ),
+        lr=1e-3,
+    )
     qat.fit(digits.x_train, digits.y_train, epochs=1, batch_size=32, verbose=0)
     assert np.mean(qat.get_layer("quant_dense").quantized_kernel().numpy() == 0) >= 0.5
     path = convert_int8(qat, tmp_path / "pqat.tflite")
@@ -51,12 +59,18 @@ def test_plain_qat_loses_the_zeros(pruned, digits, compile_classifier):
     assert np.mean(qat.get_layer("quant_dense").quantized_kernel().numpy() == 0) < 0.45
 
 
-def test_cqat_keeps_clusters_into_int8(float_cnn, digits, compile_classifier, convert_int8,
-                                       tmp_path):
+def test_cqat_keeps_clusters_into_int8(
+    float_cnn, digits, compile_classifier, convert_int8, tmp_path
+):
     clustered = cluster.strip_clustering(cluster.cluster_weights(float_cnn, 16))
-    qat = compile_classifier(quantize.quantize_model(
-        clustered, QuantizeConfig(preserve_clusters=True),
-        representative_data=digits.x_train[:128]), lr=1e-3)
+    qat = compile_classifier(
+        quantize.quantize_model(
+            clustered,
+            QuantizeConfig(preserve_clusters=True),
+            representative_data=digits.x_train[:128],
+        ),
+        lr=1e-3,
+    )
     assert qat.get_layer("quant_dense").preserve_clusters <= 16
     qat.fit(digits.x_train, digits.y_train, epochs=1, batch_size=32, verbose=0)
     assert len(np.unique(qat.get_layer("quant_dense").quantized_kernel().numpy())) <= 16
@@ -71,12 +85,18 @@ def test_cqat_refuses_an_unclustered_model(float_cnn):
 
 
 def test_preserve_round_trips_through_keras_file(pruned, tmp_path):
-    qat = quantize.quantize_model(pruned, QuantizeConfig(preserve_sparsity=True),
-                                  representative_data=np.ones((4, 8, 8, 1), "float32"))
+    qat = quantize.quantize_model(
+        pruned,
+        QuantizeConfig(preserve_sparsity=True),
+        representative_data=np.ones((4, 8, 8, 1), "float32"),
+    )
     qat.save(tmp_path / "pqat.keras")
     loaded = keras.saving.load_model(tmp_path / "pqat.keras")
-    np.testing.assert_array_equal(loaded.get_layer("quant_dense").sparsity_mask.numpy(),
-                                  qat.get_layer("quant_dense").sparsity_mask.numpy())
+    np.testing.assert_array_equal(
+        loaded.get_layer("quant_dense").sparsity_mask.numpy(),
+        qat.get_layer("quant_dense").sparsity_mask.numpy(),
+    )
     # (JSON turns the tuples of build_config into lists)
-    assert json.loads(json.dumps(loaded.get_layer("quant_dense").get_config())) == \
-        json.loads(json.dumps(qat.get_layer("quant_dense").get_config()))
+    assert json.loads(json.dumps(loaded.get_layer("quant_dense").get_config())) == json.loads(
+        json.dumps(qat.get_layer("quant_dense").get_config())
+    )

@@ -18,13 +18,19 @@ def test_activation_quantizer_config_round_trip():
         ActivationQuantizer(num_bits=4)
 
 
-@pytest.mark.parametrize("scheme,granularity", [("int8", "per_channel"), ("int4", "per_tensor"),
-                                                ("binary", "depthwise"), (None, None)])
+@pytest.mark.parametrize(
+    "scheme,granularity",
+    [("int8", "per_channel"), ("int4", "per_tensor"), ("binary", "depthwise"), (None, None)],
+)
 def test_wrapper_config_round_trip(scheme, granularity):
-    inner = (keras.layers.DepthwiseConv2D(3, name="dw") if granularity == "depthwise"
-             else keras.layers.Dense(4, name="fc"))
-    w = QuantizeWrapper(inner, weight_scheme=scheme, granularity=granularity, ema_decay=0.95,
-                        name="quant_x")
+    inner = (
+        keras.layers.DepthwiseConv2D(3, name="dw")
+        if granularity == "depthwise"
+        else keras.layers.Dense(4, name="fc")
+    )
+    w = QuantizeWrapper(
+        inner, weight_scheme=scheme, granularity=granularity, ema_decay=0.95, name="quant_x"
+    )
     config = w.get_config()
     again = QuantizeWrapper.from_config(config)
     assert again.get_config() == config
@@ -65,8 +71,9 @@ def test_activation_quantizer_rounds_to_256_levels_and_passes_gradients():
 
 def test_kernel_gradient_flows_straight_through():
     keras.utils.set_random_seed(0)
-    w = QuantizeWrapper(keras.layers.Dense(3), weight_scheme="int4", granularity="per_tensor",
-                        quantize_output=False)
+    w = QuantizeWrapper(
+        keras.layers.Dense(3), weight_scheme="int4", granularity="per_tensor", quantize_output=False
+    )
     x = tf.random.normal((5, 4))
     w(x)
     with tf.GradientTape() as tape:

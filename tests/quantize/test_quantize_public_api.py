@@ -4,21 +4,47 @@ import tfcompress.cluster
 import tfcompress.quantize
 
 QUANTIZE = [
-    "ActivationQuantizer", "AlreadyQuantizedError", "CALIBRATION_METHODS",
-    "CalibrationReport", "CollapseWarning", "check_collapse", "collapse_monitor",
+    "ActivationQuantizer",
+    "AlreadyQuantizedError",
+    "CALIBRATION_METHODS",
+    "CalibrationReport",
+    "CollapseWarning",
+    "check_collapse",
+    "collapse_monitor",
     "output_spread",
-    "LayerHandler", "QuantizeConfig", "QuantizeReport", "QuantizeWrapper",
+    "LayerHandler",
+    "QuantizeConfig",
+    "QuantizeReport",
+    "QuantizeWrapper",
     "RangesNotSetError",
-    "UnsupportedLayerError", "WeightScheme", "available_schemes", "calibrate",
-    "check_ranges_set", "compute_range", "configure_converter", "is_quantization_aware",
+    "UnsupportedLayerError",
+    "WeightScheme",
+    "available_schemes",
+    "calibrate",
+    "check_ranges_set",
+    "compute_range",
+    "configure_converter",
+    "is_quantization_aware",
     "quantize_annotate_layer",
-    "quantize_apply", "quantize_model", "quantize_scope", "register_layer", "register_scheme",
-    "registry", "schemes", "storage_report",
+    "quantize_apply",
+    "quantize_model",
+    "quantize_scope",
+    "register_layer",
+    "register_scheme",
+    "registry",
+    "schemes",
+    "storage_report",
 ]
 CLUSTER = [
-    "CentroidInitialization", "ClusterReport", "ClusterWeights", "assign", "available_inits",
+    "CentroidInitialization",
+    "ClusterReport",
+    "ClusterWeights",
+    "assign",
+    "available_inits",
     "cluster_weights",
-    "initial_centroids", "register_init", "strip_clustering",
+    "initial_centroids",
+    "register_init",
+    "strip_clustering",
 ]
 
 
@@ -36,6 +62,11 @@ def test_cluster_surface():
 
 def test_schemes_registry():
     assert tfcompress.quantize.available_schemes() == ["int8", "int4", "int2", "binary"] + [
-        f"int4_block{n}" for n in (32, 64, 128)]
-    assert [tfcompress.quantize.schemes.scheme_for_bits(b).name for b in (8, 4, 2, 1)] == \
-        ["int8", "int4", "int2", "binary"]
+        f"int4_block{n}" for n in (32, 64, 128)
+    ]
+    assert [tfcompress.quantize.schemes.scheme_for_bits(b).name for b in (8, 4, 2, 1)] == [
+        "int8",
+        "int4",
+        "int2",
+        "binary",
+    ]

@@ -24,8 +24,9 @@ def test_tf_keras_skip_layers_and_options():
     model = testing.tf_keras_digits_cnn()
     qat = quantize.quantize_model(model, QuantizeConfig(skip_layers=("logits",)))
     assert type(qat.get_layer("logits")).__name__ == "Dense"
-    np.testing.assert_array_equal(qat.get_layer("logits").kernel.numpy(),
-                                  model.get_layer("logits").kernel.numpy())
+    np.testing.assert_array_equal(
+        qat.get_layer("logits").kernel.numpy(), model.get_layer("logits").kernel.numpy()
+    )
     with pytest.raises(ValueError, match="tfmot"):
         quantize.quantize_model(model, QuantizeConfig(weight_scheme="int4"))
 

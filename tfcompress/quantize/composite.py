@@ -59,6 +59,13 @@ def _kind(layer):
         return None
     if isinstance(layer, L.LayerNormalization):
         return "norm"
+    if (
+        isinstance(layer, L.Conv2D)
+        and type(layer).call is L.Conv2D.call
+        and getattr(layer, "groups", 1) == 1
+        and layer.data_format == "channels_last"
+    ):
+        return "conv"  # ViT's patch embedding
     return None
 
 
@@ -66,6 +73,7 @@ _SLOTS = {
     "dense": ("input", "output"),
     "attention": ("query_scaled", "key", "value", "scores", "probs", "context"),
     "norm": ("input", "output"),
+    "conv": ("input", "output"),
 }
 
 
@@ -243,7 +251,37 @@ def _compute_attention(
     return state.quantize(self, "context", context), probs
 
 
+def _conv_call(self, inputs):
+    state = _state(self)
+    if state is None:
+        return super(type(self), self).call(inputs)
+    x = state.ensure(self, "input", inputs)
+    from keras.src.backend.common.variables import AutocastScope
+
+    with AutocastScope(None):
+        w = tf.cast(tf.convert_to_tensor(self.kernel), "float32")
+    mask = self.__dict__[_STATE].wrapper._mask_for.get(id(self))
+    if mask is not None:
+        w = w * mask
+    kernel = get_scheme(state.wrapper.weight_scheme).quantize(w, per_channel=True)
+    y = ops.conv(
+        x,
+        ops.cast(kernel, self.compute_dtype),
+        strides=self.strides,
+        padding=self.padding,
+        dilation_rate=self.dilation_rate,
+    )
+    if self.use_bias:
+        y = ops.add(y, self.bias)
+    activation = _activation_name(self)
+    if activation in _FUSED:
+        return state.quantize(self, "output", self.activation(y))
+    y = state.quantize(self, "output", y)
+    return self.activation(y) if self.activation is not None else y
+
+
 _HOOKS = {
+    "conv": {"call": _conv_call},
     "dense": {"call": _dense_call},
     "norm": {"call": _norm_call},
     "attention": {"_compute_attention": _compute_attention},
@@ -282,7 +320,7 @@ def inner_targets(layer):
 
 def is_composite(layer):
     """Whether `layer` holds Dense / EinsumDense layers that `QuantizeComposite` can hook."""
-    return any(kind == "dense" for _, kind in inner_targets(layer))
+    return any(kind in ("dense", "conv") for _, kind in inner_targets(layer))
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -323,7 +361,7 @@ class QuantizeComposite(Wrapper):
         if not self.layer.built:
             self.layer.build(input_shape)
         targets = inner_targets(self.layer)
-        if not any(kind == "dense" for _, kind in targets):
+        if not any(kind in ("dense", "conv") for _, kind in targets):
             raise ValueError(
                 f"QuantizeComposite found no Dense or EinsumDense layer inside "
                 f"'{self.layer.name}' ({type(self.layer).__name__}) after building it; there is "
@@ -349,7 +387,7 @@ class QuantizeComposite(Wrapper):
                 self.activation_quantizers.append(q)
                 quantizer_for[f"{id(sub)}/{slot}"] = q
                 slot_names.append((f"{id(sub)}/{slot}", f"{sub_path}/{slot}"))
-            if kind == "dense" and self.preserve_sparsity:
+            if kind in ("dense", "conv") and self.preserve_sparsity:
                 mask = self.add_weight(
                     name=f"{sub_path.replace('/', '__')}__sparsity_mask",
                     shape=tuple(sub.kernel.shape),
@@ -410,7 +448,7 @@ class QuantizeComposite(Wrapper):
 
     def kernels(self):
         """`(inner layer, kernel variable)` for every fake-quantized inner kernel."""
-        return [(sub, sub.kernel) for sub, kind in self._targets if kind == "dense"]
+        return [(sub, sub.kernel) for sub, kind in self._targets if kind in ("dense", "conv")]
 
     def set_sparsity_masks(self):
         """Set each inner kernel's sparsity mask from its zeros (`preserve_sparsity`)."""

@@ -238,11 +238,6 @@ class QuantizeWrapper(Wrapper):
             shape = tf.shape(w)
             flat = tf.reshape(w, tf.concat([shape[:2], [-1]], 0))
             return tf.reshape(scheme.quantize(flat, per_channel=True), shape)
-        if self.granularity == "per_channel" and len(w.shape) > 4:
-            # TF's per-channel fake-quant gradient takes rank <= 4 (Conv3D kernels are 5-D).
-            shape = tf.shape(w)
-            flat = tf.reshape(w, (-1, w.shape[-1]))
-            return tf.reshape(scheme.quantize(flat, per_channel=True), shape)
         return scheme.quantize(w, per_channel=self.granularity == "per_channel")
 
     def call(self, inputs, training=None, mask=None, **kwargs):

@@ -97,8 +97,10 @@ def _register_defaults():
     from tfcompress.quantize import batchnorm  # noqa: F401  (registers the BatchNorm roles)
 
     L = keras.layers
-    for cls in (L.Conv2D, L.Conv3D):
-        register_layer(cls, LayerHandler("weights", "per_channel"))
+    register_layer(L.Conv2D, LayerHandler("weights", "per_channel"))
+    # TFLite runs CONV_3D in float (no int8 kernel): a per-tensor range converts, a
+    # per-channel one on the 5-D kernel does not.
+    register_layer(L.Conv3D, LayerHandler("weights", "per_tensor"))
     # Conv1D runs as a Conv2D on an expanded kernel: a per-channel range on the 3-D
     # kernel lands on the wrong axis after the reshape, and the converter refuses it.
     register_layer(L.Conv1D, LayerHandler("weights", "per_tensor"))
@@ -190,9 +192,10 @@ def _register_keras_hub():
     register_layer(layers.TransformerEncoder, LayerHandler("composite"))
     register_layer(layers.TransformerDecoder, LayerHandler("composite"))
     try:  # ViT's whole encoder is one layer: its blocks' Dense and attention inside
-        from keras_hub.src.models.vit.vit_layers import ViTEncoder
+        from keras_hub.src.models.vit.vit_layers import ViTEncoder, ViTPatchingAndEmbedding
 
         register_layer(ViTEncoder, LayerHandler("composite"))
+        register_layer(ViTPatchingAndEmbedding, LayerHandler("composite"))  # its patch conv
     except ImportError:
         pass
     register_layer(layers.PositionEmbedding, LayerHandler("output"))

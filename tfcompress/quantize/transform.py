@@ -23,9 +23,10 @@ class QuantizeReport:
         quantized: `(layer name, class, weight scheme or None)` per quantized layer.
         kept_float: `(layer name, class, reason)` per layer left in float.
         folded_batchnorm: `(conv name, batchnorm name)` pairs folded together.
-        shared: `(layer name, class, reason)` per layer that could not be
-            rebuilt from its config and is shared with the input model
-            (its weights too: training the QAT model changes them).
+        shared: `(layer name, class, what was done)` per layer whose
+            `from_config` failed: rebuilt without derived config fields, or,
+            when that failed too, shared with the input model (its weights
+            too: training the QAT model then changes them).
         calibration: the calibration method used to initialise ranges, or
             `None` (ranges are then set by the first training steps).
         calibration_samples: inputs used for calibration.
@@ -167,10 +168,18 @@ def quantize_model(model, config=None, *, representative_data=None, only_annotat
             report, calibration=calibrated.method, calibration_samples=calibrated.samples
         )
     qat.quantize_report = report
-    return attach(qat, Report(
-        "quantize_model", model.name,
-        done=[Entry(n, c, f"{s} weights" if s else "output range") for n, c, s in report.quantized],
-        skipped=report.kept_float, details=report))
+    return attach(
+        qat,
+        Report(
+            "quantize_model",
+            model.name,
+            done=[
+                Entry(n, c, f"{s} weights" if s else "output range") for n, c, s in report.quantized
+            ],
+            skipped=report.kept_float,
+            details=report,
+        ),
+    )
 
 
 def _as_functional(model):
@@ -204,8 +213,10 @@ def copy_layer(layer, shared, overrides=None, rebuild=False):
 
     A layer without weights that is not changed (`overrides`, `rebuild`) is
     reused as it is. Otherwise it is rebuilt from its config (and built like
-    the original); when that fails (keras-hub layers whose `get_config`
-    emits derived fields), the original is reused and `shared` records why.
+    the original). When `from_config` fails (keras-hub layers whose
+    `get_config` emits derived fields its `__init__` refuses), it is tried
+    again without the fields `__init__` does not name; when that fails too,
+    the original is reused. Either way `shared` records what happened.
     """
     if overrides is None and not rebuild and not layer.weights:
         return layer
@@ -213,16 +224,31 @@ def copy_layer(layer, shared, overrides=None, rebuild=False):
     config.update(overrides or {})
     try:
         new = layer.__class__.from_config(config)
-    except Exception as e:  # noqa: BLE001  (any from_config failure: reuse, and say so)
-        if overrides:
-            raise
+    except Exception as e:  # noqa: BLE001  (any from_config failure: retry, reuse, say so)
+        failure = f"from_config failed ({type(e).__name__}: {str(e)[:120]})"
+        extra = _derived_fields(layer, config)
+        new = None
+        if extra:
+            try:
+                new = layer.__class__.from_config(
+                    {k: v for k, v in config.items() if k not in extra}
+                )
+            except Exception:  # noqa: BLE001
+                new = None
+        if new is None:
+            if overrides:
+                raise
+            shared[layer.name] = (
+                layer.name,
+                type(layer).__name__,
+                f"{failure}; the layer is shared with the input model",
+            )
+            return layer
         shared[layer.name] = (
             layer.name,
             type(layer).__name__,
-            f"from_config failed ({type(e).__name__}: {str(e)[:120]}); "
-            "the layer is shared with the input model",
+            f"{failure}; rebuilt without {sorted(extra)}",
         )
-        return layer
     build_config = layer.get_build_config() if layer.built else None
     if build_config and not overrides:
         try:
@@ -233,6 +259,21 @@ def copy_layer(layer, shared, overrides=None, rebuild=False):
     if note is not None:
         setattr(new, annotate._ATTR, dict(note))
     return new
+
+
+_BASE_LAYER_ARGS = {"name", "dtype", "trainable", "autocast", "activity_regularizer"}
+
+
+def _derived_fields(layer, config):
+    """Config keys that `type(layer).__init__` does not name (derived fields)."""
+    import inspect
+
+    try:
+        params = inspect.signature(type(layer).__init__).parameters
+    except (TypeError, ValueError):
+        return set()
+    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return {k for k in config if k not in named and k not in _BASE_LAYER_ARGS}
 
 
 def _inline_nested(model, shared):
