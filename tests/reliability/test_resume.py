@@ -100,6 +100,7 @@ def test_3_keys_follow_model_data_and_version(monkeypatch):
 # 5, 6: outputs checked by size and hash; corrupt files named and rerun --------------------
 
 
+@pytest.mark.slow
 def test_5_truncated_tflite_reruns_the_export(copy_of):
     target = copy_of / "02_export" / "model_float32.tflite"
     target.write_bytes(target.read_bytes()[:100])
@@ -169,6 +170,7 @@ def _killed_after_fit(out, monkeypatch, recipe=TRAIN_ONLY, **kwargs):
     return weights
 
 
+@pytest.mark.slow
 def test_4_7_8_a_kill_after_fit_resumes_only_from_its_own_intact_backup(tmp_path, monkeypatch):
     killed = tmp_path / "killed"
     _killed_after_fit(killed, monkeypatch)
