@@ -901,8 +901,12 @@ def check_model(
                     f"the QAT model's outputs collapsed (spread {check.output_spread:.2g})"
                 )
             if wrong:
-                divergence = first_divergence(path, qat, eval_x, min_cosine=min_cosine)
-                fields["fidelity"] = dataclasses.replace(check, divergence=divergence)
+                try:
+                    divergence = first_divergence(path, qat, eval_x, min_cosine=min_cosine)
+                except Exception as e:  # the numbers above stand without it
+                    divergence = f"(no layer comparison: {type(e).__name__}: {e})"
+                else:
+                    fields["fidelity"] = dataclasses.replace(check, divergence=divergence)
                 failures.append("int8 file vs QAT model: " + ", ".join(wrong) + f"; {divergence}")
             failures.extend(f"verify warning: {w}" for w in check.warnings)
 

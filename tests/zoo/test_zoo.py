@@ -45,6 +45,8 @@ def test_family_survives_prune_qat_int8(family):
         prune_learning_rate=3e-3,
         raise_on_failure=False,
     )
+    failed = [f"{step}: {outcome}" for step, outcome in report.steps if outcome[:2] != "ok"]
+    assert not failed, str(report)
     baseline = np.bincount(test[1]).max() / len(test[1])
     assert report.pruned_accuracy is not None and report.pruned_accuracy > baseline + 0.05, (
         f"{family}: the outputs carry no signal to verify against (held-out accuracy "

@@ -405,7 +405,7 @@ def first_divergence(tflite_path, model, data, max_samples=8, min_cosine=0.99):
         expected = np.asarray(expected, np.float32)
         best = None
         for name, (producer, values) in tensors.get(layer.name, {}).items():
-            if all(v.shape[1:] == expected.shape[1:] and v.shape[0] == 1 for v in values):
+            if all(v.shape == (1,) + expected.shape[1:] for v in values):
                 if best is None or producer > best[0]:
                     best = (producer, name, values)
         if best is None:
@@ -638,7 +638,7 @@ def _run_preserving_tensors(tflite_path, specs, inputs, layer_order, model_name,
             entry = found.setdefault(layer, {}).setdefault(
                 detail["name"] or f"#{index}", (producer[index], [])
             )
-            entry[1].append(value.reshape((1,) + value.shape[1:]) if value.ndim else value)
+            entry[1].append(value)
     # Keep only tensors seen for every sample.
     return {
         layer: {name: v for name, v in ts.items() if len(v[1]) == n} for layer, ts in found.items()
