@@ -11,6 +11,7 @@ richer object (a `QuantizeReport`, a `PruningPlan`, ...) rides along in
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 #: The attribute under which a verb stores its `Report` on the model it returns.
@@ -57,8 +58,8 @@ class Report:
 
     verb: str
     model_name: str
-    done: tuple = ()
-    skipped: tuple = ()
+    done: Sequence[Any] = ()
+    skipped: Sequence[Any] = ()
     details: Any = None
 
     def __post_init__(self):
@@ -77,8 +78,10 @@ class Report:
 
     def summary(self) -> str:
         """One line: the verb, the model, how many done and skipped."""
-        return (f"{self.verb} on '{self.model_name}': {len(self.done)} done, "
-                f"{len(self.skipped)} skipped")
+        return (
+            f"{self.verb} on '{self.model_name}': {len(self.done)} done, "
+            f"{len(self.skipped)} skipped"
+        )
 
     def __str__(self) -> str:
         lines = [self.summary()]
@@ -136,8 +139,11 @@ def wrapper_report(verb: str, model, result, note: str) -> Report:
     """
     layers = getattr(result, "layers", None)
     candidates = layers if layers is not None else [result]
-    done = [Entry(layer.layer.name, type(layer.layer).__name__, note)
-            for layer in candidates if hasattr(layer, "layer")]
+    done = [
+        Entry(layer.layer.name, type(layer.layer).__name__, note)
+        for layer in candidates
+        if hasattr(layer, "layer")
+    ]
     return Report(verb, getattr(model, "name", ""), done=done, details="tfmot (tf_keras)")
 
 

@@ -165,11 +165,11 @@ def encode_for_bert(
     for batch_token_ids, batch_segment_ids in batches.as_numpy_iterator():
         token_ids.append(batch_token_ids.astype(np.int32))
         segment_ids.append(batch_segment_ids.astype(np.int32))
-    token_ids = np.concatenate(token_ids)
+    packed = np.concatenate(token_ids)
     return {
-        "token_ids": token_ids,
+        "token_ids": packed,
         "segment_ids": np.concatenate(segment_ids),
-        "padding_mask": (token_ids != pad_id).astype(np.int32),
+        "padding_mask": np.not_equal(packed, pad_id).astype(np.int32),
     }
 
 

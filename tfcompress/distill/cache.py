@@ -197,7 +197,7 @@ class TeacherCache:
         # One slot at a time keeps memory at batch x classes (not x k).
         dense = ops.one_hot(indices[..., 0], self.num_classes, dtype="float32") * 0.0
         dense = dense + _MISSING_LOGIT
-        for j in range(self.top_k):
+        for j in range(int(self.top_k or 0)):
             hit = ops.one_hot(indices[..., j], self.num_classes, dtype="bool")
             dense = ops.where(hit, ops.expand_dims(values[..., j], -1), dense)
         return dense
@@ -280,7 +280,8 @@ def cache_teacher_outputs(
     }
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+            payload: dict[str, Any] = {"meta": np.array(json.dumps(meta)), **arrays}
+            np.savez(f, **payload)
     return TeacherCache(path, arrays, fp, num_classes, k, meta["teacher"])
 
 

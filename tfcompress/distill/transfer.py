@@ -40,7 +40,7 @@ class TransferReport:
 def transfer_weights(
     teacher: keras.Model,
     student: keras.Model,
-    layer_pairs: Sequence[tuple[str, str]] | Mapping[str, str] | None = None,
+    layer_pairs: Sequence[tuple[str, str]] | None = None,
 ) -> TransferReport:
     """Copies weights from teacher layers to student layers of the same name and shapes.
 

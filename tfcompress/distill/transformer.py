@@ -18,8 +18,7 @@ that do not return attention scores.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import keras
 from keras import ops
@@ -129,12 +128,12 @@ class TransformerFeatureExtractor(keras.Model):
 
 
 def resolve_layer_map(
-    layer_map: str | Sequence[int] | Mapping[Any, Any] | None,
+    layer_map: str | Sequence[Sequence[int | str]] | None,
     student_names: Sequence[str],
     teacher_names: Sequence[str],
     allow_embeddings: bool = True,
     argument: str = "layer_map",
-) -> list[tuple[str, str]]:
+) -> list[tuple[int, int]]:
     """Turns a layer mapping into `(student_index, teacher_index)` pairs of hidden states.
 
     Index 0 is the embedding output, index i + 1 the output of block i.
@@ -198,7 +197,7 @@ class _TransformerLoss(keras.distillation.DistillationLoss):
     student_layer_name = TRANSFORMER_FEATURES
     _allow_embeddings = True
 
-    def __init__(self, layer_map: str | Sequence[int] | Mapping[Any, Any] | None = None):
+    def __init__(self, layer_map: str | Sequence[Sequence[int | str]] | None = None):
         self.layer_map = layer_map
         self.pairs = None
 
@@ -243,7 +242,7 @@ class HiddenStateDistillation(_TransformerLoss):
     ```
     """
 
-    def __init__(self, layer_map: str | Sequence[int] | Mapping[Any, Any] | None = None):
+    def __init__(self, layer_map: str | Sequence[Sequence[int | str]] | None = None):
         super().__init__(layer_map)
         self.projection = None
 

@@ -6,8 +6,6 @@ and fails fast on a dead worker; `warmup_cosine` and `adamw` set up the usual
 fine-tuning recipe.
 """
 
-from tfcompress.train.optimizers import NO_DECAY, adamw, warmup_cosine, with_accumulation
-from tfcompress.train.sharing import share_layers
 from tfcompress.train.distribute import (
     ClusterConfigError,
     ClusterUnreachableError,
@@ -18,6 +16,8 @@ from tfcompress.train.distribute import (
     strategy,
     wait_for_cluster,
 )
+from tfcompress.train.optimizers import NO_DECAY, adamw, warmup_cosine, with_accumulation
+from tfcompress.train.sharing import share_layers
 
 __all__ = [
     "ClusterConfigError",

@@ -88,7 +88,7 @@ def adamw(
 
 
 def with_accumulation(
-    optimizer: keras.optimizers.Optimizer | str, accumulation_steps: int
+    optimizer: keras.optimizers.Optimizer, accumulation_steps: int
 ) -> keras.optimizers.Optimizer:
     """A copy of a Keras optimizer that accumulates `accumulation_steps` batches per update.
 
