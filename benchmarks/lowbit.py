@@ -163,7 +163,7 @@ def pipeline_table(folder, quick):
                 f"{exported['gzip_bytes']:,}",
                 f"**{ratio:.1f}x**",
                 f"{exported['tflite_accuracy']:.4f}",
-                f"{loss * 100:+.2f}",
+                f"{loss * 100:.2f}",
                 f"{exported['top1_agreement']:.2%}",
             ]
         )

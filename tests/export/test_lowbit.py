@@ -113,10 +113,15 @@ def test_depthwise_falls_back_to_int8(tmp_path):
     inp = keras.Input((8, 8, 4))
     x = keras.layers.DepthwiseConv2D(3, name="dw")(inp)
     out = keras.layers.Dense(3, name="head")(keras.layers.Flatten()(x))
-    result = export.to_tflite(keras.Model(inp, out), tmp_path / "dw.tflite", mode="int4")
+    model = keras.Model(inp, out)
+    result = export.to_tflite(model, tmp_path / "dw.tflite", mode="int4")
     (fallback,) = result.fallbacks
     assert (fallback.layer, fallback.op, fallback.got) == ("dw", "DEPTHWISE_CONV_2D", "int8")
     assert "no dynamic 4-bit DEPTHWISE_CONV_2D" in fallback.reason
+    weight = export.read_weights(result.path)[fallback.tensor]  # channels on axis 3
+    kernel = model.get_layer("dw").kernel.numpy().reshape(1, 3, 3, 4)
+    assert weight.dtype == "int8" and weight.axis == 3
+    np.testing.assert_allclose(weight.dequantized(), kernel, atol=np.abs(kernel).max() / 100)
 
 
 def test_bad_input(mlp, tmp_path):

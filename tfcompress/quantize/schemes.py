@@ -3,7 +3,7 @@
 A scheme turns a float kernel into the values the layer computes with during
 QAT. The int4 and int2 schemes (`"int4"`, `"int4_block32"`, `"int4_block64"`,
 `"int4_block128"`, `"int2"`) put the kernel on exactly the grid litert-quantizer
-writes into a `.tflite` file (`tfcompress.quantize.lowbit.litert_grid`), one
+writes into a `.tflite` file (`tfcompress.quantize.grid.litert_grid`), one
 scale per output channel or per block of inputs, so
 `tfcompress.export.to_tflite(qat, path, mode="int4")` stores the trained
 weights unchanged, packed 2 (or 4) per byte. Exported with `mode="int8"`, the
@@ -52,7 +52,7 @@ class WeightScheme:
     def quantize(self, w, per_channel):
         """Fake-quantize kernel `w` (channels last); per-tensor int8 when not `per_channel`."""
         if self.litert_grid:
-            from tfcompress.quantize.lowbit import litert_grid
+            from tfcompress.quantize.grid import litert_grid
 
             return litert_grid(w, self.num_bits, self.block_size)
         if self.pre_quantize is not None:
