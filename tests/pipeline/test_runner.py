@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from tfcompress import cli, pipeline
+from tfcompress.errors import UntrustedCodeError
 from tfcompress.pipeline import RecipeError
 
 RECIPE = {
@@ -128,15 +129,25 @@ def test_output_folder_that_is_a_file(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "data, message",
+    "data, error, message",
     [
-        ({"npz": "/nowhere/data.npz"}, "The data file '/nowhere/data.npz' does not exist"),
-        ({"factory": "tfcompress.nope:make"}, "cannot be imported"),
+        (
+            {"npz": "/nowhere/data.npz"},
+            RecipeError,
+            "The data file '/nowhere/data.npz' does not exist",
+        ),
+        ({"factory": "tfcompress.testing:nope"}, RecipeError, "cannot be imported"),
+        # Other tfcompress modules can write files: they need trust too.
+        (
+            {"factory": "tfcompress._io:atomic_write_text"},
+            UntrustedCodeError,
+            "runs only when you trust",
+        ),
     ],
 )
-def test_bad_data_sources(tmp_path, data, message):
+def test_bad_data_sources(tmp_path, data, error, message):
     recipe = dict(RECIPE, data=data)
-    with pytest.raises(RecipeError, match=message):
+    with pytest.raises(error, match=message):
         pipeline.run(recipe, str(tmp_path / "out"), progress=lambda m: None)
 
 

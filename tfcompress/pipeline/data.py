@@ -21,8 +21,10 @@ import numpy as np
 from tfcompress.errors import InvalidModelFileError, UntrustedCodeError
 from tfcompress.pipeline.recipe import RecipeError
 
-#: Factories under these packages run without `trust_code`: they ship with tfcompress.
-TRUSTED_PACKAGES = ("tfcompress",)
+#: Factories from these modules run without `trust_code`: tfcompress's own model builders
+#: and bundled data sets. Anything else, including other tfcompress modules (which can
+#: write files), needs trust.
+TRUSTED_PACKAGES = ("tfcompress.testing", "tfcompress.data")
 
 _TRUST = contextvars.ContextVar("tfcompress_trust_code", default=False)
 
@@ -54,7 +56,9 @@ def _trusted(trust_code):
     return _TRUST.get() if trust_code is None else bool(trust_code)
 
 
-def _is_trusted_module(module_name):
+def _is_trusted(module_name, attr):
+    if any(part.startswith("_") for part in attr.split(".")):
+        return False
     return any(module_name == p or module_name.startswith(p + ".") for p in TRUSTED_PACKAGES)
 
 
@@ -92,10 +96,11 @@ def check_factory(spec, what, trust_code=None):
         RecipeError: the module or the name cannot be found.
     """
     module_name, _, attr = spec.rpartition(":") if ":" in spec else ("", "", spec)
-    if not _is_trusted_module(module_name) and not _trusted(trust_code):
+    if not _is_trusted(module_name, attr) and not _trusted(trust_code):
         raise UntrustedCodeError(
             f"The recipe's {what} factory would import the Python module '{module_name}' and "
-            f"call '{attr}(...)': code outside tfcompress runs only when you trust the recipe. "
+            f"call '{attr}(...)': code other than tfcompress.testing's models and "
+            "tfcompress.data's data sets runs only when you trust the recipe. "
             "Pass --trust-code (trust_code=True in Python) if you wrote it or trust its "
             f"author. Received: factory={spec!r}"
         )
