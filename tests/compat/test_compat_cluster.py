@@ -133,3 +133,22 @@ def test_a_tf_keras_layer_goes_to_tfmot():
 
     wrapped = cluster_weights(tf_keras.layers.Dense(8), number_of_clusters=4)
     assert type(wrapped).__module__.startswith("tensorflow_model_optimization")
+
+
+class _ClusterableDense(keras.layers.Dense):
+    """tfmot's ClusterableLayer interface: `(name, variable)` pairs to cluster."""
+
+    def get_clusterable_weights(self):
+        return [("kernel", self.kernel), ("bias", self.bias)]
+
+
+def test_custom_layer_with_get_clusterable_weights():
+    model = keras.Sequential(
+        [keras.Input((8,)), _ClusterableDense(32, bias_initializer="random_normal", name="custom")]
+    )
+    clustered = cluster_weights(model, number_of_clusters=4)
+    names = [name for name, _, _ in clustered.cluster_report.clustered]
+    assert names == ["custom/kernel", "custom/bias"]
+    layer = strip_clustering(clustered).get_layer("custom")
+    assert len(np.unique(layer.kernel.numpy())) <= 4
+    assert len(np.unique(layer.bias.numpy())) <= 4

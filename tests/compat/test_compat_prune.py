@@ -165,3 +165,24 @@ def test_schedule_config_in_tfmot_form(schedule):
     assert wrapped.layers[0].pruning_schedule == schedule
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
     assert again == schedule
+
+
+class _PrunableDense(keras.layers.Dense):
+    """tfmot's PrunableLayer interface: the layer says which weights to prune."""
+
+    def get_prunable_weights(self):
+        return [self.kernel, self.bias]
+
+
+def test_custom_layer_with_get_prunable_weights(data):
+    model = keras.Sequential(
+        [
+            keras.Input((16,)),
+            _PrunableDense(32, bias_initializer="ones", name="custom"),
+            keras.layers.Dense(2),
+        ]
+    )
+    pruned = prune_low_magnitude(model, ConstantSparsity(0.5, 0, frequency=1), skip=None)
+    layer = _fit(pruned, data).get_layer("custom")
+    assert np.mean(layer.kernel.numpy() == 0) == pytest.approx(0.5)
+    assert np.mean(layer.bias.numpy() == 0) == pytest.approx(0.5)  # bias too, as it asked

@@ -27,7 +27,16 @@ class ClusterTarget:
     @property
     def variable(self):
         """The Keras variable this target clusters."""
+        if self.attr.startswith("#"):
+            return self.layer.get_clusterable_weights()[int(self.attr[1:])][1]
         return getattr(self.layer, self.attr)
+
+    @property
+    def name(self):
+        """The weight's name (`kernel`, or the name a `get_clusterable_weights` pair gives)."""
+        if self.attr.startswith("#"):
+            return str(self.layer.get_clusterable_weights()[int(self.attr[1:])][0])
+        return self.attr
 
 
 def _table():
@@ -58,7 +67,15 @@ CLUSTERABLE_CLASS_NAMES = (
 
 
 def own_targets(layer):
-    """The `ClusterTarget`s of `layer` itself; empty if it is not in the table."""
+    """The `ClusterTarget`s of `layer` itself; empty if it is not in the table.
+
+    A built layer with a `get_clusterable_weights()` method (tfmot's
+    `ClusterableLayer` interface: `(name, variable)` pairs) clusters exactly
+    those weights, before any rule of the table.
+    """
+    get = getattr(layer, "get_clusterable_weights", None)
+    if callable(get) and layer.built:
+        return [ClusterTarget(layer, f"#{i}", False) for i in range(len(get()))]
     for classes, attrs, per_channel_ok in _table():
         if isinstance(layer, classes):
             return [

@@ -197,7 +197,12 @@ def _plan(model, options, skip):
             continue
         keep = []
         for target in found:
-            label = f"{layer.name}/{target.layer.name}/{target.attr}" if composite else layer.name
+            if not composite:
+                label = layer.name
+            elif target.layer is layer:
+                label = f"{layer.name}/{target.name}"
+            else:
+                label = f"{layer.name}/{target.layer.name}/{target.name}"
             n = int(np.prod(target.variable.shape))
             _check_finite(label, target.variable)
             if n <= k:

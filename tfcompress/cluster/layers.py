@@ -131,7 +131,7 @@ class ClusterWeights(Wrapper):
             variable = target.variable
             variable.trainable = False  # replaced by centroids[indices] while clustering
             shape = tuple(variable.shape)
-            prefix = f"{target.layer.name}_{target.attr}_" if composite else ""
+            prefix = f"{target.layer.name}_{target.name}_" if composite else ""
             per_channel = self.cluster_per_channel and target.per_channel_ok and len(shape) > 1
             centroid_shape = (
                 (shape[-1], self.number_of_clusters) if per_channel else (self.number_of_clusters,)
@@ -196,9 +196,9 @@ class ClusterWeights(Wrapper):
         if len(self._targets) == 1 and self._targets[0].layer is self.layer:
             return [self.layer.name]
         return [
-            f"{self.layer.name}/{t.layer.name}/{t.attr}"
+            f"{self.layer.name}/{t.layer.name}/{t.name}"
             if t.layer is not self.layer
-            else f"{self.layer.name}/{t.attr}"
+            else f"{self.layer.name}/{t.name}"
             for t in self._targets
         ]
 

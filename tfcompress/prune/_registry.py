@@ -19,6 +19,21 @@ class PrunableWeight:
     attr: str
     nm_axis: int
 
+    def variable(self, layer):
+        """The variable of `layer` this spec names.
+
+        `"#i"` is the i-th weight of `layer.get_prunable_weights()` (tfmot's
+        `PrunableLayer` interface); anything else is an attribute name.
+        """
+        if self.attr.startswith("#"):
+            return layer.get_prunable_weights()[int(self.attr[1:])]
+        return getattr(layer, self.attr)
+
+    @property
+    def name(self):
+        """A name for the mask variable (`kernel`, `recurrent_kernel`, `prunable_0`, ...)."""
+        return f"prunable_{self.attr[1:]}" if self.attr.startswith("#") else self.attr
+
 
 def _table():
     import keras
@@ -59,7 +74,18 @@ PRUNABLE_CLASS_NAMES = (
 
 
 def prunable_weights(layer):
-    """The `PrunableWeight`s of a Keras 3 layer; empty if we do not prune it."""
+    """The `PrunableWeight`s of a Keras 3 layer; empty if we do not prune it.
+
+    A built layer with a `get_prunable_weights()` method (tfmot's
+    `PrunableLayer` interface, for custom layers) prunes exactly the weights it
+    returns, before any rule of the table.
+    """
+    get = getattr(layer, "get_prunable_weights", None)
+    if callable(get) and layer.built:
+        return tuple(
+            PrunableWeight(f"#{i}", nm_axis=-2 if len(w.shape) >= 3 else 0)
+            for i, w in enumerate(get())
+        )
     for klass, weights in _table():
         if isinstance(layer, klass):
             return weights

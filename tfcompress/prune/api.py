@@ -146,8 +146,7 @@ def prune_low_magnitude(
             overrides=overrides,
         )
         _log_plan(plan, verbose)
-        return attach(_tfmot.prune(model, plan, schedule, pattern, overrides),
-                      _report(model, plan))
+        return attach(_tfmot.prune(model, plan, schedule, pattern, overrides), _report(model, plan))
 
     if any(isinstance(layer, PruneLowMagnitude) for layer in plan_lib.flat_layers(model)):
         raise ValueError(
@@ -182,7 +181,7 @@ def prune_low_magnitude(
         opts["schedule"] = schedules_lib.get(opts["schedule"])
         opts["pattern"] = patterns.parse(opts["pattern"])
         for sub, spec in _registry.prunable_targets(by_name[name]):
-            shape = tuple(getattr(sub, spec.attr).shape)
+            shape = tuple(spec.variable(sub).shape)
             patterns.check_shape(opts["pattern"], shape, spec.nm_axis, sub.name)
         options[name] = opts
     _log_plan(plan, verbose)
@@ -386,9 +385,23 @@ def _clone(model, transform):
     """clone_model with fresh layers from config, passed through `transform(orig, clone)`."""
     import keras
 
+    def fresh(layer):
+        if isinstance(layer, PruneLowMagnitude):
+            # Rebuild the wrapper around a fresh inner layer rather than from the
+            # wrapper's config, which would need the inner class to be registered.
+            return PruneLowMagnitude(
+                fresh(layer.layer),
+                pruning_schedule=layer.pruning_schedule,
+                pattern=layer.pattern,
+                importance=layer.importance,
+                scope=layer.scope,
+                name=layer.name,
+                dtype=layer.dtype_policy,
+            )
+        return layer.__class__.from_config(layer.get_config())
+
     def clone_function(layer):
-        clone = layer.__class__.from_config(layer.get_config())
-        return transform(layer, clone)
+        return transform(layer, fresh(layer))
 
     # clone_model compiles the copy when the source is compiled; the result is
     # documented (and, in tfmot, is) uncompiled: the optimizer state of the
@@ -428,9 +441,13 @@ def _copy_weights(source, target, mask):
 
 def _report(model, plan):
     classes = {layer.name: type(layer).__name__ for layer in plan_lib.flat_layers(model)}
-    return Report("prune_low_magnitude", model.name,
-                  done=[Entry(name, classes.get(name, ""), "pruned") for name in plan.pruned],
-                  skipped=plan.skipped, details=plan)
+    return Report(
+        "prune_low_magnitude",
+        model.name,
+        done=[Entry(name, classes.get(name, ""), "pruned") for name in plan.pruned],
+        skipped=plan.skipped,
+        details=plan,
+    )
 
 
 def _log_plan(plan, verbose):

@@ -17,8 +17,10 @@ def _batches(data, batch_size=32):
         return
     for batch in data:  # a tf.data.Dataset or an iterable of (x, y) batches
         if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
-            raise ValueError("importance_data must give (x, y) batches. Received a batch of "
-                             f"type {type(batch).__name__}.")
+            raise ValueError(
+                "importance_data must give (x, y) batches. Received a batch of "
+                f"type {type(batch).__name__}."
+            )
         yield batch[0], batch[1]
 
 
@@ -49,7 +51,7 @@ def taylor_scores(model, layer_names, data, loss, batches=8):
     variables = []
     for name in layer_names:
         for sub, spec in _registry.prunable_targets(by_name[name]):
-            variables.append((name, getattr(sub, spec.attr)))
+            variables.append((name, spec.variable(sub)))
     totals = [np.zeros(v.shape, "float32") for _, v in variables]
     seen = 0
     for x, y in _batches(data):

@@ -82,20 +82,38 @@ class SparsityReport:
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        raise KeyError(f"No layer named {name!r} in the report of '{self.model_name}'. "
-                       f"Layers: {[layer.name for layer in self.layers]}")
+        raise KeyError(
+            f"No layer named {name!r} in the report of '{self.model_name}'. "
+            f"Layers: {[layer.name for layer in self.layers]}"
+        )
 
     def __str__(self):
         from tfcompress.prune._table import text_table
 
-        rows = [(layer.name, layer.class_name, layer.status, f"{layer.params:,}",
-                 f"{layer.zeros:,}/{layer.prunable_params:,}", f"{layer.sparsity:.1%}")
-                for layer in self.layers]
-        rows.append(("total", "", "", f"{self.total_params:,}", f"{self.total_zeros:,}",
-                     f"{self.sparsity:.1%} of pruned layers' weights, "
-                     f"{self.model_sparsity:.1%} of all"))
-        return (f"Sparsity of '{self.model_name}'\n"
-                + text_table(("layer", "class", "status", "params", "zeros", "sparsity"), rows))
+        rows = [
+            (
+                layer.name,
+                layer.class_name,
+                layer.status,
+                f"{layer.params:,}",
+                f"{layer.zeros:,}/{layer.prunable_params:,}",
+                f"{layer.sparsity:.1%}",
+            )
+            for layer in self.layers
+        ]
+        rows.append(
+            (
+                "total",
+                "",
+                "",
+                f"{self.total_params:,}",
+                f"{self.total_zeros:,}",
+                f"{self.sparsity:.1%} of pruned layers' weights, {self.model_sparsity:.1%} of all",
+            )
+        )
+        return f"Sparsity of '{self.model_name}'\n" + text_table(
+            ("layer", "class", "status", "params", "zeros", "sparsity"), rows
+        )
 
 
 def sparsity_report(model):
@@ -134,8 +152,9 @@ def _zeros(arrays):
 
 
 def _row(name, class_name, status, weights, kernels):
-    return LayerSparsity(name, class_name, status, _count(weights), _count(kernels),
-                         _zeros(kernels))
+    return LayerSparsity(
+        name, class_name, status, _count(weights), _count(kernels), _zeros(kernels)
+    )
 
 
 def _keras3_layer_sparsities(model):
@@ -158,9 +177,16 @@ def _keras3_layer_sparsities(model):
         if not layer.weights:
             return
         specs = _registry.prunable_targets(layer)
-        kernels = [getattr(sub, spec.attr) for sub, spec in specs]
-        out.append(_row(layer.name, type(layer).__name__,
-                        "prunable" if specs else "not prunable", layer.weights, kernels))
+        kernels = [spec.variable(sub) for sub, spec in specs]
+        out.append(
+            _row(
+                layer.name,
+                type(layer).__name__,
+                "prunable" if specs else "not prunable",
+                layer.weights,
+                kernels,
+            )
+        )
 
     for layer in model.layers:
         visit(layer)

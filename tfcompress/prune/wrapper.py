@@ -144,11 +144,11 @@ class PruneLowMagnitude(Wrapper):
                     f"{type(self.layer).__name__}.build(), so its weights cannot be masked. "
                     f"Skip '{self.layer.name}' (skip=[...])."
                 )
-            weight = getattr(sub, spec.attr)
+            weight = spec.variable(sub)
             patterns.check_shape(self.pattern, weight.shape, spec.nm_axis, sub.name)
             prefix = f"{sub.name}_" if composite else ""
             mask = self.add_weight(
-                name=f"{prefix}{spec.attr}_mask",
+                name=f"{prefix}{spec.name}_mask",
                 shape=weight.shape,
                 initializer="ones",
                 trainable=False,
@@ -157,7 +157,7 @@ class PruneLowMagnitude(Wrapper):
             )
             if self.importance == "taylor":
                 score = self.add_weight(
-                    name=f"{prefix}{spec.attr}_importance",
+                    name=f"{prefix}{spec.name}_importance",
                     shape=weight.shape,
                     initializer="ones",
                     trainable=False,
