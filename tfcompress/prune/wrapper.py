@@ -47,8 +47,10 @@ class _MaskConstraint:
 class PruneLowMagnitude(Wrapper):
     """Wraps a layer and zeroes its least important weights on a schedule.
 
-    Each prunable weight (the kernel of `Dense`, `EinsumDense`, `Conv1D`,
-    `Conv2D`, `DepthwiseConv2D`; the table of `Embedding`) gets a
+    Each prunable weight (the kernel of `Dense`, `EinsumDense`, `Conv1D/2D/3D`,
+    `DepthwiseConv2D`; the pointwise kernel of `SeparableConv1D/2D`; the
+    table of `Embedding`; the kernel and recurrent kernel of LSTM / GRU /
+    SimpleRNN cells; whatever a layer's `get_prunable_weights()` returns) gets a
     non-trainable mask variable. A composite layer that builds such layers
     inside itself (keras-hub's `TransformerEncoder`: attention and
     feed-forward kernels) can be wrapped as a whole; its own code and config
