@@ -17,8 +17,8 @@ EXIT_USAGE = 2
 _MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 
 _TRUST_HELP = (
-    "allow code named by the input files to run: recipe factories outside "
-    "tfcompress.testing/data, .h5 models (tf_keras has no safe mode), Lambda layers in .keras "
+    "allow code named by the input files to run: recipe factories other than "
+    "tfcompress's model builders, .h5 models (tf_keras has no safe mode), Lambda layers in .keras "
     "files. Only for files you trust (see docs/safety.md)"
 )
 

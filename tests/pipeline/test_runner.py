@@ -136,7 +136,13 @@ def test_output_folder_that_is_a_file(tmp_path):
             RecipeError,
             "The data file '/nowhere/data.npz' does not exist",
         ),
-        ({"factory": "tfcompress.testing:nope"}, RecipeError, "cannot be imported"),
+        ({"factory": "tfcompress.testing:nope"}, UntrustedCodeError, "runs only when"),
+        # It runs a code string: in tfcompress, yet not a model builder.
+        (
+            {"factory": "tfcompress.testing:run_on_logical_cpus"},
+            UntrustedCodeError,
+            "call 'run_on_logical_cpus",
+        ),
         # Other tfcompress modules can write files: they need trust too.
         (
             {"factory": "tfcompress._io:atomic_write_text"},

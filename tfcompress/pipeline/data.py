@@ -21,10 +21,19 @@ import numpy as np
 from tfcompress.errors import InvalidModelFileError, UntrustedCodeError
 from tfcompress.pipeline.recipe import RecipeError
 
-#: Factories from these modules run without `trust_code`: tfcompress's own model builders
-#: and bundled data sets. Anything else, including other tfcompress modules (which can
-#: write files), needs trust.
-TRUSTED_PACKAGES = ("tfcompress.testing", "tfcompress.data")
+#: The factories that run without `trust_code`: tfcompress's own model builders and the
+#: bundled digits. Anything else needs trust, other tfcompress functions included: some
+#: write files (`sst2_tokenizer(cache_path=...)`) or run code (`run_on_logical_cpus`).
+TRUSTED_FACTORIES = frozenset(
+    {
+        "tfcompress.testing:digits_cnn",
+        "tfcompress.testing:tf_keras_digits_cnn",
+        "tfcompress.testing:tiny_mlp",
+        "tfcompress.testing:tiny_bert_classifier",
+        "tfcompress.testing:zoo_model",
+        "tfcompress.data:load_digits",
+    }
+)
 
 _TRUST = contextvars.ContextVar("tfcompress_trust_code", default=False)
 
@@ -57,9 +66,7 @@ def _trusted(trust_code):
 
 
 def _is_trusted(module_name, attr):
-    if any(part.startswith("_") for part in attr.split(".")):
-        return False
-    return any(module_name == p or module_name.startswith(p + ".") for p in TRUSTED_PACKAGES)
+    return f"{module_name}:{attr}" in TRUSTED_FACTORIES
 
 
 @dataclasses.dataclass
@@ -99,8 +106,8 @@ def check_factory(spec, what, trust_code=None):
     if not _is_trusted(module_name, attr) and not _trusted(trust_code):
         raise UntrustedCodeError(
             f"The recipe's {what} factory would import the Python module '{module_name}' and "
-            f"call '{attr}(...)': code other than tfcompress.testing's models and "
-            "tfcompress.data's data sets runs only when you trust the recipe. "
+            f"call '{attr}(...)': code other than tfcompress's model builders "
+            "(tfcompress.pipeline.data.TRUSTED_FACTORIES) runs only when you trust the recipe. "
             "Pass --trust-code (trust_code=True in Python) if you wrote it or trust its "
             f"author. Received: factory={spec!r}"
         )

@@ -165,9 +165,9 @@ def run(recipe, out_dir, force=False, progress=print, trust_code=False):
         out_dir: output folder (created); each stage writes `NN_type/`.
         force: rerun every stage even if its record says it finished.
         progress: called with one line per step.
-        trust_code: allow the recipe to run code other than
-            `tfcompress.testing` / `tfcompress.data` factories, and to load `.h5`
-            models and Lambda layers. Off by default, as
+        trust_code: allow the recipe to run factories other than tfcompress's
+            model builders (`data.TRUSTED_FACTORIES`), and to load `.h5` models and
+            Lambda layers. Off by default, as
             Keras's `safe_mode`: the error says what would have run.
 
     Returns:
