@@ -13,7 +13,7 @@ Example:
 """
 
 from tfcompress.quantize import registry, schemes
-from tfcompress.quantize.annotate import quantize_annotate_layer, quantize_apply, quantize_scope
+from tfcompress.quantize.annotate import quantize_annotate_layer, quantize_scope
 from tfcompress.quantize.calibration import CalibrationReport, calibrate, compute_range
 from tfcompress.quantize.checks import (
     CollapseWarning,
@@ -26,15 +26,15 @@ from tfcompress.quantize.checks import (
 )
 from tfcompress.quantize.config import CALIBRATION_METHODS, QuantizeConfig
 from tfcompress.quantize.errors import (
-                                        AlreadyQuantizedError,
-                                        RangesNotSetError,
-                                        UnsupportedLayerError,
+    AlreadyQuantizedError,
+    RangesNotSetError,
+    UnsupportedLayerError,
 )
 from tfcompress.quantize.layers import ActivationQuantizer, QuantizeWrapper
 from tfcompress.quantize.lowbit import storage_report
 from tfcompress.quantize.registry import LayerHandler, register_layer
 from tfcompress.quantize.schemes import WeightScheme, available_schemes, register_scheme
-from tfcompress.quantize.transform import QuantizeReport, quantize_model
+from tfcompress.quantize.transform import QuantizeReport, quantize_apply, quantize_model
 
 __all__ = [
     "CALIBRATION_METHODS",

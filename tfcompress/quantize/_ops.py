@@ -30,9 +30,11 @@ def fake_quant_symmetric(w, num_bits, per_channel):
     m = symmetric_range(w, per_channel)
     if per_channel:
         return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-            w, -m, m, num_bits=num_bits, narrow_range=True)
+            w, -m, m, num_bits=num_bits, narrow_range=True
+        )
     return tf.quantization.fake_quant_with_min_max_vars(
-        w, -m, m, num_bits=num_bits, narrow_range=True)
+        w, -m, m, num_bits=num_bits, narrow_range=True
+    )
 
 
 def binarize(w):
@@ -48,4 +50,5 @@ def fake_quant_activation(x, min_value, max_value, num_bits=8):
     """Asymmetric per-tensor fake-quant of activations between two range tensors."""
     max_value = tf.maximum(max_value, min_value + 1e-6)
     return tf.quantization.fake_quant_with_min_max_vars(
-        x, min_value, max_value, num_bits=num_bits, narrow_range=False)
+        x, min_value, max_value, num_bits=num_bits, narrow_range=False
+    )

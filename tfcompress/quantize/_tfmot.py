@@ -18,7 +18,8 @@ def quantize_model(model, config=None):
         raise ValueError(
             "tf_keras models are quantized by tfmot, which supports 8-bit weights and "
             "skip_layers only. Convert the model to Keras 3 for weight_scheme / calibration "
-            f"options. Received: config={config!r}")
+            f"options. Received: config={config!r}"
+        )
     q = tfmot_quantize()
     if not config.skip_layers:
         return q.quantize_model(model)

@@ -1,4 +1,5 @@
-"""Choosing which layers are quantized: `quantize_annotate_layer`, `quantize_apply`."""
+"""Choosing which layers are quantized: `quantize_annotate_layer` (`quantize_apply` is in
+`transform.py`, which reads the annotations)."""
 
 import contextlib
 
@@ -7,8 +8,9 @@ from tfcompress import _flavor
 _ATTR = "_tfcompress_quantize"
 
 
-def quantize_annotate_layer(to_annotate, quantize_config=None, *, weight_scheme=None,
-                            quantize=True):
+def quantize_annotate_layer(
+    to_annotate, quantize_config=None, *, weight_scheme=None, quantize=True
+):
     """Mark a layer: quantize it (optionally with its own scheme) or keep it in float.
 
     For Keras 3 layers the layer itself is returned, marked; build the model
@@ -31,16 +33,20 @@ def quantize_annotate_layer(to_annotate, quantize_config=None, *, weight_scheme=
     """
     if _flavor._is_from(to_annotate, "tf_keras"):
         if weight_scheme is not None or not quantize:
-            raise ValueError("weight_scheme= and quantize=False apply to Keras 3 layers; for "
-                             "tf_keras annotate the layers to quantize and call quantize_apply. "
-                             f"Received: weight_scheme={weight_scheme!r}, quantize={quantize!r}")
+            raise ValueError(
+                "weight_scheme= and quantize=False apply to Keras 3 layers; for "
+                "tf_keras annotate the layers to quantize and call quantize_apply. "
+                f"Received: weight_scheme={weight_scheme!r}, quantize={quantize!r}"
+            )
         from tfcompress.quantize import _tfmot
 
         return _tfmot.tfmot_quantize().quantize_annotate_layer(to_annotate, quantize_config)
     if quantize_config is not None:
-        raise ValueError("quantize_config= is tfmot's per-layer config for tf_keras layers; "
-                         "for Keras 3 layers pass weight_scheme= (or quantize=False). "
-                         f"Received: quantize_config={quantize_config!r}")
+        raise ValueError(
+            "quantize_config= is tfmot's per-layer config for tf_keras layers; "
+            "for Keras 3 layers pass weight_scheme= (or quantize=False). "
+            f"Received: quantize_config={quantize_config!r}"
+        )
     if weight_scheme is not None:
         from tfcompress.quantize.schemes import get_scheme
 
@@ -52,26 +58,6 @@ def quantize_annotate_layer(to_annotate, quantize_config=None, *, weight_scheme=
 def annotation_of(layer):
     """The annotation dict of a layer, or `None`."""
     return getattr(layer, _ATTR, None)
-
-
-def quantize_apply(model, config=None, **kwargs):
-    """Quantize only the annotated layers of `model` (tfmot's `quantize_apply`).
-
-    Args:
-        model: a model whose layers were marked with `quantize_annotate_layer`.
-        config: a `QuantizeConfig` (Keras 3) for the quantized layers.
-        **kwargs: passed to `quantize_model` (`representative_data=`).
-
-    Returns:
-        A new QAT model.
-    """
-    if _flavor.flavor_of(model) == _flavor.TF_KERAS:
-        from tfcompress.quantize import _tfmot
-
-        return _tfmot.tfmot_quantize().quantize_apply(model)
-    from tfcompress.quantize.transform import quantize_model
-
-    return quantize_model(model, config, only_annotated=True, **kwargs)
 
 
 @contextlib.contextmanager

@@ -182,6 +182,28 @@ def quantize_model(model, config=None, *, representative_data=None, only_annotat
     )
 
 
+def quantize_apply(model, config=None, **kwargs):
+    """Quantize only the annotated layers of `model` (tfmot's `quantize_apply`).
+
+    Args:
+        model: a model whose layers were marked with `quantize_annotate_layer`.
+        config: a `QuantizeConfig` (Keras 3) for the quantized layers.
+        **kwargs: passed to `quantize_model` (`representative_data=`).
+
+    Returns:
+        A new QAT model.
+
+    Example:
+
+    >>> qat = quantize_apply(model_with_annotated_layers)
+    """
+    if _flavor.flavor_of(model) == _flavor.TF_KERAS:
+        from tfcompress.quantize import _tfmot
+
+        return _tfmot.tfmot_quantize().quantize_apply(model)
+    return quantize_model(model, config, only_annotated=True, **kwargs)
+
+
 def _as_functional(model):
     import keras
 
