@@ -22,6 +22,7 @@ import functools
 import threading
 
 import keras
+import keras_hub
 import numpy as np
 
 from tfcompress import _flavor
@@ -266,11 +267,11 @@ def head_pruned_class(cls: type) -> type:
                 namespace["build"] = _pruning_build(cls.build)
             new = type(name, (mixin, cls), namespace)
             registered = keras.saving.get_registered_object(f"tfcompress>{name}")
-            if registered is not None and registered.__mro__[2] is not cls:
+            if registered is not None and cls not in registered.__mro__:
                 raise UnsupportedModelError(
-                    f"Two classes named {cls.__name__} hold attention heads "
-                    f"({registered.__mro__[2].__module__} and {cls.__module__}); tfcompress "
-                    f"can register only one as HeadPruned{cls.__name__}. Received: {cls}"
+                    f"tfcompress>{name} is already registered for another class than "
+                    f"{cls.__module__}.{cls.__name__} (two classes of that name hold attention "
+                    f"heads); only one can be head-pruned. Received: {cls}"
                 )
             _CLASSES[cls] = keras.saving.register_keras_serializable(
                 package="tfcompress", name=name
@@ -280,7 +281,6 @@ def head_pruned_class(cls: type) -> type:
 
 def _register_keras_hub():
     """Register the head-pruned kind of every keras-hub backbone and attention layer."""
-    import keras_hub
     from keras_hub.src.models.vit.vit_layers import ViTEncoder
 
     for value in vars(keras_hub.models).values():
@@ -297,7 +297,7 @@ def _register_keras_hub():
 
 _register_keras_hub()
 # The first version's public name: a TransformerEncoder with `pruned_heads`.
-HeadPrunedTransformerEncoder = head_pruned_class(__import__("keras_hub").layers.TransformerEncoder)
+HeadPrunedTransformerEncoder = head_pruned_class(keras_hub.layers.TransformerEncoder)
 
 
 # ----------------------------------------------------------------------------------------
@@ -399,8 +399,6 @@ def _plan(layers, heads, criterion):
 
 def _find_backbone(model):
     """The keras-hub backbone of `model`, or a clear error for models we cannot rebuild."""
-    import keras_hub
-
     if not _flavor.is_keras_hub_model(model):
         raise UnsupportedPruningModelError(
             f"remove_heads removes attention heads of keras-hub models; '{model.name}' "
