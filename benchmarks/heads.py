@@ -116,12 +116,12 @@ def measure(num_heads, folder, repetitions, runs):
 
 def run(quick=False, write=True):
     repetitions, runs = (3, 20) if quick else (7, 50)
-    folder = tempfile.mkdtemp(prefix="tfcompress-bench-heads-")
-    rows, speedups = measure(4, folder, repetitions, runs)
-    if not quick:
-        more, more_speedups = measure(8, folder, repetitions, runs)
-        rows += more
-        speedups.update(more_speedups)
+    with tempfile.TemporaryDirectory(prefix="tfcompress-bench-heads-") as folder:
+        rows, speedups = measure(4, folder, repetitions, runs)
+        if not quick:
+            more, more_speedups = measure(8, folder, repetitions, runs)
+            rows += more
+            speedups.update(more_speedups)
     saved = 1 - encoder_macs(HIDDEN // 2, FFN) / encoder_macs(HIDDEN, FFN)
     table = _common.markdown_table(
         [
