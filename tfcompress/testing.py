@@ -484,7 +484,8 @@ def zoo_data(model, family, n_train=512, n_test=256, sequence_length=16, seed=0)
     input themselves (MobileNetV3, EfficientNet, ConvNeXt) else in [0, 1].
     Text: SST-2 sentences, tokenized with a word-piece vocabulary learned
     from them (`tfcompress.data.sst2_tokenizer`) and packed as the model
-    expects (labels: 0 negative, 1 positive).
+    expects (labels: 0 negative, 1 positive); the held-out sentences come
+    from SST-2's dev set, half of each label.
 
     Args:
         model: the `zoo_model`.
@@ -514,9 +515,13 @@ def zoo_data(model, family, n_train=512, n_test=256, sequence_length=16, seed=0)
         packed = data.encode_for_bert(tokenizer, sentences, sequence_length=length)
         return _text_inputs(model, packed["token_ids"], packed["padding_mask"])
 
+    # Held-out sentences balanced between the labels, so chance is 50%.
+    picked = np.sort(
+        np.concatenate([np.flatnonzero(splits.y_test == label)[: n_test // 2] for label in (0, 1)])
+    )
     return (
         (encode(splits.x_train), splits.y_train),
-        (encode(splits.x_test[:n_test]), splits.y_test[:n_test]),
+        (encode(splits.x_test[picked]), splits.y_test[picked]),
     )
 
 
