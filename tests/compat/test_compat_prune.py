@@ -186,3 +186,12 @@ def test_custom_layer_with_get_prunable_weights(data):
     layer = _fit(pruned, data).get_layer("custom")
     assert np.mean(layer.kernel.numpy() == 0) == pytest.approx(0.5)
     assert np.mean(layer.bias.numpy() == 0) == pytest.approx(0.5)  # bias too, as it asked
+
+
+def test_pruning_policy_none_is_accepted_and_a_policy_is_refused():
+    pruned = prune_low_magnitude(
+        _mlp(), pruning_schedule=ConstantSparsity(0.5, 0), pruning_policy=None
+    )
+    assert any(isinstance(layer, PruneLowMagnitude) for layer in pruned.layers)
+    with pytest.raises(NotImplementedError, match="Received: pruning_policy="):
+        prune_low_magnitude(_mlp(), pruning_policy=object())

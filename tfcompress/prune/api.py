@@ -105,6 +105,12 @@ def prune_low_magnitude(
             )
         schedule = pruning_schedule
     pattern = _tfmot_pattern(pattern, block_size, block_pooling_type, sparsity_m_by_n)
+    if kwargs.get("pruning_policy", None) is not None:
+        raise NotImplementedError(
+            "tfmot's pruning_policy is not supported: choose the layers with skip=[names] or "
+            f"layers=[names]. Received: pruning_policy={kwargs['pruning_policy']!r}"
+        )
+    kwargs.pop("pruning_policy", None)
     if isinstance(model, (list, tuple)) or _is_single_layer(model):
         return _wrap_layers(model, schedule, pattern, importance, scope, kwargs)
     if kwargs:
