@@ -37,8 +37,8 @@ def test_path_is_a_folder(trained_cnn, tmp_path):
 
 def test_unknown_mode(trained_cnn, no_leftovers):
     folder, check = no_leftovers
-    with pytest.raises(ValueError, match="Unknown export mode 'int4'.*float32, float16"):
-        export.to_tflite(trained_cnn, folder / "m.tflite", mode="int4")
+    with pytest.raises(ValueError, match="Unknown export mode 'int3'.*float32, float16"):
+        export.to_tflite(trained_cnn, folder / "m.tflite", mode="int3")
     check()
 
 
