@@ -161,9 +161,12 @@ def to_tflite(
     mode = "float32" if mode is None else mode
     export_mode = get_mode(mode)
     if export_mode.writer is not None:  # e.g. the litert-quantizer low-bit modes
+        shapes = dict(batch_size=batch_size, sequence_length=sequence_length,
+                      input_shape=input_shape)
         return export_mode.writer(model, path, representative_data=representative_data,
                                   int8_io=int8_io, verbose=verbose,
-                                  max_calibration_samples=max_calibration_samples)
+                                  max_calibration_samples=max_calibration_samples,
+                                  **{k: v for k, v in shapes.items() if v is not None})
     flavor = _flavor.flavor_of(model)
     _flavor.check_built(model, what="export to TFLite")
     path = _io.check_output_path(path, what="TFLite file")
