@@ -63,3 +63,53 @@ def build_inner_from_call(layer, args, kwargs):
                if hasattr(v, "shape") and hasattr(v, "dtype")]
     if tensors:
         layer(*args, **kwargs)
+
+
+def rebuild(layer):
+    """A fresh, unbuilt copy of `layer` from its config.
+
+    Some layers' `get_config` emits derived fields their `__init__` does not
+    take (keras-hub's `ViTPatchingAndEmbedding` writes `num_patches` and
+    `num_positions`); when `from_config` rejects the config, it is retried
+    with only the arguments the class's `__init__` names.
+
+    Args:
+        layer: a Keras 3 layer.
+
+    Returns:
+        A new layer of the same class and name.
+
+    Raises:
+        TypeError: the config cannot rebuild the layer even so; the message
+            names the layer and its class.
+
+    Example:
+
+    >>> import keras
+    >>> rebuild(keras.layers.Dense(3, name="d")).name
+    'd'
+    """
+    import inspect
+
+    config = layer.get_config()
+    try:
+        return layer.__class__.from_config(config)
+    except (TypeError, ValueError) as first:
+        accepted = set()
+        for klass in (type(layer), keras.layers.Layer):
+            accepted |= set(inspect.signature(klass.__init__).parameters)
+        accepted |= {"name", "dtype", "trainable"}
+        kept = {k: v for k, v in config.items() if k in accepted}
+        if kept == config:
+            raise _rebuild_error(layer, first) from first
+        try:
+            return layer.__class__.from_config(kept)
+        except (TypeError, ValueError) as second:
+            raise _rebuild_error(layer, second) from first
+
+
+def _rebuild_error(layer, error):
+    return TypeError(
+        f"Layer '{layer.name}' ({type(layer).__module__}.{type(layer).__name__}) cannot be "
+        "rebuilt from its get_config(): fix its get_config/from_config pair, or leave it out "
+        f"of the model you compress. Received: {type(error).__name__}: {str(error)[:200]}")

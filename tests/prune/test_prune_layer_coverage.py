@@ -94,3 +94,23 @@ def _plan(model):
         _registry.is_conv,
         lambda layer: isinstance(layer, keras.layers.Dense),
     )
+
+
+def test_keras_hub_vit_whose_config_has_derived_fields():
+    """ViTPatchingAndEmbedding.get_config() writes num_patches / num_positions, which its
+    __init__ rejects (issue 17): the copy is rebuilt from the arguments __init__ takes."""
+    import keras_hub
+
+    from tfcompress import cluster
+
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(16, 16, 3), patch_size=4, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32
+    )
+    inp = keras.Input((16, 16, 3))
+    out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(backbone(inp)))
+    model = keras.Model(inp, out)
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype("float32")
+    pruned = prune.prune_low_magnitude(model)
+    np.testing.assert_allclose(pruned(x), model(x), atol=1e-5)
+    clustered = cluster.cluster_weights(model, number_of_clusters=8)
+    assert "vit_encoder/query/kernel" in {n for n, _, _ in clustered.cluster_report.clustered}

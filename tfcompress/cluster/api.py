@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 
 from tfcompress import _flavor
+from tfcompress._layers import rebuild
 from tfcompress._report import Entry, Report, attach, wrapper_report
 from tfcompress.cluster.init import CentroidInitialization
 
@@ -234,7 +235,7 @@ def _cluster_keras3(model, options, skip, seed):
     originals = {}
 
     def clone_function(layer):
-        new = layer.__class__.from_config(layer.get_config())
+        new = rebuild(layer)
         if layer.name in plan:
             new = ClusterWeights(new, name=f"cluster_{layer.name}", **options)
             new._initialize_on_build = False  # after the weights are copied, below
@@ -315,7 +316,7 @@ def strip_clustering(model):
 
     def clone_function(layer):
         source = layer.layer if isinstance(layer, ClusterWeights) else layer
-        new = source.__class__.from_config(source.get_config())
+        new = rebuild(source)
         originals[id(new)] = layer
         return new
 
@@ -341,7 +342,7 @@ def _plain_weights(wrapper):
 
 def _stripped_layer(wrapper):
     inner = wrapper.layer
-    new = inner.__class__.from_config(inner.get_config())
+    new = rebuild(inner)
     shapes = [tuple(v.shape) for v in inner.weights]
     if inner.built and not new.built:
         new.build_from_config(inner.get_build_config())

@@ -5,6 +5,7 @@ import logging
 import numpy as np
 
 from tfcompress import _flavor
+from tfcompress._layers import rebuild
 from tfcompress._report import Entry, Report, attach
 from tfcompress.prune import _registry, patterns
 from tfcompress.prune import plan as plan_lib
@@ -404,7 +405,7 @@ def _clone(model, transform):
                 name=layer.name,
                 dtype=layer.dtype_policy,
             )
-        return layer.__class__.from_config(layer.get_config())
+        return rebuild(layer)
 
     def clone_function(layer):
         return transform(layer, fresh(layer))
