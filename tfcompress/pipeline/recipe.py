@@ -319,7 +319,7 @@ def _check_expansion(tree, name):
         size(tree)
 
 
-def load_recipe(source):
+def load_recipe(source: str | os.PathLike | dict) -> Recipe:
     """Read and validate a recipe.
 
     Args:

@@ -8,18 +8,22 @@ match `record.json`. Anything else reruns the stage, with a warning that
 names the file.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from tfcompress import _io
 from tfcompress.pipeline import data as data_lib
 from tfcompress.pipeline import stages as stages_lib
-from tfcompress.pipeline.recipe import RecipeError, load_recipe
+from tfcompress.pipeline.recipe import Recipe, RecipeError, load_recipe
 
 #: Bumped when the meaning of a record changes, so older records are not trusted.
 RECORD_FORMAT = 2
@@ -157,7 +161,13 @@ def _clear_other_backups(folder, key):
                 os.remove(path)
 
 
-def run(recipe, out_dir, force=False, progress=print, trust_code=False):
+def run(
+    recipe: Recipe | dict | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    force: bool = False,
+    progress: Callable[[str], Any] = print,
+    trust_code: bool = False,
+) -> list[dict]:
     """Run a recipe, resuming after the last stage that finished with the same inputs.
 
     Args:

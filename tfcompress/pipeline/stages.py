@@ -10,13 +10,14 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 
 from tfcompress import _io
 
 _STAGES = {}
 
 
-def stage(name: str, spec: type | None = None):
+def stage(name: str, spec: type | None = None) -> Callable[[Callable], Callable]:
     """Register `function(ctx, spec) -> model` as the implementation of stage `name`.
 
     Args:

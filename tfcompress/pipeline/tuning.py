@@ -22,10 +22,14 @@ The recipe's own compression stages (prune, cluster, qat, export, ...) are
 ignored: the search space replaces them.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +37,7 @@ from tfcompress import _io
 from tfcompress.pipeline import search_space
 from tfcompress.pipeline import sensitivity as sensitivity_lib
 from tfcompress.pipeline import trials as trials_lib
-from tfcompress.pipeline.recipe import RecipeError, load_recipe
+from tfcompress.pipeline.recipe import Recipe, RecipeError, load_recipe
 from tfcompress.pipeline.report import tune_markdown
 from tfcompress.pipeline.search_space import BIT_WIDTHS, describe
 
@@ -95,16 +99,16 @@ def check_arguments(max_accuracy_drop, trials):
 
 
 def tune(
-    recipe,
-    out_dir,
-    max_accuracy_drop=0.01,
-    trials=12,
-    progress=print,
-    epochs=2,
-    max_float_layers=2,
-    force=False,
-    bit_widths=(8,),
-):
+    recipe: Recipe | dict | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    max_accuracy_drop: float = 0.01,
+    trials: int = 12,
+    progress: Callable[[str], Any] = print,
+    epochs: int = 2,
+    max_float_layers: int = 2,
+    force: bool = False,
+    bit_widths: Sequence[int] | int = (8,),
+) -> TuneResult:
     """Search for the smallest int8 file within an accuracy budget.
 
     Args:
