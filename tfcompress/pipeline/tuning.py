@@ -138,7 +138,7 @@ def tune(
 
     Example:
 
-    >>> result = tune("digits.yaml", "tuned", max_accuracy_drop=0.02, trials=2, epochs=1)
+    >>> result = tune("digits.yaml", "tuned", max_accuracy_drop=0.02, trials=1, epochs=1)
     >>> result.within_budget, result.best["gzip_bytes"]
     """
     check_arguments(max_accuracy_drop, trials)
