@@ -24,8 +24,12 @@ def trained_cnn(digits):
 
     from tfcompress import testing
 
-    return _train(testing.digits_cnn(), digits, 8,
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return _train(
+        testing.digits_cnn(),
+        digits,
+        8,
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +39,12 @@ def trained_tf_keras_cnn(digits):
 
     from tfcompress import testing
 
-    return _train(testing.tf_keras_digits_cnn(), digits, 8,
-                  tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return _train(
+        testing.tf_keras_digits_cnn(),
+        digits,
+        8,
+        tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
 
 
 @pytest.fixture

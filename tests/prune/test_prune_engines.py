@@ -28,10 +28,17 @@ def pruned_pairs(trained_cnn, trained_tf_keras_cnn, digits):
         schedule = prune.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=80, frequency=10)
         pruned = prune.prune_low_magnitude(dense, schedule)
         pruned.compile("adam", _loss(engine), metrics=["accuracy"])
-        pruned.fit(digits.x_train, digits.y_train, epochs=4, batch_size=32, verbose=0,
-                   callbacks=[prune.UpdatePruningStep()])
-        unchanged = all(np.array_equal(a, b)
-                        for a, b in zip(before, dense.get_weights(), strict=True))
+        pruned.fit(
+            digits.x_train,
+            digits.y_train,
+            epochs=4,
+            batch_size=32,
+            verbose=0,
+            callbacks=[prune.UpdatePruningStep()],
+        )
+        unchanged = all(
+            np.array_equal(a, b) for a, b in zip(before, dense.get_weights(), strict=True)
+        )
         out[engine] = (dense, pruned, prune.strip_pruning(pruned), unchanged)
     return out
 
@@ -65,12 +72,20 @@ def test_tf_keras_options_without_tfmot_equivalent(trained_tf_keras_cnn):
 def test_tf_keras_block_pattern(trained_tf_keras_cnn, digits):
     import tf_keras
 
-    pruned = prune.prune_low_magnitude(trained_tf_keras_cnn,
-                                       prune.ConstantSparsity(0.5, 0, frequency=1),
-                                       pattern=(1, 4), layers=["dense"])
+    pruned = prune.prune_low_magnitude(
+        trained_tf_keras_cnn,
+        prune.ConstantSparsity(0.5, 0, frequency=1),
+        pattern=(1, 4),
+        layers=["dense"],
+    )
     pruned.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    pruned.fit(digits.x_train[:64], digits.y_train[:64], batch_size=32, verbose=0,
-               callbacks=[prune.UpdatePruningStep()])
+    pruned.fit(
+        digits.x_train[:64],
+        digits.y_train[:64],
+        batch_size=32,
+        verbose=0,
+        callbacks=[prune.UpdatePruningStep()],
+    )
     kernel = prune.strip_pruning(pruned).get_layer("dense").kernel.numpy()
     blocks = (kernel.reshape(kernel.shape[0], -1, 4) == 0).sum(axis=-1)
     assert set(np.unique(blocks)) <= {0, 4}
@@ -88,16 +103,25 @@ def test_tf_keras_forgetting_the_callback_is_tfmots_error(trained_tf_keras_cnn, 
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("schedule, expected", [
-    (prune.ConstantSparsity(0.5, begin_step=0, frequency=100), 0.0),  # step 1 is no turn
-    (prune.ConstantSparsity(0.5, begin_step=0, frequency=1), 0.5),
-    (0.5, 0.5),  # a float prunes at the first step
-])
-def test_steps_count_from_one_in_both_engines(trained_cnn, trained_tf_keras_cnn, digits,
-                                              engine, schedule, expected):
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        (prune.ConstantSparsity(0.5, begin_step=0, frequency=100), 0.0),  # step 1 is no turn
+        (prune.ConstantSparsity(0.5, begin_step=0, frequency=1), 0.5),
+        (0.5, 0.5),  # a float prunes at the first step
+    ],
+)
+def test_steps_count_from_one_in_both_engines(
+    trained_cnn, trained_tf_keras_cnn, digits, engine, schedule, expected
+):
     dense = trained_cnn if engine == "keras3" else trained_tf_keras_cnn
     pruned = prune.prune_low_magnitude(dense, schedule)
     pruned.compile("sgd", _loss(engine))
-    pruned.fit(digits.x_train[:32], digits.y_train[:32], batch_size=32, verbose=0,
-               callbacks=[prune.UpdatePruningStep()])
+    pruned.fit(
+        digits.x_train[:32],
+        digits.y_train[:32],
+        batch_size=32,
+        verbose=0,
+        callbacks=[prune.UpdatePruningStep()],
+    )
     assert prune.sparsity_report(pruned).sparsity == pytest.approx(expected, abs=0.005)

@@ -11,11 +11,17 @@ from tfcompress import export, prune
 
 @pytest.fixture(scope="module")
 def stripped_80(trained_cnn, digits):
-    pruned = prune.prune_low_magnitude(trained_cnn, prune.ConstantSparsity(0.8, 0, frequency=1),
-                                       skip=None)
+    pruned = prune.prune_low_magnitude(
+        trained_cnn, prune.ConstantSparsity(0.8, 0, frequency=1), skip=None
+    )
     pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    pruned.fit(digits.x_train[:128], digits.y_train[:128], batch_size=32, verbose=0,
-               callbacks=[prune.UpdatePruningStep()])
+    pruned.fit(
+        digits.x_train[:128],
+        digits.y_train[:128],
+        batch_size=32,
+        verbose=0,
+        callbacks=[prune.UpdatePruningStep()],
+    )
     return prune.strip_pruning(pruned)
 
 

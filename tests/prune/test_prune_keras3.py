@@ -11,8 +11,11 @@ from tfcompress.testing import accuracy
 
 
 def _compile(model, optimizer="adam"):
-    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer,
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -34,16 +37,20 @@ class _ZerosStayZero(keras.callbacks.Callback):
 @pytest.mark.parametrize("optimizer", ["adam", "sgd_momentum"])
 def test_pruned_weights_stay_exactly_zero(mlp_data, optimizer):
     x, y = mlp_data
-    opt = (keras.optimizers.SGD(0.1, momentum=0.9) if optimizer == "sgd_momentum"
-           else keras.optimizers.Adam(0.01))
+    opt = (
+        keras.optimizers.SGD(0.1, momentum=0.9)
+        if optimizer == "sgd_momentum"
+        else keras.optimizers.Adam(0.01)
+    )
     model = testing.tiny_mlp()
     pruned = prune.prune_low_magnitude(
-        model, prune.PolynomialDecay(0.0, 0.75, begin_step=0, end_step=6, frequency=2),
-        skip=None)
+        model, prune.PolynomialDecay(0.0, 0.75, begin_step=0, end_step=6, frequency=2), skip=None
+    )
     _compile(pruned, opt)
     check = _ZerosStayZero()
-    pruned.fit(x, y, epochs=3, batch_size=8, verbose=0,
-               callbacks=[prune.UpdatePruningStep(), check])
+    pruned.fit(
+        x, y, epochs=3, batch_size=8, verbose=0, callbacks=[prune.UpdatePruningStep(), check]
+    )
     assert check.checked == 24
     report = prune.sparsity_report(pruned)
     assert report.sparsity == pytest.approx(0.75, abs=0.005)
@@ -56,8 +63,9 @@ def test_input_model_is_not_changed(trained_cnn):
     pruned = prune.prune_low_magnitude(trained_cnn, prune.ConstantSparsity(0.9, 0, frequency=1))
     assert pruned is not trained_cnn
     assert not any(isinstance(layer, prune.PruneLowMagnitude) for layer in trained_cnn.layers)
-    _compile(pruned).fit(np.zeros((8, 8, 8, 1)), np.zeros(8), verbose=0,
-                         callbacks=[prune.UpdatePruningStep()])
+    _compile(pruned).fit(
+        np.zeros((8, 8, 8, 1)), np.zeros(8), verbose=0, callbacks=[prune.UpdatePruningStep()]
+    )
     for a, b in zip(before, trained_cnn.get_weights(), strict=False):
         np.testing.assert_array_equal(a, b)
 
@@ -65,17 +73,27 @@ def test_input_model_is_not_changed(trained_cnn):
 def test_digits_80_percent_keeps_accuracy_after_fine_tuning(trained_cnn, digits):
     dense_acc = accuracy(trained_cnn, digits.x_test, digits.y_test)
     pruned = prune.prune_low_magnitude(
-        trained_cnn, prune.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=80, frequency=10))
-    _compile(pruned).fit(digits.x_train, digits.y_train, epochs=4, batch_size=32, verbose=0,
-                         callbacks=[prune.UpdatePruningStep()])
+        trained_cnn, prune.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=80, frequency=10)
+    )
+    _compile(pruned).fit(
+        digits.x_train,
+        digits.y_train,
+        epochs=4,
+        batch_size=32,
+        verbose=0,
+        callbacks=[prune.UpdatePruningStep()],
+    )
     stripped = prune.strip_pruning(pruned)
     report = prune.sparsity_report(stripped)
     assert report.sparsity == pytest.approx(0.8, abs=0.005)
     assert {layer.name for layer in report.sparse_layers} == {"conv1", "dense"}
     assert report["conv0"].zeros == 0 and report["logits"].zeros == 0  # skipped by default
     assert not any(isinstance(layer, prune.PruneLowMagnitude) for layer in stripped.layers)
-    np.testing.assert_allclose(stripped.predict(digits.x_test, verbose=0),
-                               pruned.predict(digits.x_test, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        stripped.predict(digits.x_test, verbose=0),
+        pruned.predict(digits.x_test, verbose=0),
+        atol=1e-5,
+    )
     assert accuracy(stripped, digits.x_test, digits.y_test) >= dense_acc - 0.03
 
 
@@ -90,7 +108,10 @@ def test_wrapper_config_round_trip():
     wrapper = prune.PruneLowMagnitude(
         keras.layers.Dense(8, name="d"),
         pruning_schedule=prune.PolynomialDecay(0.1, 0.6, 2, 20, frequency=3),
-        pattern=(1, 4), importance="magnitude", scope="global")
+        pattern=(1, 4),
+        importance="magnitude",
+        scope="global",
+    )
     config = wrapper.get_config()
     again = prune.PruneLowMagnitude.from_config(config)
     assert again.get_config() == config
@@ -108,8 +129,9 @@ def test_save_and_load_mid_pruning_resumes(tmp_path, mlp_data):
     path = os.path.join(tmp_path, "mid.keras")
     pruned.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), pruned.predict(x, verbose=0),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-6
+    )
     wrapper = prune.callbacks.pruning_wrappers(loaded)[0]
     assert int(wrapper.pruning_step.numpy()) == 8
     assert prune.sparsity_report(loaded).sparsity == pytest.approx(middle)
@@ -124,11 +146,13 @@ def test_embedding_einsum_and_depthwise_are_prunable():
     h = keras.layers.EinsumDense("abc,cd->abd", output_shape=(6, 8), name="einsum")(e)
     c = keras.layers.Conv1D(4, 3, name="conv1d")(h)
     d = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(
-        keras.layers.Reshape((6, 8, 1))(h))
+        keras.layers.Reshape((6, 8, 1))(h)
+    )
     merged = keras.layers.Concatenate()([keras.layers.Flatten()(c), keras.layers.Flatten()(d)])
     model = keras.Model(inputs, keras.layers.Dense(2, name="out")(merged), name="mixed")
-    pruned = prune.prune_low_magnitude(model, prune.ConstantSparsity(0.5, 0, frequency=1),
-                                       skip=["out"])
+    pruned = prune.prune_low_magnitude(
+        model, prune.ConstantSparsity(0.5, 0, frequency=1), skip=["out"]
+    )
     names = {w.layer.name for w in prune.callbacks.pruning_wrappers(pruned)}
     assert names == {"emb", "einsum", "conv1d", "dw"}
     x = np.random.default_rng(0).integers(0, 40, size=(16, 6)).astype("int32")
@@ -151,4 +175,8 @@ def test_depthwise_convolutions_stay_dense_by_default():
     assert names == {"pw"}
     everything = prune.prune_low_magnitude(model, 0.5, skip=None)
     assert {w.layer.name for w in prune.callbacks.pruning_wrappers(everything)} == {
-        "stem", "dw", "pw", "out"}
+        "stem",
+        "dw",
+        "pw",
+        "out",
+    }

@@ -15,18 +15,25 @@ def test_tiny_bert_classifier(tmp_path):
     x = testing.random_bert_inputs(32)
     before = model.predict(x, verbose=0)
     pruned = prune.prune_low_magnitude(
-        model, prune.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=8, frequency=2))
+        model, prune.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=8, frequency=2)
+    )
     wrapped = {w.layer.name for w in prune.callbacks.pruning_wrappers(pruned)}
     # The classifier ("logits") is skipped by default. The TransformerEncoder is
     # wrapped as a whole: its attention and feed-forward kernels get masks.
-    assert wrapped == {"token_embedding", "segment_embedding", "transformer_layer_0",
-                       "pooled_dense"}
-    encoder = next(w for w in prune.callbacks.pruning_wrappers(pruned)
-                   if w.layer.name == "transformer_layer_0")
+    assert wrapped == {
+        "token_embedding",
+        "segment_embedding",
+        "transformer_layer_0",
+        "pooled_dense",
+    }
+    encoder = next(
+        w for w in prune.callbacks.pruning_wrappers(pruned) if w.layer.name == "transformer_layer_0"
+    )
     assert len(encoder.masks) == 6  # query, key, value, output, FFN in, FFN out
     pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    pruned.fit(x, np.zeros(32, "int32"), batch_size=4, verbose=0,
-               callbacks=[prune.UpdatePruningStep()])
+    pruned.fit(
+        x, np.zeros(32, "int32"), batch_size=4, verbose=0, callbacks=[prune.UpdatePruningStep()]
+    )
     report = prune.sparsity_report(pruned)
     assert report["transformer_layer_0"].sparsity == pytest.approx(0.8, abs=0.01)
     np.testing.assert_array_equal(model.predict(x, verbose=0), before)  # input untouched
@@ -34,11 +41,13 @@ def test_tiny_bert_classifier(tmp_path):
     path = os.path.join(tmp_path, "bert.keras")
     pruned.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), pruned.predict(x, verbose=0),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-6
+    )
     stripped = prune.strip_pruning(pruned)
-    np.testing.assert_allclose(stripped.predict(x, verbose=0), pruned.predict(x, verbose=0),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        stripped.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-6
+    )
     assert prune.sparsity_report(stripped).sparsity == pytest.approx(0.8, abs=0.01)
     result = export.to_tflite(stripped, os.path.join(tmp_path, "bert.tflite"))
     assert result.bytes > 0
@@ -67,7 +76,8 @@ def test_remove_feed_forward_units_of_bert():
         kernel = np.asarray(ref._feedforward_output_dense.kernel).copy()
         kernel[dropped] = 0
         ref._feedforward_output_dense.kernel.assign(kernel)
-    np.testing.assert_allclose(small.predict(x, verbose=0), reference.predict(x, verbose=0),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        small.predict(x, verbose=0), reference.predict(x, verbose=0), atol=1e-5
+    )
     with pytest.raises(ValueError, match="one float"):
         prune.remove_units(model, {"transformer_layer_0": 0.5})

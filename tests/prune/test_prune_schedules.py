@@ -21,7 +21,7 @@ def test_constant_sparsity_follows_tfmot_rules():
 def test_polynomial_decay_values():
     s = PolynomialDecay(0.2, 0.8, begin_step=0, end_step=100, power=3, frequency=10)
     assert _eval(s, 0) == (True, pytest.approx(0.2))
-    assert _eval(s, 50)[1] == pytest.approx(0.8 + (0.2 - 0.8) * 0.5 ** 3)
+    assert _eval(s, 50)[1] == pytest.approx(0.8 + (0.2 - 0.8) * 0.5**3)
     assert _eval(s, 100) == (True, pytest.approx(0.8))
     assert _eval(s, 110) == (False, pytest.approx(0.8))
     assert not _eval(s, 55)[0]
@@ -33,10 +33,13 @@ def test_schedule_works_on_tensors():
     assert bool(should_prune) and 0 < float(sparsity) < 0.5
 
 
-@pytest.mark.parametrize("schedule", [
-    ConstantSparsity(0.7, 3, end_step=30, frequency=3),
-    PolynomialDecay(0.1, 0.9, 5, 50, power=2, frequency=7),
-])
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        ConstantSparsity(0.7, 3, end_step=30, frequency=3),
+        PolynomialDecay(0.1, 0.9, 5, 50, power=2, frequency=7),
+    ],
+)
 def test_config_round_trip(schedule):
     config = schedule.get_config()
     assert type(schedule).from_config(config).get_config() == config
@@ -44,16 +47,22 @@ def test_config_round_trip(schedule):
     assert restored == schedule
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: ConstantSparsity(1.0, 0), r"\[0, 1\).*Received: target_sparsity=1.0"),
-    (lambda: ConstantSparsity(-0.1, 0), r"Received: target_sparsity=-0.1"),
-    (lambda: PolynomialDecay(0.0, 1.5, 0, 10), r"Received: final_sparsity=1.5"),
-    (lambda: PolynomialDecay(0.0, 0.5, 10, 10), r"end_step.*greater.*begin_step=10, end_step=10"),
-    (lambda: PolynomialDecay(0.0, 0.5, 10, 5), r"begin_step=10, end_step=5"),
-    (lambda: ConstantSparsity(0.5, 10, end_step=5), r"begin_step=10, end_step=5"),
-    (lambda: ConstantSparsity(0.5, 0, frequency=0), r"Received: frequency=0"),
-    (lambda: ConstantSparsity(0.5, -3), r"Received: begin_step=-3"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: ConstantSparsity(1.0, 0), r"\[0, 1\).*Received: target_sparsity=1.0"),
+        (lambda: ConstantSparsity(-0.1, 0), r"Received: target_sparsity=-0.1"),
+        (lambda: PolynomialDecay(0.0, 1.5, 0, 10), r"Received: final_sparsity=1.5"),
+        (
+            lambda: PolynomialDecay(0.0, 0.5, 10, 10),
+            r"end_step.*greater.*begin_step=10, end_step=10",
+        ),
+        (lambda: PolynomialDecay(0.0, 0.5, 10, 5), r"begin_step=10, end_step=5"),
+        (lambda: ConstantSparsity(0.5, 10, end_step=5), r"begin_step=10, end_step=5"),
+        (lambda: ConstantSparsity(0.5, 0, frequency=0), r"Received: frequency=0"),
+        (lambda: ConstantSparsity(0.5, -3), r"Received: begin_step=-3"),
+    ],
+)
 def test_bad_schedule_arguments(make, match):
     with pytest.raises(ValueError, match=match):
         make()

@@ -32,7 +32,7 @@ def trained_bn_cnn(digits):
 def _removed(kernel, fraction):
     norms = np.abs(kernel.reshape(-1, kernel.shape[-1])).sum(axis=0)
     n_drop = int(round(fraction * kernel.shape[-1]))
-    return np.argsort(-norms, kind="stable")[kernel.shape[-1] - n_drop:]
+    return np.argsort(-norms, kind="stable")[kernel.shape[-1] - n_drop :]
 
 
 def test_removing_filters_equals_cutting_their_paths(trained_bn_cnn, digits):
@@ -48,8 +48,11 @@ def test_removing_filters_equals_cutting_their_paths(trained_bn_cnn, digits):
     rows = (np.arange(16)[:, None] * 32 + dropped[None, :]).ravel()
     kernel[rows] = 0
     reference.get_layer("d").kernel.assign(kernel)
-    np.testing.assert_allclose(small.predict(digits.x_test, verbose=0),
-                               reference.predict(digits.x_test, verbose=0), atol=1e-4)
+    np.testing.assert_allclose(
+        small.predict(digits.x_test, verbose=0),
+        reference.predict(digits.x_test, verbose=0),
+        atol=1e-4,
+    )
 
 
 def test_batchnorm_is_sliced_with_its_conv(trained_bn_cnn, digits):
@@ -63,8 +66,11 @@ def test_batchnorm_is_sliced_with_its_conv(trained_bn_cnn, digits):
     kernel = np.asarray(reference.get_layer("c1").kernel).copy()
     kernel[:, :, dropped, :] = 0
     reference.get_layer("c1").kernel.assign(kernel)
-    np.testing.assert_allclose(small.predict(digits.x_test, verbose=0),
-                               reference.predict(digits.x_test, verbose=0), atol=1e-4)
+    np.testing.assert_allclose(
+        small.predict(digits.x_test, verbose=0),
+        reference.predict(digits.x_test, verbose=0),
+        atol=1e-4,
+    )
 
 
 def test_half_the_units_halves_params_and_macs_and_fine_tunes(trained_bn_cnn, digits):
@@ -75,29 +81,42 @@ def test_half_the_units_halves_params_and_macs_and_fine_tunes(trained_bn_cnn, di
     before = [w.copy() for w in trained_bn_cnn.get_weights()]
     small.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     small.fit(digits.x_train, digits.y_train, epochs=3, batch_size=32, verbose=0)
-    assert accuracy(small, digits.x_test, digits.y_test) >= \
-        accuracy(trained_bn_cnn, digits.x_test, digits.y_test) - 0.05
+    assert (
+        accuracy(small, digits.x_test, digits.y_test)
+        >= accuracy(trained_bn_cnn, digits.x_test, digits.y_test) - 0.05
+    )
     for a, b in zip(before, trained_bn_cnn.get_weights(), strict=False):
         np.testing.assert_array_equal(a, b)
 
 
 def test_sequential_and_l2():
-    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, name="a"),
-                              keras.layers.Dropout(0.1), keras.layers.Dense(3, name="b")])
+    model = keras.Sequential(
+        [
+            keras.Input((16,)),
+            keras.layers.Dense(8, name="a"),
+            keras.layers.Dropout(0.1),
+            keras.layers.Dense(3, name="b"),
+        ]
+    )
     small = prune.remove_units(model, 0.5, criterion="l2")
     assert small.get_layer("a").units == 4 and small.get_layer("b").kernel.shape == (4, 3)
 
 
 def test_taylor_criterion(trained_bn_cnn, digits):
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    small = prune.remove_units(trained_bn_cnn, {"d": 0.5}, criterion="taylor",
-                               importance_data=(digits.x_train[:128], digits.y_train[:128]),
-                               importance_loss=loss)
+    small = prune.remove_units(
+        trained_bn_cnn,
+        {"d": 0.5},
+        criterion="taylor",
+        importance_data=(digits.x_train[:128], digits.y_train[:128]),
+        importance_loss=loss,
+    )
     assert small.get_layer("d").units == 32
     by_norm = prune.remove_units(trained_bn_cnn, {"d": 0.5})
     # Different evidence, (almost surely) a different choice of units.
-    assert not np.array_equal(np.asarray(small.get_layer("logits").kernel),
-                              np.asarray(by_norm.get_layer("logits").kernel))
+    assert not np.array_equal(
+        np.asarray(small.get_layer("logits").kernel), np.asarray(by_norm.get_layer("logits").kernel)
+    )
     with pytest.raises(ValueError, match="importance_data=.*importance_loss"):
         prune.remove_units(trained_bn_cnn, 0.5, criterion="taylor")
 

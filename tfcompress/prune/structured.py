@@ -18,16 +18,41 @@ from tfcompress.prune.errors import NoPrunableLayersError, UnsupportedPruningMod
 CRITERIA = ("l1", "l2", "taylor")
 
 # Layers a channel passes through unchanged (one output channel per input channel).
-_PASS_THROUGH = ("BatchNormalization", "Activation", "ReLU", "LeakyReLU", "ELU", "PReLU",
-                 "Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise",
-                 "MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D",
-                 "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D",
-                 "GlobalMaxPooling2D", "Flatten")
+_PASS_THROUGH = (
+    "BatchNormalization",
+    "Activation",
+    "ReLU",
+    "LeakyReLU",
+    "ELU",
+    "PReLU",
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "GaussianNoise",
+    "MaxPooling1D",
+    "MaxPooling2D",
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D",
+    "Flatten",
+)
 _SHRINKABLE = ("Dense", "Conv1D", "Conv2D")
 
 
-def remove_units(model, fraction=0.5, *, criterion="l1", layers=None, importance_data=None,
-                 importance_loss=None, importance_batches=8, verbose=False):
+def remove_units(
+    model,
+    fraction=0.5,
+    *,
+    criterion="l1",
+    layers=None,
+    importance_data=None,
+    importance_loss=None,
+    importance_batches=8,
+    verbose=False,
+):
     """Return a smaller copy of `model` without its least important units.
 
     For each Dense layer (neurons) and Conv1D/Conv2D layer (filters) whose
@@ -88,8 +113,9 @@ def remove_units(model, fraction=0.5, *, criterion="l1", layers=None, importance
             f"or Sequential model; '{model.name}' is a {type(model).__name__}."
         )
     if criterion not in CRITERIA:
-        raise ValueError(f"`criterion` must be one of {CRITERIA}. "
-                         f"Received: criterion={criterion!r}")
+        raise ValueError(
+            f"`criterion` must be one of {CRITERIA}. Received: criterion={criterion!r}"
+        )
     if criterion == "taylor" and (importance_data is None or importance_loss is None):
         raise ValueError(
             "criterion='taylor' ranks units by |w * dL/dw|, so it needs data and a loss: pass "
@@ -103,10 +129,12 @@ def remove_units(model, fraction=0.5, *, criterion="l1", layers=None, importance
     if criterion == "taylor":
         from tfcompress.prune.importance import taylor_scores
 
-        names = [n for n in graph.order if n in fractions
-                 and type(graph.layers[n]).__name__ in _SHRINKABLE]
-        scores = taylor_scores(model, names, importance_data, importance_loss,
-                               importance_batches)
+        names = [
+            n
+            for n in graph.order
+            if n in fractions and type(graph.layers[n]).__name__ in _SHRINKABLE
+        ]
+        scores = taylor_scores(model, names, importance_data, importance_loss, importance_batches)
     plan, skipped = {}, []
     for name in graph.order:
         layer = graph.layers[name]
@@ -128,12 +156,20 @@ def remove_units(model, fraction=0.5, *, criterion="l1", layers=None, importance
             "Conv layer through BatchNormalization, activations, pooling or Flatten."
         )
     report = Report(
-        "remove_units", model.name,
-        done=[Entry(name, type(graph.layers[name]).__name__,
-                    f"{_units(graph.layers[name])} -> {len(keep)} units")
-              for name, keep in plan.items()],
-        skipped=[Entry(name, type(graph.layers[name]).__name__, reason)
-                 for name, reason in skipped])
+        "remove_units",
+        model.name,
+        done=[
+            Entry(
+                name,
+                type(graph.layers[name]).__name__,
+                f"{_units(graph.layers[name])} -> {len(keep)} units",
+            )
+            for name, keep in plan.items()
+        ],
+        skipped=[
+            Entry(name, type(graph.layers[name]).__name__, reason) for name, reason in skipped
+        ],
+    )
     if verbose:
         print(report)
     return attach(_rebuild(model, graph, plan), report)
@@ -143,21 +179,27 @@ def _fractions(model, graph, fraction, layers):
     if isinstance(fraction, dict):
         unknown = sorted(set(fraction) - set(graph.layers))
         if unknown:
-            raise ValueError(f"`fraction` names layers that '{model.name}' does not have: "
-                             f"{unknown}. Its layers are: {graph.order}")
+            raise ValueError(
+                f"`fraction` names layers that '{model.name}' does not have: "
+                f"{unknown}. Its layers are: {graph.order}"
+            )
         items = fraction.items()
     else:
         names = graph.order if layers is None else list(layers)
         unknown = sorted(set(names) - set(graph.layers))
         if unknown:
-            raise ValueError(f"`layers` names layers that '{model.name}' does not have: "
-                             f"{unknown}. Its layers are: {graph.order}")
+            raise ValueError(
+                f"`layers` names layers that '{model.name}' does not have: "
+                f"{unknown}. Its layers are: {graph.order}"
+            )
         items = [(name, fraction) for name in names]
     out = {}
     for name, value in items:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise ValueError(f"The fraction of units to remove must be in [0, 1). "
-                             f"Received: fraction={value!r} for layer '{name}'")
+            raise ValueError(
+                f"The fraction of units to remove must be in [0, 1). "
+                f"Received: fraction={value!r} for layer '{name}'"
+            )
         out[name] = float(value)
     return out
 
@@ -169,7 +211,7 @@ def _units(layer):
 def _units_to_keep(kernel, fraction, criterion):
     # `kernel` holds the weights, or their Taylor scores for criterion="taylor".
     flat = np.abs(kernel.reshape(-1, kernel.shape[-1]))
-    norms = np.sqrt((flat ** 2).sum(axis=0)) if criterion == "l2" else flat.sum(axis=0)
+    norms = np.sqrt((flat**2).sum(axis=0)) if criterion == "l2" else flat.sum(axis=0)
     units = kernel.shape[-1]
     n_keep = max(1, units - int(round(fraction * units)))
     if n_keep == units:
@@ -186,8 +228,10 @@ class _Graph:
 
         self.layers = {layer.name: layer for layer in model.layers}
         config = model.get_config()
-        self.order = [entry["config"]["name"] if "name" in entry["config"] else entry["name"]
-                      for entry in config["layers"]]
+        self.order = [
+            entry["config"]["name"] if "name" in entry["config"] else entry["name"]
+            for entry in config["layers"]
+        ]
         self.consumers = {name: [] for name in self.order}
         self.producers = {name: [] for name in self.order}
         if isinstance(model, keras.Sequential):
@@ -236,8 +280,11 @@ def _histories(structure):
 
     def visit(obj):
         if isinstance(obj, dict):
-            history = obj.get("config", {}).get("keras_history") if isinstance(
-                obj.get("config"), dict) else None
+            history = (
+                obj.get("config", {}).get("keras_history")
+                if isinstance(obj.get("config"), dict)
+                else None
+            )
             if history:
                 found.append(history[0])
                 return
@@ -278,8 +325,11 @@ def _rebuild(model, graph, plan):
         if name in plan:
             key = "units" if "units" in entry["config"] else "filters"
             entry["config"][key] = int(len(plan[name]))
-    new = type(model).from_config(config) if isinstance(model, keras.Sequential) else \
-        keras.Model.from_config(config)
+    new = (
+        type(model).from_config(config)
+        if isinstance(model, keras.Sequential)
+        else keras.Model.from_config(config)
+    )
     for layer in new.layers:
         old = graph.layers[layer.name]
         values = [np.asarray(v) for v in old.get_weights()]
@@ -316,8 +366,15 @@ def count_macs(model):
 
     total = 0
     for layer in model.layers:
-        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
-                              keras.layers.DepthwiseConv2D)):
+        if isinstance(
+            layer,
+            (
+                keras.layers.Dense,
+                keras.layers.Conv1D,
+                keras.layers.Conv2D,
+                keras.layers.DepthwiseConv2D,
+            ),
+        ):
             kernel = layer.kernel.shape
             positions = math.prod(layer.output.shape[1:-1])
             total += math.prod(kernel) * positions
