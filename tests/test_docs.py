@@ -224,6 +224,7 @@ def namespace(tmp_path_factory):
         qat_model.compile("adam", loss)
         qat_model.fit(data.x_train, data.y_train, epochs=1, verbose=0)
         export.to_tflite(qat_model, "model_int8.tflite", mode="int8")
+        export.lowbit.to_lowbit_tflite(model, "model_int4.tflite", mode="int4_block32")
 
         with open("recipe.yaml", "w") as f:
             f.write(RECIPE)

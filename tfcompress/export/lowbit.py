@@ -19,9 +19,10 @@ reach the file unchanged.
 
 Example:
 
->>> result = to_tflite(model, "model_int4.tflite", mode="int4_block32",
-...                    layers={"logits": "int8"})
->>> result.bytes, result.fallbacks
+>>> result = to_lowbit_tflite(model, "model_int4.tflite", mode="int4_block32",
+...                           layers={"logits": "int8"})
+>>> [(choice.layer, choice.got) for choice in result.layers]
+[('conv0', 'int4'), ('conv1', 'int4'), ('dense', 'int4_block32'), ('logits', 'int8')]
 """
 
 import dataclasses
@@ -282,7 +283,9 @@ def to_lowbit_tflite(
 
     Example:
 
-    >>> to_lowbit_tflite(model, "m.tflite", mode="int4", layers={"dense_*": "int2"})
+    >>> result = to_lowbit_tflite(model, "m.tflite", mode="int4", layers={"dense*": "int2"})
+    >>> {choice.layer: choice.got for choice in result.layers}["dense"]
+    'int2'
     """
     if mode not in _MODE_RECIPES:
         raise ValueError(
@@ -724,7 +727,8 @@ def read_weights(path):
 
     Example:
 
-    >>> w = read_weights("model_int4.tflite")["model/dense/MatMul"]
+    >>> weights = read_weights("model_int4.tflite")  # keyed by tensor name
+    >>> w = next(w for name, w in weights.items() if "/dense" in name)
     >>> w.bits, w.block_size, w.dequantized().shape
     """
     from litert_quantizer.utils import tfl_flatbuffer_utils as fu
