@@ -145,8 +145,9 @@ def output_spread(model, data, max_samples=256):
 
     Example:
 
-    >>> output_spread(qat_model, x_test[:128])
-    0.21...
+    >>> spread = output_spread(qat_model, x_test[:128])  # about 0.2 for a trained CNN
+    >>> spread > 1e-3  # far from collapsed
+    True
     """
     if isinstance(data, tuple) and len(data) == 2:
         data = data[0]
