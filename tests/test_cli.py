@@ -44,11 +44,10 @@ def test_every_command_explains_itself(command, capsys):
     "argv, message",
     [
         (["frobnicate"], "invalid choice: 'frobnicate'"),
-        (["export", "m.keras", "-o", "x.tflite", "--mode", "int4"], "invalid choice: 'int4'"),
+        (["export", "m.keras", "-o", "x.tflite", "--mode", "int3"], "invalid choice: 'int3'"),
         (["export", "m.keras"], "the following arguments are required: -o/--output"),
         (["bench", "x.tflite", "--runs", "0"], "expected a positive integer, got '0'"),
         (["export", "nope.keras", "-o", "x.tflite"], "no model at 'nope.keras'"),
-        (["export", "m.keras", "-o", "x.tflite", "--mode", "int8"], "needs --calibration"),
         (["export", "m.keras", "-o", "x.tflite", "--int8-io"], "--int8-io needs --mode int8"),
     ],
 )
@@ -149,3 +148,30 @@ def test_demo_refuses_a_file_as_output_folder(tmp_path):
     assert result.returncode == 2
     assert "is a file" in result.stderr.strip().splitlines()[-1]
     assert target.read_text() == "keep me"
+
+
+def test_int8_without_calibration_needs_a_qat_model(saved, tmp_path, capsys):
+    from tfcompress import export, quantize
+    from tfcompress.pipeline.data import load_model_file
+
+    argv = ["export", str(saved / "cnn.keras"), "-o", str(tmp_path / "x.tflite"), "--mode", "int8"]
+    assert cli.main(argv) == 2
+    assert "needs --calibration" in capsys.readouterr().err
+    assert not (tmp_path / "x.tflite").exists()
+    # A QAT model carries its ranges: no calibration data needed.
+    model = load_model_file(saved / "cnn.keras")
+    qat = quantize.quantize_model(model, representative_data=np.load(saved / "calib.npz")["x"])
+    qat.save(tmp_path / "qat.keras")
+    argv[1] = str(tmp_path / "qat.keras")
+    assert cli.main(argv) == 0
+    assert export.inspect(str(tmp_path / "x.tflite")).is_fully_integer()
+
+
+def test_registered_low_bit_modes_are_reachable_from_the_cli(saved, tmp_path):
+    from tfcompress import export
+
+    out = tmp_path / "m_int4.tflite"
+    assert cli.main(["export", str(saved / "cnn.keras"), "-o", str(out), "--mode", "int4"]) == 0
+    bits = {w.bits for w in export.inspect(str(out)).weights}
+    assert 4 in bits
+

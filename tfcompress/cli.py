@@ -14,7 +14,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
+# The converter's modes, for --help without importing TensorFlow; every mode registered
+# in tfcompress.export (the low-bit ones of litert-quantizer too) is accepted.
 _MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
+_CALIBRATED = ("int8", "int16x8")
 
 _TRUST_HELP = (
     "allow code named by the input files to run: recipe factories other than "
@@ -190,16 +193,22 @@ def _load_npz(path, option):
     return (x, y) if y is not None else x
 
 
+def _quantization_aware(model):
+    from tfcompress.quantize import is_quantization_aware
+
+    return bool(is_quantization_aware(model))
+
+
 def _cmd_export(args):
     from tfcompress import export
 
-    if args.int8_io and args.mode not in ("int8", "int16x8"):
-        raise UsageError("tfcompress export: error: --int8-io needs --mode int8 or int16x8.")
-    if args.mode in ("int8", "int16x8") and not args.calibration:
+    if args.mode not in export.available_modes():
         raise UsageError(
-            f"tfcompress export: error: --mode {args.mode} needs --calibration DATA.npz "
-            "(a few hundred training inputs in an array 'x')."
+            f"tfcompress export: error: argument --mode: invalid choice: {args.mode!r} (choose "
+            f"from {', '.join(export.available_modes())})"
         )
+    if args.int8_io and args.mode not in _CALIBRATED:
+        raise UsageError("tfcompress export: error: --int8-io needs --mode int8 or int16x8.")
     check_distinct_paths(
         "export",
         {"the model": args.model, "--calibration": args.calibration, "--verify": args.verify},
@@ -217,6 +226,13 @@ def _cmd_export(args):
     _io.remove_stale_temp_dirs()
     _progress(f"loading {args.model}")
     model = _load_model(args.model, args.trust_code)
+    if args.mode in _CALIBRATED and calibration is None and not _quantization_aware(model):
+        # A QAT model carries its ranges; any other model needs data to measure them.
+        raise UsageError(
+            f"tfcompress export: error: --mode {args.mode} needs --calibration DATA.npz "
+            "(a few hundred training inputs in an array 'x'), unless the model was trained "
+            "with quantization-aware training."
+        )
     _progress(f"converting to {args.mode}")
     result = export.to_tflite(
         model,
@@ -304,7 +320,12 @@ def build_parser():
     )
     exp.add_argument("model", help="a .keras (Keras 3) or .h5 (tf_keras) model file")
     exp.add_argument("-o", "--output", required=True, help="the .tflite file to write")
-    exp.add_argument("--mode", choices=_MODES, default="float32", help="export mode")
+    exp.add_argument(
+        "--mode",
+        default="float32",
+        help=f"export mode: {', '.join(_MODES)}, or any registered mode (int4, int4_block32, "
+        "int2, int8_weight_only, static_int8, ...: see `tfcompress.export.available_modes()`)",
+    )
     exp.add_argument(
         "--calibration",
         metavar="NPZ",
