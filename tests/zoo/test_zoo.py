@@ -14,7 +14,7 @@ from tfcompress import testing
 
 N_TEST = 128
 #: Training samples: digits images, or SST-2 phrases (short fragments: more are needed).
-N_TRAIN = {"image": 256, "text": 4096}
+N_TRAIN = {"image": 1024, "text": 4096}
 TEXT = ("lstm", "bert", "roberta", "distilbert", "gpt2")
 
 #: family -> why it fails today (the exact failure and the issue). Each is strict, so
