@@ -192,8 +192,9 @@ def to_tflite(
         # Calibrating the converter's WHILE loops crashes it; the unrolled loop
         # (a fixed number of time steps) is plain FULLY_CONNECTED / elementwise ops.
         steps = (fixed or specs)[0].shape[1] if (fixed or specs)[0].rank > 1 else None
-        if steps is not None:
-            model = _unrolled(model, flavor)
+        unrolled = _unrolled(model, flavor) if steps is not None else None
+        if unrolled is not None:
+            model = unrolled
             notes.append(f"recurrent layers unrolled over {steps} time steps for int8 "
                          "calibration (the converter crashes on their loops)")
         else:
@@ -242,7 +243,7 @@ def to_tflite(
 
 
 def _unrolled(model, flavor):
-    """A copy of `model` whose recurrent layers run unrolled (same weights)."""
+    """A copy of `model` whose recurrent layers run unrolled (same weights), or `None`."""
     k = _keras_of(flavor)
 
     def clone(layer):
@@ -255,8 +256,11 @@ def _unrolled(model, flavor):
             config["unroll"] = True
         return layer.__class__.from_config(config)
 
-    copy = k.models.clone_model(model, clone_function=clone)
-    copy.set_weights(model.get_weights())
+    try:
+        copy = k.models.clone_model(model, clone_function=clone)
+        copy.set_weights(model.get_weights())
+    except Exception:  # a subclassed or custom model: keep its loops (and the isolation)
+        return None
     return copy
 
 

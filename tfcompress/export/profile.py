@@ -94,7 +94,7 @@ class OpProfile:
         lines = [
             f"{self.path}: {self.latency_ms:.3f} ms per call ({self.num_threads} thread(s)); "
             f"{len(self.ops)} ops, {self.xnnpack_ops} run by XNNPACK; ops timed alone sum "
-            f"to {self.op_ms:.3f} ms",
+            f"to {self.op_ms:.4f} ms",
             f"  {'op':<24} {'dtype':<8} {'count':>5} {'ms':>9} {'share':>6} {'XNNPACK':>8}",
         ]
         for name, dtype, n, ms, x in self.by_op_type()[:top]:
