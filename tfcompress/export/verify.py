@@ -470,13 +470,21 @@ def locate_ops(tflite_path, model, op_names=None):
     from tfcompress_edge.runner import make_interpreter
 
     keras = _keras_module(model)
-    order = {layer.name: i for i, (layer, _) in enumerate(_probe_layers(model, keras))}
+    probes = _probe_layers(model, keras)
+    order = {layer.name: i for i, (layer, _) in enumerate(probes)}
     for layer in model.layers:  # layers without a float output can still own ops
         order.setdefault(layer.name, len(order))
     with tflite_errors():
         interpreter = make_interpreter(tflite_path, use_xnnpack=False)
     details = {int(t["index"]): t for t in interpreter.get_tensor_details()}
     resolve = _layer_resolver(order, model.name, [t["name"] for t in details.values()])
+    # The file's output tensor is named after the signature: it belongs to the
+    # layer that makes the model's (single) output.
+    outputs_of = {}
+    if probes and len(model.outputs) == 1:
+        signature = interpreter.get_signature_runner(next(iter(interpreter.get_signature_list())))
+        for detail in signature.get_output_details().values():
+            outputs_of[int(detail["index"])] = probes[-1][0].name
     found = []
     for op in interpreter._get_ops_details():
         if op_names is not None and op["op_name"] not in op_names:
@@ -485,13 +493,16 @@ def locate_ops(tflite_path, model, op_names=None):
         outputs = [int(i) for i in op["outputs"] if int(i) >= 0]
         dtype = np.dtype(details[inputs[0]]["dtype"]).name if inputs else None
         tensor = details[outputs[0]]["name"] if outputs else ""
+        layer = resolve(tensor)
+        if layer is None and outputs:
+            layer = outputs_of.get(outputs[0])
         found.append(
             OpLocation(
                 index=int(op["index"]),
                 op=op["op_name"],
                 compute_dtype=dtype,
                 tensor=tensor,
-                layer=resolve(tensor),
+                layer=layer,
             )
         )
     return tuple(found)
