@@ -73,16 +73,20 @@ class ExportResult:
 
     def summary_line(self) -> str:
         """The mode, sizes and route in one line."""
-        return (f"{self.mode}, {self.bytes:,} bytes ({self.gzip_bytes:,} gzipped), "
+        line = (f"{self.mode}, {self.bytes:,} bytes ({self.gzip_bytes:,} gzipped), "
                 f"via {self.route}")
+        if self.target:
+            line += f"; target {self.target!r} chose {self.choice}"
+        return line
 
     def __str__(self):
         calib_note = ", ranges from quantization-aware training" if self.quantization_aware \
             else ""
         if self.calibration_samples is not None:
             calib_note = f", calibrated on {self.calibration_samples} samples"
+        target_note = f"; target {self.target!r}: {self.choice}" if self.target else ""
         return (f"{self.path}: {self.mode}, {self.bytes:,} bytes ({self.gzip_bytes:,} gzipped)"
-                f"{calib_note}, via {self.route}")
+                f"{calib_note}, via {self.route}{target_note}")
 
 
 def to_tflite(
