@@ -105,6 +105,7 @@ def digits_cnn(folder, quick):
         "int8 (dynamic batch, as before)": dict(mode="int8"),
         "int8, batch fixed to 1": dict(mode="int8", batch_size=1),
         "int8, batch 1, int8 I/O": dict(mode="int8", batch_size=1, int8_io=True),
+        "target='cpu'": dict(target="cpu"),
     }
     paths, accuracy = {}, {}
     for i, (name, kwargs) in enumerate(files.items()):
@@ -114,6 +115,8 @@ def digits_cnn(folder, quick):
             representative_data=data.x_train,
             **kwargs,
         )
+        if result.target:
+            name = f"target='cpu' chose {result.mode}"
         paths[name] = result.path
         accuracy[name] = export.verify(
             result.path, model, (data.x_test, data.y_test)
@@ -212,6 +215,14 @@ def bert_small(folder, quick):
     write("QAT int8, static shapes", qat, mode="int8", **static)
     qat = quantize.quantize_model(model, representative_data=x)
     write("QAT int8, static shapes, symmetric attention operands", qat, mode="int8", **static)
+    chosen = export.to_tflite(
+        model,
+        os.path.join(folder, "bert_cpu.tflite"),
+        target="cpu",
+        representative_data=x,
+        **static,
+    )
+    paths[f"float model, target='cpu' chose {chosen.mode}"] = chosen.path
     return "BERT-small (4x256, 128 tokens)", paths, {}
 
 
@@ -237,7 +248,7 @@ def sst2_bert_accuracy(folder, quick):
         paths[name] = export.to_tflite(m, path, **kwargs).path
         accuracy[name] = export.verify(paths[name], m, test).tflite_accuracy
 
-    write("float32", model)
+    write("float32", model, **static)
     qat = quantize.quantize_model(model, representative_data=data.x_train)
     qat.compile(
         keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -263,8 +274,12 @@ def run(quick=False, write=True, models=None):
     repetitions, seconds = (3, 0.2) if quick else (7, 0.5)
     rows, verdicts = [], []
     for key in models or MODELS:
-        title, paths, accuracy = MODELS[key](folder, quick)
-        times = alternate(paths, repetitions, seconds)
+        try:
+            title, paths, accuracy = MODELS[key](folder, quick)
+            times = alternate(paths, repetitions, seconds)
+        except Exception as e:  # one model failing is a row, not the end of the run
+            rows.append([key, f"**failed**: {type(e).__name__}: {str(e)[:200]}", "", "", "", ""])
+            continue
         base = next(iter(paths))
         for name in paths:
             rows.append(
