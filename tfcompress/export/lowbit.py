@@ -755,7 +755,8 @@ def read_weights(path):
             raw = _buffer_bytes(buffer, content)
             if quant is None or raw is None or not len(raw):
                 continue
-            shape = tuple(int(d) for d in tensor.shape)
+            # A scalar constant (int16x8 files hold some) has no shape at all.
+            shape = tuple(int(d) for d in tensor.shape) if tensor.shape is not None else ()
             count = int(np.prod(shape)) if shape else 1
             block = 0
             if quant.details is not None and hasattr(quant.details, "blockSize"):
