@@ -43,7 +43,7 @@ def test_a_good_recipe_loads(tmp_path):
             ("final_sparsity: 0.5", "final_sparsity: 0.5\n    sparsty: 0.2"),
             "line 9: stages[1].sparsty: unknown key",
         ),
-        (("int8]", "int3]"), "line 9: stages[2].modes[1]: Input should be 'float32'"),
+        (("int8]", "int3]"), "line 9: stages[2].modes[1]: Value error, unknown export mode 'int3'"),
         (("type: prune", "type: shrink"), "line 7: stages[1]: Input tag 'shrink'"),
         (("name: ok", "name: ok\ncolour: blue"), "line 2: colour: unknown key"),
     ],

@@ -103,3 +103,46 @@ def test_a_registered_cluster_init_is_accepted_by_recipes(tmp_path):
         from tfcompress.cluster import init as init_lib
 
         init_lib._INITS.pop("every_nth", None)
+
+
+def test_an_export_mode_registered_after_import_is_accepted(tmp_path):
+    from tfcompress.export import modes
+
+    text = RECIPE.replace("  - {type: scale_kernels, factor: 0.5}\n", "").replace(
+        "modes: [float32]", "modes: [float32, float32_plain]")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match=r"modes\[1\]: .*unknown export mode 'float32_plain'"):
+        load_recipe(path)
+    float32 = modes.get_mode("float32")
+    modes.register_mode(modes.ExportMode("float32_plain", "float32 again", "unused",
+                                         float32.configure))
+    try:
+        assert load_recipe(path).stages[1].modes == ["float32", "float32_plain"]
+    finally:
+        modes._MODES.pop("float32_plain", None)
+
+
+def test_export_stage_with_a_target_records_the_choice(tmp_path):
+    text = RECIPE.replace("  - {type: scale_kernels, factor: 0.5}\n", "").replace(
+        "{type: export, modes: [float32]}", "{type: export, target: cpu}")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    assert load_recipe(path).stages[1].modes == []
+    records = pipeline.run(path, tmp_path / "out", progress=lambda line: None)
+    chosen = records[-1]["exports"]["target_cpu"]
+    assert chosen["path"] == "model_cpu.tflite"
+    assert chosen["mode"] in {c["mode"] for c in chosen["candidates"]}
+    assert any(c["latency_ms"] for c in chosen["candidates"])
+    assert chosen["top1_agreement"] >= 0.95
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"`model_cpu.tflite`: {chosen['mode']}" in report and "Candidates:" in report
+
+
+def test_an_export_stage_needs_modes_or_a_target(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE.replace("  - {type: scale_kernels, factor: 0.5}\n", "").replace(
+        "modes: [float32]", "modes: []"))
+    with pytest.raises(RecipeError, match="at least one of 'modes'"):
+        load_recipe(path)
+

@@ -21,14 +21,19 @@ import os
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from tfcompress.errors import TFCompressError
 from tfcompress.export.lowbit import available_formats
 from tfcompress.export.modes import available_modes
-
-#: Every registered export mode: a registration (litert-quantizer's int4, ...) reaches YAML.
-EXPORT_MODES = tuple(available_modes())
+from tfcompress.export.target import TARGETS
 
 
 class RecipeError(TFCompressError, ValueError):
@@ -156,15 +161,48 @@ class QATStage(_Training):
         return self
 
 
+def _known_mode(mode: str) -> str:
+    # Looked up when the recipe is read, so a mode registered after import is usable too.
+    if mode not in available_modes():
+        raise ValueError(
+            f"unknown export mode {mode!r}; registered modes: {', '.join(available_modes())}"
+        )
+    return mode
+
+
+def _known_format(fmt: str) -> str:
+    if fmt not in available_formats():
+        raise ValueError(
+            f"unknown weight format {fmt!r}; formats: {', '.join(available_formats())}"
+        )
+    return fmt
+
+
 class ExportStage(_Strict):
-    """Write `.tflite` files and verify each against the model."""
+    """Write `.tflite` files and verify each against the model.
+
+    `modes` lists export modes (every registered one); `target` (cpu, npu, mcu) also
+    writes the file `to_tflite(target=...)` picks for that device, and records why.
+    """
 
     type: Literal["export"]
-    modes: list[Literal[EXPORT_MODES]] = Field(default=["int8"], min_length=1)
+    modes: list[Annotated[str, AfterValidator(_known_mode)]] = Field(default=None)
+    target: Optional[Literal[TARGETS]] = None
     calibration_samples: int = Field(default=200, gt=0)
     int8_io: bool = False
     # Per-layer weight formats for the low-bit modes: {layer name or glob: int8, int4, ...}.
-    layers: dict[str, Literal[tuple(available_formats())]] = Field(default_factory=dict)
+    layers: dict[str, Annotated[str, AfterValidator(_known_format)]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _something_to_write(self):
+        if self.modes is None:
+            object.__setattr__(self, "modes", [] if self.target else ["int8"])
+        elif not self.modes and not self.target:
+            raise ValueError(
+                "give at least one of 'modes' (a list of export modes) or "
+                "'target' (cpu, npu or mcu)"
+            )
+        return self
 
 
 #: The spec class of every stage type a recipe may name, by type; see `register_stage_spec`.

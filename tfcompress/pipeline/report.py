@@ -216,6 +216,8 @@ def write_report(out_dir, records, title, first_model=None, final_model=None):
     md += [f"- {headline(item)}" for item in heads] + ([""] if heads else [])
     md += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     md += ["| " + " | ".join(c) + " |" for c in cells]
+    choices = _target_choices(records)
+    md += [""] + choices
     md += [""] + [f"![{alt}]({name})" for name, alt in plots] + [""]
     md_path = os.path.join(out_dir, "report.md")
     _io.atomic_write_text(md_path, "\n".join(md))
@@ -235,6 +237,7 @@ def write_report(out_dir, records, title, first_model=None, final_model=None):
         f"<h1>{html.escape(title)}</h1>"
         + "".join(f"<p>{html.escape(headline(item)).replace('**', '')}</p>" for item in heads)
         + table
+        + "".join(f"<p>{html.escape(line.lstrip('- '))}</p>" for line in choices if line)
         + "".join(
             f"<h2>{html.escape(alt)}</h2><img src='{name}' alt='{alt}'>" for name, alt in plots
         )
@@ -242,6 +245,26 @@ def write_report(out_dir, records, title, first_model=None, final_model=None):
     )
     _io.atomic_write_text(os.path.join(out_dir, "report.html"), page)
     return md_path
+
+
+def _target_choices(records):
+    """Lines saying which file each `target` export chose, why, and each candidate's latency."""
+    lines = []
+    for r in records:
+        for e in r.get("exports", {}).values():
+            if "choice" not in e:
+                continue
+            timed = ", ".join(
+                f"{c['mode']} {c['latency_ms']:.3f} ms"
+                if c.get("latency_ms") is not None
+                else f"{c['mode']} ({c.get('note') or 'not timed'})"
+                for c in e.get("candidates", [])
+            )
+            lines.append(
+                f"- `{e['path']}`: {e['mode']}: {e['choice']}"
+                + (f" Candidates: {timed}." if timed else "")
+            )
+    return lines
 
 
 TUNE_TABLE_HEADERS = [

@@ -274,6 +274,37 @@ def export_stage(ctx, spec):
             top1_agreement=check.top1_agreement,
             latency_ms=latency.median_ms,
         )
+    if spec.target:
+        ctx.progress(f"exporting for target {spec.target}: timing the candidates in LiteRT")
+        path = os.path.join(ctx.folder, f"model_{spec.target}.tflite")
+        written = export.to_tflite(
+            ctx.model,
+            path,
+            target=spec.target,
+            representative_data=ctx.data.x_train,
+            max_calibration_samples=spec.calibration_samples,
+        )
+        check = export.verify(path, ctx.model, (ctx.data.x_test, ctx.data.y_test))
+        results[f"target_{spec.target}"] = dict(
+            path=os.path.basename(path),
+            bytes=written.bytes,
+            gzip_bytes=written.gzip_bytes,
+            calibration_samples=written.calibration_samples,
+            tflite_accuracy=check.tflite_accuracy,
+            keras_accuracy=check.keras_accuracy,
+            top1_agreement=check.top1_agreement,
+            latency_ms=min(
+                (
+                    c.latency_ms
+                    for c in written.candidates or ()
+                    if c.mode == written.mode and c.latency_ms is not None
+                ),
+                default=None,
+            ),
+            mode=written.mode,
+            choice=written.choice,
+            candidates=[dataclasses.asdict(c) for c in written.candidates or ()],
+        )
     ctx.record["exports"] = results
     return ctx.model
 
