@@ -19,7 +19,14 @@ TEXT = ("lstm", "bert", "roberta", "distilbert", "gpt2")
 
 #: family -> why it fails today (the exact failure and the issue). Each is strict, so
 #: a fix elsewhere turns it into an XPASS failure and this entry must go.
-KNOWN_FAILURES = {}
+KNOWN_FAILURES = {
+    "vit": (
+        "QAT ViTImageClassifier does not load back from .keras: TypeError: <class "
+        "'keras.src.models.functional.Functional'> could not be deserialized properly "
+        "(quantize engine, issue 17 item 3); and the int8 file agrees with its QAT model "
+        "on 96.88% of 128 samples, cosine 0.9934 (issue 18 item 3 target 99%)"
+    ),
+}
 
 
 def _family(name):
