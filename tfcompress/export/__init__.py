@@ -5,14 +5,17 @@ runs the file beside the Keras model, `inspect` lists its ops and dtypes,
 `benchmark` times it, and `to_c_array` makes a header for microcontrollers.
 """
 
-from tfcompress.export.benchmark import benchmark
-from tfcompress.export.c_array import to_c_array
 from tfcompress._inputs import InputSpec, input_specs
-from tfcompress.export.convert import ExportResult, gzip_size, to_tflite
-from tfcompress.export.inspect import COMPUTE_OPS, OpInfo, TensorInfo, TFLiteInfo, inspect
+from tfcompress._io import gzip_size
+from tfcompress.export import lowbit  # registers the litert-quantizer modes (int4, ...)
+from tfcompress.export.c_array import to_c_array
+from tfcompress.export.convert import ExportResult, to_tflite
+from tfcompress.export.inspection import COMPUTE_OPS, OpInfo, TensorInfo, TFLiteInfo, inspect
+from tfcompress.export.lowbit import LowBitExportResult, read_weights
 from tfcompress.export.modes import ExportMode, available_modes, get_mode, register_mode
-from tfcompress.export.profile import OpProfile, OpTime, profile
+from tfcompress.export.profiling import OpProfile, OpTime, profile
 from tfcompress.export.target import Candidate
+from tfcompress.export.timing import benchmark
 from tfcompress.export.verify import (
     DivergenceReport,
     LayerFidelity,
@@ -20,8 +23,6 @@ from tfcompress.export.verify import (
     first_divergence,
     verify,
 )
-from tfcompress.export import lowbit  # registers the litert-quantizer modes (int4, ...)
-from tfcompress.export.lowbit import LowBitExportResult, read_weights
 
 __all__ = [
     "COMPUTE_OPS",

@@ -35,7 +35,7 @@ def benchmark(path, num_threads=1, runs=50, warmup=5, *, profile=False, sequence
     runner = load_runner(path, num_threads=num_threads)
     inputs = runner.example_inputs(sequence_length=sequence_length)
     if profile:
-        from tfcompress.export.profile import profile as profile_ops
+        from tfcompress.export.profiling import profile as profile_ops
 
         ops = profile_ops(path, num_threads=num_threads, runs=max(5, min(runs, 50)), inputs=inputs)
     else:
