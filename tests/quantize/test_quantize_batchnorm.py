@@ -41,6 +41,7 @@ def _stats(qat):
     )
 
 
+@pytest.mark.slow
 def test_statistics_update_until_the_delay_then_freeze(digits, compile_classifier):
     qat = quantize.quantize_model(_model(), QuantizeConfig(freeze_bn_delay=3))
     folded, plain, initial = _stats(qat)
