@@ -195,7 +195,10 @@ def quantize_apply(model, config=None, **kwargs):
 
     Example:
 
-    >>> qat = quantize_apply(model_with_annotated_layers)
+    >>> inputs = keras.Input((16,))
+    >>> hidden = quantize_annotate_layer(keras.layers.Dense(8, name="hidden"))(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(2, name="head")(hidden))
+    >>> qat = quantize_apply(model)  # "hidden" is quantized, "head" stays float
     """
     if _flavor.flavor_of(model) == _flavor.TF_KERAS:
         from tfcompress.quantize import _tfmot
