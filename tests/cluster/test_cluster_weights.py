@@ -127,3 +127,45 @@ def test_tf_keras_goes_to_tfmot(digits):
     )
     stripped = cluster.strip_clustering(clustered)
     assert len(np.unique(stripped.get_layer("dense").kernel.numpy())) <= 8
+
+
+def test_random_init_is_seeded_and_uniform_between_min_and_max():
+    # Most weights near 0, two at -1 and 1: k-means++ and density put their centroids
+    # where the weights are; tfmot's RANDOM spreads them evenly over [min, max].
+    w = np.concatenate([np.random.default_rng(2).normal(0.0, 0.01, size=2000), [-1.0, 1.0]])
+    c = cluster.initial_centroids(w, 200, cluster.CentroidInitialization.RANDOM, seed=3)
+    assert c.shape == (200,) and np.all(np.diff(c) >= 0)
+    assert c.min() >= -1.0 and c.max() <= 1.0
+    assert 0.35 < np.mean(np.abs(c) > 0.5) < 0.65
+    assert np.mean(np.abs(cluster.initial_centroids(w, 200, "density")) > 0.5) < 0.05
+    np.testing.assert_array_equal(c, cluster.initial_centroids(w, 200, "random", seed=3))
+    assert not np.array_equal(c, cluster.initial_centroids(w, 200, "random", seed=4))
+
+
+def test_random_init_clusters_a_model_and_recipes_take_it(tmp_path):
+    from tfcompress.pipeline import load_recipe
+
+    model = testing.tiny_mlp(input_dim=16, hidden=(32,), num_classes=4)
+    first, again, other = (
+        cluster.cluster_weights(model, number_of_clusters=4, init="random", seed=seed)
+        for seed in (0, 0, 1)
+    )
+    assert first.cluster_report.init == "random"
+    centroids = first.get_layer("cluster_hidden0").centroids.numpy()
+    kernel = model.get_layer("hidden0").kernel.numpy()
+    assert kernel.min() <= centroids.min() and centroids.max() <= kernel.max()
+    np.testing.assert_array_equal(centroids, again.get_layer("cluster_hidden0").centroids.numpy())
+    assert not np.array_equal(centroids, other.get_layer("cluster_hidden0").centroids.numpy())
+    stripped = cluster.strip_clustering(first)
+    assert len(np.unique(stripped.get_layer("hidden0").kernel.numpy())) <= 4
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "name: random_init\n"
+        "data: {embedded: digits}\n"
+        "model: {factory: 'tfcompress.testing:digits_cnn'}\n"
+        "stages:\n"
+        "  - {type: train, epochs: 1}\n"
+        "  - {type: cluster, number_of_clusters: 8, init: random}\n"
+    )
+    assert load_recipe(recipe).stages[1].init == "random"

@@ -1,6 +1,11 @@
 """`cluster_weights` / `strip_clustering`: Keras 3 (ours) and tf_keras (tfmot)."""
 
+from __future__ import annotations
+
 import dataclasses
+import enum
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -8,6 +13,9 @@ from tfcompress import _flavor
 from tfcompress._layers import rebuild
 from tfcompress._report import Entry, Report, attach, wrapper_report
 from tfcompress.cluster.init import CentroidInitialization
+
+if TYPE_CHECKING:
+    import keras
 
 _TFMOT_INITS = {
     "kmeans++": "KMEANS_PLUS_PLUS",
@@ -31,13 +39,13 @@ class ClusterReport:
         cluster_per_channel: whether convolutions got centroids per channel.
     """
 
-    clustered: tuple
-    skipped: tuple
+    clustered: tuple[tuple[str, int, int], ...]
+    skipped: tuple[tuple[str, str], ...]
     init: str
     preserve_sparsity: bool = False
     cluster_per_channel: bool = False
 
-    def __str__(self):
+    def __str__(self) -> str:
         extra = [
             flag
             for flag, on in (
@@ -57,16 +65,16 @@ class ClusterReport:
 
 
 def cluster_weights(
-    model,
-    number_of_clusters=16,
-    init="kmeans++",
-    skip_layers=(),
-    seed=0,
+    model: keras.Model | keras.layers.Layer | list[keras.layers.Layer],
+    number_of_clusters: int = 16,
+    init: str | enum.Enum = "kmeans++",
+    skip_layers: Collection[str] = (),
+    seed: int = 0,
     *,
-    preserve_sparsity=False,
-    cluster_per_channel=False,
-    cluster_centroids_init=None,
-):
+    preserve_sparsity: bool = False,
+    cluster_per_channel: bool = False,
+    cluster_centroids_init: str | enum.Enum | None = None,
+) -> keras.Model | keras.layers.Layer | list[keras.layers.Layer]:
     """Return a copy of `model` whose weights each take only `number_of_clusters` values.
 
     Keras 3 models get `ClusterWeights` layers of ours (trainable centroids,
@@ -121,7 +129,7 @@ def cluster_weights(
     if cluster_centroids_init is not None:
         init = cluster_centroids_init
     init = CentroidInitialization.resolve(init)
-    options = {
+    options: dict[str, Any] = {
         "number_of_clusters": int(number_of_clusters),
         "init": init,
         "preserve_sparsity": bool(preserve_sparsity),
@@ -286,7 +294,7 @@ def _clone_uncompiled(model, clone_function):
         model.compiled = compiled
 
 
-def strip_clustering(model):
+def strip_clustering(model: keras.Model | keras.layers.Layer) -> keras.Model | keras.layers.Layer:
     """Replace clustering wrappers with plain layers whose weights hold the centroid values.
 
     Args:

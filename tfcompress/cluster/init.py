@@ -4,11 +4,17 @@ Each function takes the flat weights of one kernel and `k` and returns `k`
 sorted centroids. Add a method with `register_init(name, fn)`.
 """
 
+from __future__ import annotations
+
 import enum
+from collections.abc import Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-_INITS = {}
+#: `fn(weights_1d, k, seed) -> centroids` per registered name.
+InitFn = Callable[[np.ndarray, int, int], np.ndarray]
+_INITS: dict[str, InitFn] = {}
 
 
 class CentroidInitialization(str, enum.Enum):
@@ -30,7 +36,7 @@ class CentroidInitialization(str, enum.Enum):
     RANDOM = "random"
 
     @classmethod
-    def resolve(cls, init):
+    def resolve(cls, init: str | enum.Enum) -> str:
         """Our registered name for `init`: one of ours, a member, or tfmot's enum value.
 
         Args:
@@ -58,18 +64,46 @@ class CentroidInitialization(str, enum.Enum):
         )
 
 
-def register_init(name, fn):
-    """Register `fn(weights_1d, k, seed) -> centroids` under `name`."""
+def register_init(name: str, fn: InitFn) -> InitFn:
+    """Register `fn(weights_1d, k, seed) -> centroids` under `name`.
+
+    Args:
+        name: the name `init=` (and a recipe's cluster stage) will take.
+        fn: takes the flat float64 weights of one kernel, `k` and an integer
+            seed, and returns `k` centroids (in any order).
+
+    Returns:
+        `fn`, unchanged.
+
+    Example:
+
+    >>> def evenly_spaced(w, k, seed):
+    ...     return np.linspace(w.min(), w.max(), k)
+    >>> _ = register_init("evenly_spaced", evenly_spaced)
+    >>> initial_centroids(np.array([0.0, 1.0]), 3, "evenly_spaced")
+    array([0. , 0.5, 1. ], dtype=float32)
+    """
     _INITS[name] = fn
     return fn
 
 
-def available_inits():
-    """Names of the registered methods."""
+def available_inits() -> list[str]:
+    """Names of the registered methods.
+
+    Returns:
+        The names `init=` takes, in registration order.
+
+    Example:
+
+    >>> "kmeans++" in available_inits()
+    True
+    """
     return list(_INITS)
 
 
-def initial_centroids(weights, k, method="kmeans++", seed=0):
+def initial_centroids(
+    weights: ArrayLike, k: int, method: str = "kmeans++", seed: int = 0
+) -> np.ndarray:
     """`k` sorted centroids for `weights` by `method`.
 
     Args:
@@ -77,8 +111,10 @@ def initial_centroids(weights, k, method="kmeans++", seed=0):
         k: number of clusters, at least 2.
         method: `"kmeans++"` (k-means with k-means++ seeding), `"linear"`
             (evenly spaced between min and max) or `"density"` (evenly spaced
-            in the weights' cumulative distribution).
-        seed: random seed of `"kmeans++"`.
+            in the weights' cumulative distribution), `"random"` (uniform
+            between min and max, as tfmot's RANDOM), or any name added with
+            `register_init`.
+        seed: random seed of `"kmeans++"` and `"random"`.
 
     Returns:
         float32 array of shape `(k,)`.
@@ -94,8 +130,21 @@ def initial_centroids(weights, k, method="kmeans++", seed=0):
     return np.sort(_INITS[method](w, int(k), seed)).astype(np.float32)
 
 
-def assign(weights, centroids):
-    """Index of the nearest centroid for every weight (same shape as `weights`)."""
+def assign(weights: ArrayLike, centroids: ArrayLike) -> np.ndarray:
+    """Index of the nearest centroid for every weight.
+
+    Args:
+        weights: array of any shape.
+        centroids: 1-D array of centroid values.
+
+    Returns:
+        int32 array of the shape of `weights`.
+
+    Example:
+
+    >>> assign(np.array([0.0, 0.9]), np.array([0.0, 1.0]))
+    array([0, 1], dtype=int32)
+    """
     w = np.asarray(weights)
     c = np.asarray(centroids)
     return np.argmin(np.abs(w[..., None] - c), axis=-1).astype(np.int32)

@@ -1,8 +1,14 @@
 """`ClusterWeights`: a layer whose weights are `centroids[indices]` while it trains."""
 
+from __future__ import annotations
+
+import enum
+from typing import Any
+
 import keras
 import numpy as np
 import tensorflow as tf
+from numpy.typing import ArrayLike
 
 from tfcompress._layers import Wrapper, build_inner_from_call, positional_call_args
 from tfcompress.cluster import _registry
@@ -46,14 +52,14 @@ class ClusterWeights(Wrapper):
 
     def __init__(
         self,
-        layer,
-        number_of_clusters=16,
-        init="kmeans++",
-        preserve_sparsity=False,
-        cluster_per_channel=False,
-        kernel_attr=None,
-        **kwargs,
-    ):
+        layer: keras.layers.Layer,
+        number_of_clusters: int = 16,
+        init: str | enum.Enum = "kmeans++",
+        preserve_sparsity: bool = False,
+        cluster_per_channel: bool = False,
+        kernel_attr: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(
                 "ClusterWeights wraps a Keras 3 layer. "
@@ -177,21 +183,21 @@ class ClusterWeights(Wrapper):
     # -- state --------------------------------------------------------------------------------
 
     @property
-    def clustered_weights(self):
+    def clustered_weights(self) -> list[keras.Variable]:
         """The Keras variables this wrapper clusters, in order."""
         return [target.variable for target in self._targets]
 
     @property
-    def centroids(self):
+    def centroids(self) -> keras.Variable:
         """The centroids of the first clustered weight (the kernel of a simple layer)."""
         return self.centroid_vars[0]
 
     @property
-    def indices(self):
+    def indices(self) -> keras.Variable:
         """The indices of the first clustered weight."""
         return self.index_vars[0]
 
-    def target_names(self):
+    def target_names(self) -> list[str]:
         """A readable name per clustered weight (`"dense"`, `"mha/query/kernel"`, ...)."""
         if len(self._targets) == 1 and self._targets[0].layer is self.layer:
             return [self.layer.name]
@@ -202,7 +208,7 @@ class ClusterWeights(Wrapper):
             for t in self._targets
         ]
 
-    def initialize(self, seed=0, kernel=None):
+    def initialize(self, seed: int = 0, kernel: ArrayLike | None = None) -> None:
         """Place the centroids with `self.init` and assign every weight to its nearest.
 
         Args:
@@ -242,7 +248,7 @@ class ClusterWeights(Wrapper):
         indices = assign(value, centroids[:k_free])
         return centroids, np.where(keep, indices, 0).astype(np.int32)
 
-    def clustered_value(self, i):
+    def clustered_value(self, i: int) -> tf.Tensor:
         """`centroids[indices]` (masked) of the `i`-th clustered weight, a float32 tensor."""
         centroids, indices = self.centroid_vars[i], self.index_vars[i]
         if self._offsets[i] is not None:
@@ -254,7 +260,7 @@ class ClusterWeights(Wrapper):
             value = value * self.mask_vars[i]
         return value
 
-    def clustered_kernel(self):
+    def clustered_kernel(self) -> tf.Tensor:
         """`centroids[indices]` of the first clustered weight: the kernel a simple layer uses."""
         return self.clustered_value(0)
 

@@ -1,6 +1,10 @@
 """`prune_low_magnitude` and `strip_pruning`: one API, dispatched on the model's flavour."""
 
+from __future__ import annotations
+
 import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -13,31 +17,36 @@ from tfcompress.prune import schedules as schedules_lib
 from tfcompress.prune.errors import UnsupportedPruningModelError
 from tfcompress.prune.wrapper import IMPORTANCES, SCOPES, PruneLowMagnitude
 
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+    from numpy.typing import ArrayLike
+
 logger = logging.getLogger("tfcompress.prune")
 
 _OVERRIDE_KEYS = ("schedule", "pattern", "importance")
 
 
 def prune_low_magnitude(
-    model,
-    schedule=None,
+    model: keras.Model | keras.layers.Layer | list[keras.layers.Layer],
+    schedule: schedules_lib.ScheduleLike | None = None,
     *,
-    pattern="unstructured",
-    importance="magnitude",
-    scope="layer",
-    skip="auto",
-    layers=None,
-    overrides=None,
-    importance_data=None,
-    importance_loss=None,
-    importance_batches=8,
-    verbose=False,
-    pruning_schedule=None,
-    block_size=None,
-    block_pooling_type=None,
-    sparsity_m_by_n=None,
-    **kwargs,
-):
+    pattern: patterns.PatternLike = "unstructured",
+    importance: str = "magnitude",
+    scope: str = "layer",
+    skip: str | Sequence[str] | None = "auto",
+    layers: Sequence[str] | None = None,
+    overrides: dict[str, dict[str, Any] | None] | None = None,
+    importance_data: tuple[ArrayLike, ArrayLike] | tf.data.Dataset | None = None,
+    importance_loss: str | Callable[..., Any] | None = None,
+    importance_batches: int = 8,
+    verbose: bool = False,
+    pruning_schedule: schedules_lib.ScheduleLike | None = None,
+    block_size: tuple[int, int] | None = None,
+    block_pooling_type: str | None = None,
+    sparsity_m_by_n: tuple[int, int] | None = None,
+    **kwargs: Any,
+) -> keras.Model | keras.layers.Layer | list[keras.layers.Layer]:
     """Return a copy of `model` whose prunable layers are zeroed on a schedule.
 
     Keras 3 models (keras-hub included) get our `PruneLowMagnitude` wrappers;
@@ -183,7 +192,11 @@ def prune_low_magnitude(
     options = {}
     by_name = {layer.name: layer for layer in plan_lib.flat_layers(model)}
     for name in plan.pruned:
-        opts = {"schedule": schedule, "pattern": pattern, "importance": importance}
+        opts: dict[str, Any] = {
+            "schedule": schedule,
+            "pattern": pattern,
+            "importance": importance,
+        }
         opts.update((k, v) for k, v in (overrides.get(name) or {}).items())
         opts["schedule"] = schedules_lib.get(opts["schedule"])
         opts["pattern"] = patterns.parse(opts["pattern"])
@@ -221,7 +234,7 @@ def prune_low_magnitude(
     return attach(pruned, _report(model, plan))
 
 
-def prune_scope():
+def prune_scope() -> keras.saving.CustomObjectScope:
     """tfmot's `prune_scope()`: a scope in which saved pruned models load.
 
     Our classes are registered with Keras, so `keras.saving.load_model` finds
@@ -313,7 +326,7 @@ def _tfmot_pattern(pattern, block_size, block_pooling_type, sparsity_m_by_n):
     return pattern
 
 
-def strip_pruning(model):
+def strip_pruning(model: keras.Model) -> keras.Model:
     """Return a plain copy of a pruned model, with the zeros baked into the weights.
 
     Args:

@@ -1,9 +1,17 @@
 """Callbacks that drive pruning during `fit()`: step counting and TensorBoard summaries."""
 
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
 import keras
 import numpy as np
 
 from tfcompress import _flavor
+
+if TYPE_CHECKING:
+    from tfcompress.prune.wrapper import PruneLowMagnitude
 
 
 def pruning_wrappers(model):
@@ -60,14 +68,14 @@ class UpdatePruningStep(_TFKerasCompatible, keras.callbacks.Callback):
     >>> pruned.fit(x, y, callbacks=[UpdatePruningStep()])
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
-        self._tfmot = None
-        self._wrappers = []
-        self._global = []
+        self._tfmot: Any = None  # tfmot's UpdatePruningStep, for a tf_keras model
+        self._wrappers: list[PruneLowMagnitude] = []
+        self._global: list[PruneLowMagnitude] = []
         self.step = 0
 
-    def set_model(self, model):
+    def set_model(self, model: keras.Model) -> None:
         if _flavor.is_tf_keras_model(model):
             from tfcompress.prune import _tfmot
 
@@ -76,7 +84,7 @@ class UpdatePruningStep(_TFKerasCompatible, keras.callbacks.Callback):
         self._model = model
 
     @property
-    def model(self):
+    def model(self) -> keras.Model:
         return self._model
 
     def on_train_begin(self, logs=None):
@@ -163,7 +171,7 @@ class PruningSummaries(_TFKerasCompatible, keras.callbacks.Callback):
     >>> pruned.fit(x, y, callbacks=[UpdatePruningStep(), PruningSummaries("logs")])
     """
 
-    def __init__(self, log_dir, update_freq="epoch"):
+    def __init__(self, log_dir: str | os.PathLike, update_freq: str | int = "epoch") -> None:
         super().__init__()
         if not isinstance(log_dir, (str, bytes)) and not hasattr(log_dir, "__fspath__"):
             raise TypeError(f"`log_dir` must be a path. Received: log_dir={log_dir!r}")

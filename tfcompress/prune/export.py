@@ -1,10 +1,17 @@
 """Export of pruned models: TFLite with the converter's sparse-tensor encoding."""
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import io
+import os
+from typing import TYPE_CHECKING
 
 from tfcompress import _flavor, _io
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +31,7 @@ class SparseExportResult:
     sparse_tensors: int
 
 
-def to_sparse_tflite(model, path):
+def to_sparse_tflite(model: keras.Model, path: str | os.PathLike) -> SparseExportResult:
     """Convert a stripped pruned model with `tf.lite.Optimize.EXPERIMENTAL_SPARSITY`.
 
     The converter stores sufficiently sparse float weights in a compressed
@@ -55,13 +62,13 @@ def to_sparse_tflite(model, path):
             f"Model '{model.name}' still has pruning wrappers (masks and step counters). "
             "Export strip_pruning(model) instead."
         )
-    path = _io.check_output_path(path, what="TFLite file")
+    out = _io.check_output_path(path, what="TFLite file")
     with contextlib.redirect_stdout(io.StringIO()):  # the converter prints its SavedModel
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
         converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
         data = converter.convert()
-    _io.atomic_write_bytes(path, data)
-    return SparseExportResult(path, len(data), _io.gzip_size(data), _count_sparse(path))
+    _io.atomic_write_bytes(out, data)
+    return SparseExportResult(out, len(data), _io.gzip_size(data), _count_sparse(out))
 
 
 def _count_sparse(path):

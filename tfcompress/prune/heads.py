@@ -32,7 +32,7 @@ from tfcompress.prune.errors import UnsupportedPruningModelError
 
 CRITERIA = ("l1", "l2")
 _LOCK = threading.RLock()
-_CLASSES = {}  # base class -> its head-pruned subclass
+_CLASSES: dict[type, type] = {}  # base class -> its head-pruned subclass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,7 +237,7 @@ class _HeadPrunedModel:
         return config
 
 
-def head_pruned_class(cls: type) -> type:
+def head_pruned_class(cls: type[keras.layers.Layer]) -> type[keras.layers.Layer]:
     """The registered head-pruned subclass of a keras-hub backbone or layer class.
 
     Args:
@@ -260,6 +260,7 @@ def head_pruned_class(cls: type) -> type:
                 "__doc__": f"A `{cls.__name__}` whose attention layers keep the heads given "
                 "by `pruned_heads` (made by `tfcompress.prune.remove_heads`).",
             }
+            mixin: type
             if issubclass(cls, keras.Model):
                 mixin = _HeadPrunedModel
             else:

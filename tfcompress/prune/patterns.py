@@ -10,8 +10,11 @@ All functions work on tensors inside the training graph (`keras.ops`).
   shape[-1])` by their mean score and keep whole blocks.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import math
+from typing import Any, TypeAlias
 
 from keras import ops
 
@@ -49,6 +52,11 @@ class Pattern:
     def fixed_sparsity(self):
         """The sparsity the pattern imposes by itself (N:M), else `None`."""
         return 1.0 - self.n / self.m if self.kind == "n:m" else None
+
+
+#: What `pattern=` takes: `"unstructured"`, `"N:M"`, a block `(rows, cols)`,
+#: `{"block": [rows, cols], "pooling": "max"}`, or a parsed `Pattern`.
+PatternLike: TypeAlias = str | tuple[int, int] | list[int] | dict[str, Any] | Pattern
 
 
 def parse(pattern):

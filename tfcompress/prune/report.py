@@ -1,10 +1,16 @@
 """`sparsity_report`: how sparse each layer and the whole model really are."""
 
+from __future__ import annotations
+
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tfcompress import _flavor
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +122,7 @@ class SparsityReport:
         )
 
 
-def sparsity_report(model):
+def sparsity_report(model: keras.Model) -> SparsityReport:
     """Measure per-layer and total sparsity of a model, pruned, stripped or plain.
 
     Zeros are counted on the weights themselves (with the mask applied for

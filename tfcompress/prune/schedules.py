@@ -7,6 +7,10 @@ small serializable object whose `__call__(step)` returns
 and on tensors (inside the training graph).
 """
 
+from __future__ import annotations
+
+from typing import Any, Self, TypeAlias
+
 import keras
 from keras import ops
 
@@ -26,7 +30,7 @@ class PruningSchedule:
     def __call__(self, step):
         raise NotImplementedError(f"{type(self).__name__} must implement __call__(step).")
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """`{"class_name": <class>, "config": <constructor arguments>}` (tfmot's form)."""
         return {"class_name": type(self).__name__, "config": self._arguments()}
 
@@ -34,7 +38,7 @@ class PruningSchedule:
         raise NotImplementedError(f"{type(self).__name__} must implement get_config().")
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> Self:
         """Create a schedule from its `get_config()` dict, or from the inner `config` dict.
 
         Args:
@@ -45,7 +49,7 @@ class PruningSchedule:
         """
         return cls(**_arguments_of(config, cls.__name__))
 
-    def target(self):
+    def target(self) -> float:
         """The sparsity the schedule ends at."""
         raise NotImplementedError
 
@@ -130,7 +134,9 @@ class ConstantSparsity(PruningSchedule):
     (True, 0.8)
     """
 
-    def __init__(self, target_sparsity, begin_step=0, end_step=-1, frequency=100):
+    def __init__(
+        self, target_sparsity: float, begin_step: int = 0, end_step: int = -1, frequency: int = 100
+    ) -> None:
         _check_sparsity("target_sparsity", target_sparsity)
         _check_step("begin_step", begin_step)
         _check_step("end_step", end_step, allow_minus_one=True)
@@ -149,7 +155,7 @@ class ConstantSparsity(PruningSchedule):
         should_prune = self._should_prune(step, self.begin_step, self.end_step, self.frequency)
         return should_prune, ops.convert_to_tensor(self.target_sparsity, "float32")
 
-    def target(self):
+    def target(self) -> float:
         return self.target_sparsity
 
     def _arguments(self):
@@ -186,8 +192,14 @@ class PolynomialDecay(PruningSchedule):
     """
 
     def __init__(
-        self, initial_sparsity, final_sparsity, begin_step, end_step, power=3, frequency=100
-    ):
+        self,
+        initial_sparsity: float,
+        final_sparsity: float,
+        begin_step: int,
+        end_step: int,
+        power: float = 3,
+        frequency: int = 100,
+    ) -> None:
         _check_sparsity("initial_sparsity", initial_sparsity)
         _check_sparsity("final_sparsity", final_sparsity)
         _check_step("begin_step", begin_step)
@@ -217,7 +229,7 @@ class PolynomialDecay(PruningSchedule):
         )
         return should_prune, ops.cast(sparsity, "float32")
 
-    def target(self):
+    def target(self) -> float:
         return self.final_sparsity
 
     def _arguments(self):
@@ -231,7 +243,11 @@ class PolynomialDecay(PruningSchedule):
         }
 
 
-def get(identifier):
+#: What `schedule=` takes: a schedule, a float target sparsity, or a schedule's config.
+ScheduleLike: TypeAlias = PruningSchedule | float | dict[str, Any]
+
+
+def get(identifier: ScheduleLike) -> PruningSchedule:
     """Return a schedule from a schedule, a float or a config.
 
     A float `s` means `ConstantSparsity(s, begin_step=1)`: pruned at the first
@@ -243,7 +259,10 @@ def get(identifier):
     if isinstance(identifier, float):
         return ConstantSparsity(identifier, begin_step=1)
     if isinstance(identifier, dict):
-        known = {"ConstantSparsity": ConstantSparsity, "PolynomialDecay": PolynomialDecay}
+        known: dict[str, type[PruningSchedule]] = {
+            "ConstantSparsity": ConstantSparsity,
+            "PolynomialDecay": PolynomialDecay,
+        }
         if set(identifier) == {"class_name", "config"} and identifier["class_name"] in known:
             # tfmot's get_config() form.
             return known[identifier["class_name"]].from_config(identifier)

@@ -7,13 +7,22 @@ result is a smaller dense model: fewer parameters, fewer FLOPs, the same
 graph. Fine-tune it with `fit()` as usual.
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tfcompress import _flavor
 from tfcompress._report import Entry, Report, attach
 from tfcompress.prune.errors import NoPrunableLayersError, UnsupportedPruningModelError
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+    from numpy.typing import ArrayLike
 
 CRITERIA = ("l1", "l2", "taylor")
 
@@ -43,16 +52,16 @@ _SHRINKABLE = ("Dense", "Conv1D", "Conv2D")
 
 
 def remove_units(
-    model,
-    fraction=0.5,
+    model: keras.Model,
+    fraction: float | dict[str, float] = 0.5,
     *,
-    criterion="l1",
-    layers=None,
-    importance_data=None,
-    importance_loss=None,
-    importance_batches=8,
-    verbose=False,
-):
+    criterion: str = "l1",
+    layers: Sequence[str] | None = None,
+    importance_data: tuple[ArrayLike, ArrayLike] | tf.data.Dataset | None = None,
+    importance_loss: str | Callable[..., Any] | None = None,
+    importance_batches: int = 8,
+    verbose: bool = False,
+) -> keras.Model:
     """Return a smaller copy of `model` without its least important units.
 
     For each Dense layer (neurons) and Conv1D/Conv2D layer (filters) whose
@@ -347,7 +356,7 @@ def _units_entries(layer):
     return range(_units(layer))
 
 
-def count_macs(model):
+def count_macs(model: keras.Model) -> int:
     """Multiply-accumulates of one forward pass through Dense and Conv layers (batch 1).
 
     Args:

@@ -17,9 +17,11 @@ from tfcompress.prune.plan import flat_layers
 
 def is_ffn_block(layer):
     """A keras-hub style encoder: `intermediate_dim` and its two feed-forward Dense layers."""
-    return (hasattr(layer, "intermediate_dim")
-            and hasattr(layer, "_feedforward_intermediate_dense")
-            and hasattr(layer, "_feedforward_output_dense"))
+    return (
+        hasattr(layer, "intermediate_dim")
+        and hasattr(layer, "_feedforward_intermediate_dense")
+        and hasattr(layer, "_feedforward_output_dense")
+    )
 
 
 def _find_intermediate_dim(config):
@@ -53,8 +55,12 @@ def remove_ffn_units(model, fraction, criterion="l1", verbose=False):
     Returns:
         A new model of the same class.
     """
-    if isinstance(fraction, dict) or isinstance(fraction, bool) \
-            or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+    if (
+        isinstance(fraction, dict)
+        or isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not 0 <= fraction < 1
+    ):
         raise ValueError(
             "For a keras-hub model, `fraction` must be one float in [0, 1): its config has one "
             f"intermediate_dim for every encoder layer. Received: fraction={fraction!r}"
@@ -76,14 +82,15 @@ def remove_ffn_units(model, fraction, criterion="l1", verbose=False):
         )
     dims = {block.intermediate_dim for block in blocks}
     if len(dims) != 1:
-        raise UnsupportedModelError(f"Encoders of '{model.name}' have different "
-                                    f"intermediate_dim values {sorted(dims)}.")
+        raise UnsupportedModelError(
+            f"Encoders of '{model.name}' have different intermediate_dim values {sorted(dims)}."
+        )
     units = dims.pop()
     n_keep = max(1, units - int(round(fraction * units)))
     keeps = {}
     for block in blocks:
         kernel = np.abs(np.asarray(block._feedforward_intermediate_dense.kernel))
-        norms = kernel.sum(axis=0) if criterion == "l1" else np.sqrt((kernel ** 2).sum(axis=0))
+        norms = kernel.sum(axis=0) if criterion == "l1" else np.sqrt((kernel**2).sum(axis=0))
         keeps[block.name] = np.sort(np.argsort(-norms, kind="stable")[:n_keep])
     for path in paths:
         node = config
@@ -92,9 +99,14 @@ def remove_ffn_units(model, fraction, criterion="l1", verbose=False):
         node[path[-1]] = int(n_keep)
     new = type(model).from_config(config)
     copy_sliced_weights(model, new, keeps, _slice_ffn)
-    report = Report("remove_units", model.name,
-                    done=[Entry(block.name, type(block).__name__,
-                                f"feed-forward units {units} -> {n_keep}") for block in blocks])
+    report = Report(
+        "remove_units",
+        model.name,
+        done=[
+            Entry(block.name, type(block).__name__, f"feed-forward units {units} -> {n_keep}")
+            for block in blocks
+        ],
+    )
     if verbose:
         print(report)
     return attach(new, report)
@@ -118,10 +130,14 @@ def copy_sliced_weights(model, new, keeps, slice_fn):
 
 def _slice_ffn(block, values, keep):
     """`block`'s weight values with only the `keep` feed-forward units."""
-    axes = {id(block._feedforward_intermediate_dense.kernel): -1,
-            id(block._feedforward_output_dense.kernel): 0}
+    axes = {
+        id(block._feedforward_intermediate_dense.kernel): -1,
+        id(block._feedforward_output_dense.kernel): 0,
+    }
     bias = getattr(block._feedforward_intermediate_dense, "bias", None)
     if bias is not None:
         axes[id(bias)] = 0
-    return [np.take(v, keep, axis=axes[id(w)]) if id(w) in axes else v
-            for w, v in zip(block.weights, values, strict=True)]
+    return [
+        np.take(v, keep, axis=axes[id(w)]) if id(w) in axes else v
+        for w, v in zip(block.weights, values, strict=True)
+    ]

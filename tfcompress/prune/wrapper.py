@@ -1,11 +1,18 @@
 """`PruneLowMagnitude`: the Keras 3 layer wrapper that holds and applies masks."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import keras
 from keras import ops
 
 from tfcompress._layers import Wrapper, build_inner_from_call, positional_call_args
 from tfcompress.prune import _registry, patterns
 from tfcompress.prune import schedules as schedules_lib
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 SCOPES = ("layer", "global")
 IMPORTANCES = ("magnitude", "taylor")
@@ -90,13 +97,13 @@ class PruneLowMagnitude(Wrapper):
 
     def __init__(
         self,
-        layer,
-        pruning_schedule=None,
-        pattern="unstructured",
-        importance="magnitude",
-        scope="layer",
-        **kwargs,
-    ):
+        layer: keras.layers.Layer,
+        pruning_schedule: schedules_lib.ScheduleLike | None = None,
+        pattern: patterns.PatternLike = "unstructured",
+        importance: str = "magnitude",
+        scope: str = "layer",
+        **kwargs: Any,
+    ) -> None:
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(
                 "PruneLowMagnitude wraps a Keras 3 layer. "
@@ -190,11 +197,11 @@ class PruneLowMagnitude(Wrapper):
         self.built = True
 
     @property
-    def pruned_weights(self):
+    def pruned_weights(self) -> list[tuple[keras.Variable, keras.Variable]]:
         """The `(variable, mask)` pairs this wrapper prunes."""
         return [(weight, mask) for (weight, _), mask in zip(self._targets, self.masks, strict=True)]
 
-    def scores(self, index):
+    def scores(self, index: int) -> tf.Tensor:
         """Importance scores of the `index`-th pruned weight (a tensor)."""
         weight, _ = self._targets[index]
         magnitude = ops.abs(ops.cast(weight, "float32"))
