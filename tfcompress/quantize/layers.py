@@ -138,6 +138,10 @@ class QuantizeWrapper(Wrapper):
         preserve_clusters=0,
         **kwargs,
     ):
+        # The wrapper computes in the wrapped layer's dtype policy (a float32 head under
+        # mixed precision stays float32).
+        if "dtype" not in kwargs and getattr(layer, "dtype_policy", None) is not None:
+            kwargs["dtype"] = layer.dtype_policy
         super().__init__(layer, **kwargs)
         if preserve_clusters and weight_scheme is None:
             raise ValueError(
@@ -163,14 +167,16 @@ class QuantizeWrapper(Wrapper):
         self.quantize_output = bool(quantize_output)
         self.ema_decay = float(ema_decay)
         self.output_quantizer = (
-            ActivationQuantizer(ema_decay=ema_decay, name="output_quant")
+            ActivationQuantizer(ema_decay=ema_decay, name="output_quant", dtype=self.dtype_policy)
             if quantize_output
             else None
         )
         # keras-hub's ReversibleEmbedding also runs as the tied LM head (reverse=True):
         # logits get their own range, apart from the embedding lookups'.
         self.reverse_quantizer = (
-            ActivationQuantizer(ema_decay=ema_decay, name="reverse_output_quant")
+            ActivationQuantizer(
+                ema_decay=ema_decay, name="reverse_output_quant", dtype=self.dtype_policy
+            )
             if quantize_output and "reverse" in _call_arguments(layer)
             else None
         )
