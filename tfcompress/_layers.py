@@ -13,7 +13,72 @@ class Wrapper(keras.layers.Wrapper):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        return super().from_config(dict(config), custom_objects=custom_objects)
+        config = dict(config)
+        layer = deserialize_layer(config.pop("layer"), custom_objects=custom_objects)
+        return cls(layer, **config)
+
+
+def deserialize_layer(serialized, custom_objects=None):
+    """`keras.saving.deserialize_keras_object`, retried with the `__init__` arguments only.
+
+    A wrapped keras-hub layer whose `get_config` emits derived fields
+    (`ViTPatchingAndEmbedding`'s `num_patches`) would otherwise make the whole
+    `.keras` file unloadable; `rebuild` applies the same rule to live layers.
+
+    Args:
+        serialized: a layer as `keras.saving.serialize_keras_object` writes it.
+        custom_objects: as for `keras.saving.load_model`.
+
+    Returns:
+        The layer.
+
+    Example:
+
+    >>> import keras
+    >>> layer = deserialize_layer(keras.saving.serialize_keras_object(keras.layers.Dense(2)))
+    >>> layer.units
+    2
+    """
+    try:
+        return keras.saving.deserialize_keras_object(serialized, custom_objects=custom_objects)
+    except (TypeError, ValueError):
+        klass = _class_of(serialized, custom_objects)
+        inner = serialized.get("config") if isinstance(serialized, dict) else None
+        if klass is None or not isinstance(inner, dict):
+            raise
+        kept = _accepted_arguments(klass, inner)
+        if kept == inner:
+            raise
+        return keras.saving.deserialize_keras_object(
+            {**serialized, "config": kept}, custom_objects=custom_objects
+        )
+
+
+def _class_of(serialized, custom_objects):
+    import importlib
+
+    if not isinstance(serialized, dict):
+        return None
+    registered = serialized.get("registered_name")
+    if registered:
+        found = keras.saving.get_registered_object(registered, custom_objects)
+        if found is not None:
+            return found
+    try:
+        module = importlib.import_module(serialized.get("module") or "")
+    except ImportError:
+        return None
+    return getattr(module, serialized.get("class_name") or "", None)
+
+
+def _accepted_arguments(klass, config):
+    """The entries of `config` that `klass.__init__` (or `Layer.__init__`) names."""
+    import inspect
+
+    accepted = {"name", "dtype", "trainable"}
+    for k in (klass, keras.layers.Layer):
+        accepted |= set(inspect.signature(k.__init__).parameters)
+    return {k: v for k, v in config.items() if k in accepted}
 
 
 def positional_call_args(layer, args, kwargs):
@@ -89,17 +154,12 @@ def rebuild(layer):
     >>> rebuild(keras.layers.Dense(3, name="d")).name
     'd'
     """
-    import inspect
 
     config = layer.get_config()
     try:
         return layer.__class__.from_config(config)
     except (TypeError, ValueError) as first:
-        accepted = set()
-        for klass in (type(layer), keras.layers.Layer):
-            accepted |= set(inspect.signature(klass.__init__).parameters)
-        accepted |= {"name", "dtype", "trainable"}
-        kept = {k: v for k, v in config.items() if k in accepted}
+        kept = _accepted_arguments(type(layer), config)
         if kept == config:
             raise _rebuild_error(layer, first) from first
         try:
