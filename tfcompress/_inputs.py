@@ -8,10 +8,14 @@ input shapes and dtypes before any converter sees them.
 """
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tfcompress.errors import CalibrationDataError
+
+if TYPE_CHECKING:
+    import keras
 
 DEFAULT_MAX_SAMPLES = 200
 
@@ -33,7 +37,7 @@ class InputSpec:
         return np.dtype(self.dtype).kind == "f"
 
 
-def input_specs(model):
+def input_specs(model: "keras.Model") -> list[InputSpec]:
     """The model's inputs as `InputSpec`s, in the order the model takes them.
 
     A model called on a dict (keras-hub tasks) gives its dict keys as names.

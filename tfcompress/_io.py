@@ -23,7 +23,7 @@ _TEMP_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.keras)?$")
 EXPORT_TEMP_PREFIX = "tfcompress-export-"
 
 
-def check_output_path(path, what="output file"):
+def check_output_path(path: str | os.PathLike, what: str = "output file") -> str:
     """Fail early, before any work, if `path` cannot be written.
 
     Args:

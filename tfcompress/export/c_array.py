@@ -1,5 +1,7 @@
 """`to_c_array`: a C/C++ header holding a `.tflite` file, for TensorFlow Lite Micro."""
 
+from __future__ import annotations
+
 import os
 import re
 
@@ -21,7 +23,12 @@ def _comment_text(text):
     return re.sub(r"[^\x20-\x5b\x5d-\x7e]", "?", text)
 
 
-def to_c_array(path, header_path, variable_name=None, line_width=12):
+def to_c_array(
+    path: str | os.PathLike,
+    header_path: str | os.PathLike,
+    variable_name: str | None = None,
+    line_width: int = 12,
+) -> str:
     """Write a `.tflite` file as a 16-byte-aligned byte array in a C/C++ header.
 
     TFLite Micro reads the model straight from flash: include the header and

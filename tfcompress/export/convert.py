@@ -1,5 +1,7 @@
 """`to_tflite`: convert a Keras model into a `.tflite` file, by the route that works."""
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import io
@@ -9,6 +11,8 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tfcompress import _flavor, _io
 from tfcompress import _inputs as calib
@@ -19,6 +23,9 @@ from tfcompress.export import _isolated, shapes
 from tfcompress.export.modes import get_mode
 from tfcompress.export.shapes import static_specs
 from tfcompress.export.target import check_target, export_for_target
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,43 +74,47 @@ class ExportResult:
     @property
     def report(self) -> Report:
         """This export in the shape every tfcompress verb reports: `tfcompress.Report`."""
-        return Report("to_tflite", self.model_name,
-                      done=[Entry(os.path.basename(self.path), "", self.summary_line())],
-                      skipped=[Entry("", "", note) for note in self.notes], details=self)
+        return Report(
+            "to_tflite",
+            self.model_name,
+            done=[Entry(os.path.basename(self.path), "", self.summary_line())],
+            skipped=[Entry("", "", note) for note in self.notes],
+            details=self,
+        )
 
     def summary_line(self) -> str:
         """The mode, sizes and route in one line."""
-        line = (f"{self.mode}, {self.bytes:,} bytes ({self.gzip_bytes:,} gzipped), "
-                f"via {self.route}")
+        line = f"{self.mode}, {self.bytes:,} bytes ({self.gzip_bytes:,} gzipped), via {self.route}"
         if self.target:
             line += f"; target {self.target!r} chose {self.choice}"
         return line
 
-    def __str__(self):
-        calib_note = ", ranges from quantization-aware training" if self.quantization_aware \
-            else ""
+    def __str__(self) -> str:
+        calib_note = ", ranges from quantization-aware training" if self.quantization_aware else ""
         if self.calibration_samples is not None:
             calib_note = f", calibrated on {self.calibration_samples} samples"
         target_note = f"; target {self.target!r}: {self.choice}" if self.target else ""
-        return (f"{self.path}: {self.mode}, {self.bytes:,} bytes ({self.gzip_bytes:,} gzipped)"
-                f"{calib_note}, via {self.route}{target_note}")
+        return (
+            f"{self.path}: {self.mode}, {self.bytes:,} bytes ({self.gzip_bytes:,} gzipped)"
+            f"{calib_note}, via {self.route}{target_note}"
+        )
 
 
 def to_tflite(
-    model,
-    path,
-    mode=None,
-    representative_data=None,
-    int8_io=False,
-    max_calibration_samples=calib.DEFAULT_MAX_SAMPLES,
-    verbose=False,
+    model: keras.Model,
+    path: str | os.PathLike,
+    mode: str | None = None,
+    representative_data: Any = None,
+    int8_io: bool = False,
+    max_calibration_samples: int = calib.DEFAULT_MAX_SAMPLES,
+    verbose: bool = False,
     *,
-    batch_size=None,
-    sequence_length=None,
-    input_shape=None,
-    isolate=None,
-    target=None,
-):
+    batch_size: int | None = None,
+    sequence_length: int | None = None,
+    input_shape: Sequence[int | None] | Mapping[str, Sequence[int | None]] | None = None,
+    isolate: bool | None = None,
+    target: str | None = None,
+) -> ExportResult:
     """Convert a Keras model into a `.tflite` file.
 
     Works for Keras 3 models, tf_keras models and keras-hub models (dict
@@ -158,19 +169,30 @@ def to_tflite(
     """
     if target is not None:
         check_target(target, mode, int8_io)
-        options = dict(max_calibration_samples=max_calibration_samples, verbose=verbose,
-                       batch_size=batch_size, sequence_length=sequence_length,
-                       input_shape=input_shape, isolate=isolate)
+        options = dict(
+            max_calibration_samples=max_calibration_samples,
+            verbose=verbose,
+            batch_size=batch_size,
+            sequence_length=sequence_length,
+            input_shape=input_shape,
+            isolate=isolate,
+        )
         return export_for_target(to_tflite, model, path, target, representative_data, options)
     mode = "float32" if mode is None else mode
     export_mode = get_mode(mode)
     if export_mode.writer is not None:  # e.g. the litert-quantizer low-bit modes
-        shapes = dict(batch_size=batch_size, sequence_length=sequence_length,
-                      input_shape=input_shape)
-        return export_mode.writer(model, path, representative_data=representative_data,
-                                  int8_io=int8_io, verbose=verbose,
-                                  max_calibration_samples=max_calibration_samples,
-                                  **{k: v for k, v in shapes.items() if v is not None})
+        shapes = dict(
+            batch_size=batch_size, sequence_length=sequence_length, input_shape=input_shape
+        )
+        return export_mode.writer(
+            model,
+            path,
+            representative_data=representative_data,
+            int8_io=int8_io,
+            verbose=verbose,
+            max_calibration_samples=max_calibration_samples,
+            **{k: v for k, v in shapes.items() if v is not None},
+        )
     flavor = _flavor.flavor_of(model)
     _flavor.check_built(model, what="export to TFLite")
     path = _io.check_output_path(path, what="TFLite file")
@@ -188,8 +210,10 @@ def to_tflite(
     if recurrent and (fixed or specs)[0].shape[0] is None:
         # The converter lowers LSTM/GRU loops only with a static batch size.
         fixed = static_specs(model, fixed or specs, batch_size=1)
-        notes.append(f"batch size fixed to 1: recurrent layer '{recurrent[0].name}' "
-                     f"({type(recurrent[0]).__name__}) converts only with a static batch")
+        notes.append(
+            f"batch size fixed to 1: recurrent layer '{recurrent[0].name}' "
+            f"({type(recurrent[0]).__name__}) converts only with a static batch"
+        )
     if isolate is None:  # where the converter is known to crash: calibrating RNN loops
         isolate = bool(recurrent) and export_mode.calibration == "required"
     if recurrent and export_mode.calibration == "required":
@@ -199,11 +223,14 @@ def to_tflite(
         unrolled = _unrolled(model, flavor) if steps is not None else None
         if unrolled is not None:
             model = unrolled
-            notes.append(f"recurrent layers unrolled over {steps} time steps for int8 "
-                         "calibration (the converter crashes on their loops)")
+            notes.append(
+                f"recurrent layers unrolled over {steps} time steps for int8 "
+                "calibration (the converter crashes on their loops)"
+            )
         else:
-            notes.append("recurrent layers kept as loops: pass sequence_length= to unroll "
-                         "them for int8")
+            notes.append(
+                "recurrent layers kept as loops: pass sequence_length= to unroll them for int8"
+            )
     if fixed is not None:
         specs = fixed
     quantization_aware = False
@@ -217,8 +244,11 @@ def to_tflite(
     calibration = None
     if export_mode.calibration == "unused":
         representative_data = None
-    elif (representative_data is None and export_mode.calibration == "required"
-          and not quantization_aware):
+    elif (
+        representative_data is None
+        and export_mode.calibration == "required"
+        and not quantization_aware
+    ):
         raise CalibrationDataError(
             f"mode={mode!r} needs representative_data to measure activation ranges: pass a "
             "few hundred training inputs (an array, a tf.data.Dataset or a generator). "
@@ -227,8 +257,17 @@ def to_tflite(
     if representative_data is not None:
         calibration = calib.calibration_set(representative_data, specs, max_calibration_samples)
 
-    data, route = _convert(model, flavor, export_mode, calibration, int8_io, verbose,
-                           quantization_aware, fixed, isolate)
+    data, route = _convert(
+        model,
+        flavor,
+        export_mode,
+        calibration,
+        int8_io,
+        verbose,
+        quantization_aware,
+        fixed,
+        isolate,
+    )
     _io.atomic_write_bytes(path, data)
     return ExportResult(
         path=path,
@@ -285,8 +324,9 @@ def _recurrent_layers(model, flavor):
     flatten = getattr(model, "_flatten_layers", None)
     if flatten is None:
         return []
-    return [layer for layer in flatten(include_self=False, recursive=True)
-            if isinstance(layer, kinds)]
+    return [
+        layer for layer in flatten(include_self=False, recursive=True) if isinstance(layer, kinds)
+    ]
 
 
 def _routes(flavor, fixed=None, isolate=False):
@@ -322,8 +362,17 @@ def _quiet(enabled):
                 os.close(fd)
 
 
-def _convert(model, flavor, export_mode, calibration, int8_io, verbose,
-             quantization_aware=False, fixed=None, isolate=False):
+def _convert(
+    model,
+    flavor,
+    export_mode,
+    calibration,
+    int8_io,
+    verbose,
+    quantization_aware=False,
+    fixed=None,
+    isolate=False,
+):
     import tensorflow as tf
 
     configure = export_mode.configure
@@ -336,19 +385,29 @@ def _convert(model, flavor, export_mode, calibration, int8_io, verbose,
     for route in _routes(flavor, fixed, isolate):
         with tempfile.TemporaryDirectory(prefix=f"tfcompress-export-{os.getpid()}-") as tmp:
             as_dict = calib.takes_dict(model) or (
-                route == "saved_model" and calibration is not None and len(calibration.specs) > 1)
+                route == "saved_model" and calibration is not None and len(calibration.specs) > 1
+            )
             try:
                 if isolate:
                     with _quiet(not verbose):
                         saved = _save_model(model, flavor, tmp, tf, fixed)
-                    return _isolated.convert(saved, tmp, export_mode.name, quantization_aware,
-                                             int8_io, calibration, as_dict, verbose), route
+                    return _isolated.convert(
+                        saved,
+                        tmp,
+                        export_mode.name,
+                        quantization_aware,
+                        int8_io,
+                        calibration,
+                        as_dict,
+                        verbose,
+                    ), route
                 with _quiet(not verbose):
                     converter = _make_converter(route, model, flavor, tmp, tf, fixed)
                     configure(converter, tf, int8_io)
                     if calibration is not None:
                         converter.representative_dataset = calibration.representative_dataset(
-                            as_dict=as_dict)
+                            as_dict=as_dict
+                        )
                     return converter.convert(), route
             except Exception as e:  # the converter raises many unrelated types
                 failures.append(f"{route}: {type(e).__name__}: {_last_lines(str(e))}")
@@ -385,8 +444,7 @@ def _save_model(model, flavor, tmp, tf, fixed=None):
             tf.saved_model.save(model, saved)
         else:
             function = tf.function(lambda inputs: model(inputs, training=False))
-            tf.saved_model.save(model, saved,
-                                signatures=function.get_concrete_function(*signature))
+            tf.saved_model.save(model, saved, signatures=function.get_concrete_function(*signature))
     else:
         model.export(saved, format="tf_saved_model", verbose=False, input_signature=signature)
     return saved

@@ -1,8 +1,11 @@
 """`inspect`: what is inside a `.tflite` file: ops, and the dtypes they compute in."""
 
+from __future__ import annotations
+
 import collections
 import dataclasses
 import os
+from collections.abc import Collection
 
 import numpy as np
 
@@ -29,7 +32,7 @@ class OpInfo:
     output_dtypes: tuple
 
     @property
-    def compute_dtype(self):
+    def compute_dtype(self) -> str | None:
         """The dtype of the first input: the activations the op computes on."""
         return self.input_dtypes[0] if self.input_dtypes else None
 
@@ -48,8 +51,10 @@ class WeightInfo:
 def _weights(path):
     from tfcompress.export.lowbit import read_weights
 
-    return tuple(WeightInfo(w.name, w.dtype, w.bits, w.block_size, w.shape)
-                 for w in read_weights(path).values())
+    return tuple(
+        WeightInfo(w.name, w.dtype, w.bits, w.block_size, w.shape)
+        for w in read_weights(path).values()
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,11 +90,11 @@ class TFLiteInfo:
     weights: tuple = ()
 
     @property
-    def op_histogram(self):
+    def op_histogram(self) -> collections.Counter[str]:
         """`collections.Counter` of op name -> count."""
         return collections.Counter(op.name for op in self.ops)
 
-    def compute_dtypes(self, op_names=COMPUTE_OPS):
+    def compute_dtypes(self, op_names: Collection[str] = COMPUTE_OPS) -> dict[str, set[str | None]]:
         """`{op name: set of compute dtypes}` for the ops named."""
         found = collections.defaultdict(set)
         for op in self.ops:
@@ -97,20 +102,22 @@ class TFLiteInfo:
                 found[op.name].add(op.compute_dtype)
         return dict(found)
 
-    def float_compute_ops(self, op_names=COMPUTE_OPS):
+    def float_compute_ops(self, op_names: Collection[str] = COMPUTE_OPS) -> list[OpInfo]:
         """The ops named whose activations are not integer (empty when fully int8)."""
-        return [op for op in self.ops
-                if op.name in op_names and not str(op.compute_dtype).startswith("int")]
+        return [
+            op
+            for op in self.ops
+            if op.name in op_names and not str(op.compute_dtype).startswith("int")
+        ]
 
-    def is_fully_integer(self, op_names=COMPUTE_OPS):
+    def is_fully_integer(self, op_names: Collection[str] = COMPUTE_OPS) -> bool:
         """True when every compute op runs on integer activations and weights."""
         compute = [op for op in self.ops if op.name in op_names]
         return bool(compute) and all(
-            all(d is None or d.startswith("int") for d in op.input_dtypes[:2])
-            for op in compute
+            all(d is None or d.startswith("int") for d in op.input_dtypes[:2]) for op in compute
         )
 
-    def summary(self):
+    def summary(self) -> str:
         """A few lines for people: ops with their compute dtypes, and the I/O."""
         counts = collections.Counter((op.name, op.compute_dtype) for op in self.ops)
         lines = [f"{self.path} ({self.bytes:,} bytes)"]
@@ -126,7 +133,7 @@ class TFLiteInfo:
         return "\n".join(lines)
 
 
-def inspect(path):
+def inspect(path: str | os.PathLike) -> TFLiteInfo:
     """List the ops of a `.tflite` file and the dtypes they compute in.
 
     Args:
@@ -153,19 +160,27 @@ def inspect(path):
     def names(indices):
         return tuple(dtypes.get(int(i)) for i in indices if int(i) >= 0)
 
-    ops = [OpInfo(op["op_name"], names(op["inputs"]), names(op["outputs"]))
-           for op in _ops_details(interpreter, path)]
+    ops = [
+        OpInfo(op["op_name"], names(op["inputs"]), names(op["outputs"]))
+        for op in _ops_details(interpreter, path)
+    ]
 
     signatures = interpreter.get_signature_list()
     if not signatures:
-        raise InvalidTFLiteFileError(f"'{path}' has no signature; export it again with "
-                                     "tfcompress.export.to_tflite.")
+        raise InvalidTFLiteFileError(
+            f"'{path}' has no signature; export it again with tfcompress.export.to_tflite."
+        )
     runner = interpreter.get_signature_runner(next(iter(signatures)))
 
     def tensors(details):
         return [
-            TensorInfo(name, np.dtype(d["dtype"]).name, tuple(int(s) for s in d["shape_signature"]),
-                       float(d["quantization"][0]), int(d["quantization"][1]))
+            TensorInfo(
+                name,
+                np.dtype(d["dtype"]).name,
+                tuple(int(s) for s in d["shape_signature"]),
+                float(d["quantization"][0]),
+                int(d["quantization"][1]),
+            )
             for name, d in details.items()
         ]
 

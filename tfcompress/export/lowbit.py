@@ -25,12 +25,15 @@ Example:
 [('conv0', 'int4'), ('conv1', 'int4'), ('dense', 'int4_block32'), ('logits', 'int8')]
 """
 
+from __future__ import annotations
+
 import dataclasses
 import fnmatch
 import os
 import re
 import tempfile
-from typing import Mapping, Optional
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -38,6 +41,9 @@ from tfcompress import _io
 from tfcompress._report import Entry, Report
 from tfcompress.export.convert import ExportResult, to_tflite
 from tfcompress.export.modes import ExportMode, register_mode
+
+if TYPE_CHECKING:
+    import keras
 
 #: TFLite ops whose constant weights litert-quantizer can quantize.
 WEIGHT_OPS = (
@@ -73,7 +79,7 @@ class WeightFormat:
     fallback: Optional[str] = None
 
 
-_FORMATS = {}
+_FORMATS: dict[str, WeightFormat] = {}
 
 
 def _add(fmt):
@@ -93,12 +99,12 @@ for _block in (32, 64, 128):
     _add(WeightFormat(f"int4_block{_block}", 4, _block, fallback="int4"))
 
 
-def available_formats():
+def available_formats() -> list[str]:
     """Names of the weight formats `layers=` accepts."""
     return list(_FORMATS)
 
 
-def get_format(name, what="format"):
+def get_format(name: str, what: str = "format") -> WeightFormat:
     """The `WeightFormat` called `name`; an error lists the valid ones.
 
     Args:
@@ -159,18 +165,22 @@ class LowBitExportResult(ExportResult):
     def report(self) -> Report:
         """Each weight op in the requested format (done) or what it got instead (skipped)."""
         return Report(
-            "to_lowbit_tflite", self.model_name,
+            "to_lowbit_tflite",
+            self.model_name,
             done=[Entry(c.layer, c.op, c.got) for c in self.layers if c.got == c.requested],
-            skipped=[Entry(c.layer, c.op, f"asked {c.requested}, got {c.got}: {c.reason}")
-                     for c in self.fallbacks],
-            details=self)
+            skipped=[
+                Entry(c.layer, c.op, f"asked {c.requested}, got {c.got}: {c.reason}")
+                for c in self.fallbacks
+            ],
+            details=self,
+        )
 
     @property
-    def fallbacks(self):
+    def fallbacks(self) -> list[LayerChoice]:
         """The `LayerChoice`s that did not get the format asked for."""
         return [c for c in self.layers if c.got != c.requested]
 
-    def __str__(self):
+    def __str__(self) -> str:
         lines = [super().__str__()]
         for c in self.fallbacks:
             lines.append(f"  {c.layer} ({c.op}): asked {c.requested}, got {c.got}: {c.reason}")
@@ -185,7 +195,7 @@ class _Recipe:
     activation_bits: Optional[int] = None  # static recipes: 8 or 16
 
 
-_MODE_RECIPES = {}
+_MODE_RECIPES: dict[str, _Recipe] = {}
 
 
 def _register(name, description, recipe, calibration="unused"):
@@ -243,22 +253,22 @@ _register(
 )
 
 
-def lowbit_modes():
+def lowbit_modes() -> list[str]:
     """Names of the export modes this module registers."""
     return list(_MODE_RECIPES)
 
 
 def to_lowbit_tflite(
-    model,
-    path,
-    mode="int4_block32",
-    layers=None,
-    representative_data=None,
-    max_calibration_samples=200,
-    verbose=False,
-    int8_io=False,
-    **convert_options,
-):
+    model: keras.Model,
+    path: str | os.PathLike,
+    mode: str = "int4_block32",
+    layers: Mapping[str, str] | None = None,
+    representative_data: Any = None,
+    max_calibration_samples: int = 200,
+    verbose: bool = False,
+    int8_io: bool = False,
+    **convert_options: Any,
+) -> LowBitExportResult:
     """Write a `.tflite` file with low-bit weights through litert-quantizer.
 
     Usually reached as `tfcompress.export.to_tflite(model, path, mode=...)`.
@@ -693,7 +703,7 @@ class FileWeight:
     scales: np.ndarray
     axis: int = 0
 
-    def dequantized(self):
+    def dequantized(self) -> np.ndarray:
         """The float32 weights the runtime computes with: `values * scales`."""
         q = self.values.astype(np.float32)
         if self.block_size:
@@ -716,7 +726,7 @@ def _unpack(raw, bits, count):
     return np.where(values >= sign, values - (1 << bits), values).astype(np.int8)
 
 
-def read_weights(path):
+def read_weights(path: str | os.PathLike) -> dict[str, FileWeight]:
     """The quantized constant tensors of a `.tflite` file, unpacked.
 
     Args:

@@ -4,6 +4,8 @@ A new scheme plugs in with `register_mode(ExportMode(...))`; `to_tflite`
 never grows an if-chain.
 """
 
+from __future__ import annotations
+
 import dataclasses
 from typing import Callable, Optional
 
@@ -32,10 +34,10 @@ class ExportMode:
     writer: Optional[Callable] = None
 
 
-_MODES = {}
+_MODES: dict[str, ExportMode] = {}
 
 
-def register_mode(mode):
+def register_mode(mode: ExportMode) -> ExportMode:
     """Add an `ExportMode` to the registry (replacing one of the same name)."""
     if mode.calibration not in ("required", "optional", "unused"):
         raise ValueError(
@@ -46,7 +48,7 @@ def register_mode(mode):
     return mode
 
 
-def get_mode(name):
+def get_mode(name: str) -> ExportMode:
     """Return the registered `ExportMode` called `name`."""
     try:
         return _MODES[name]
@@ -57,7 +59,7 @@ def get_mode(name):
         ) from None
 
 
-def available_modes():
+def available_modes() -> list[str]:
     """Names of the registered modes, in registration order."""
     return list(_MODES)
 
@@ -93,13 +95,26 @@ def _int16x8(converter, tf, int8_io):
         converter.inference_output_type = tf.int16
 
 
-register_mode(ExportMode("float32", "float32 weights and compute (the reference)",
-                         "unused", _float32))
-register_mode(ExportMode("float16", "float16 weights, float32 compute (half the size)",
-                         "unused", _float16))
-register_mode(ExportMode("dynamic", "int8 weights, float activations (dynamic range)",
-                         "unused", _dynamic))
-register_mode(ExportMode("int8", "full integer: int8 weights and activations",
-                         "required", _int8, io_dtype="int8"))
-register_mode(ExportMode("int16x8", "int16 activations, int8 weights (higher accuracy)",
-                         "required", _int16x8, io_dtype="int16"))
+register_mode(
+    ExportMode("float32", "float32 weights and compute (the reference)", "unused", _float32)
+)
+register_mode(
+    ExportMode("float16", "float16 weights, float32 compute (half the size)", "unused", _float16)
+)
+register_mode(
+    ExportMode("dynamic", "int8 weights, float activations (dynamic range)", "unused", _dynamic)
+)
+register_mode(
+    ExportMode(
+        "int8", "full integer: int8 weights and activations", "required", _int8, io_dtype="int8"
+    )
+)
+register_mode(
+    ExportMode(
+        "int16x8",
+        "int16 activations, int8 weights (higher accuracy)",
+        "required",
+        _int16x8,
+        io_dtype="int16",
+    )
+)

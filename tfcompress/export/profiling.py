@@ -18,11 +18,15 @@ Per-op times ignore what the delegate gains by fusing neighbours, so their
 sum differs a little from the whole-file latency; both are reported.
 """
 
+from __future__ import annotations
+
 import collections
 import dataclasses
 import os
 import statistics
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +48,7 @@ class OpTime:
 
     index: int
     name: str
-    dtype: str
+    dtype: str | None
     ms: object
     xnnpack: bool
 
@@ -66,17 +70,18 @@ class OpProfile:
     num_threads: int
 
     @property
-    def op_ms(self):
+    def op_ms(self) -> float:
         """Sum of the per-op times."""
         return sum(op.ms or 0.0 for op in self.ops)
 
     @property
-    def xnnpack_ops(self):
+    def xnnpack_ops(self) -> int:
         """How many ops XNNPACK took."""
         return sum(op.xnnpack for op in self.ops)
 
-    def by_op_type(self):
+    def by_op_type(self) -> list[tuple[str, str | None, int, float, int]]:
         """Rows `(name, dtype, count, ms, xnnpack count)`, most time first."""
+        rows: collections.defaultdict[tuple[str, str | None], list[Any]]
         rows = collections.defaultdict(lambda: [0, 0.0, 0])
         for op in self.ops:
             row = rows[(op.name, op.dtype)]
@@ -88,7 +93,7 @@ class OpProfile:
             key=lambda r: -r[3],
         )
 
-    def summary(self, top=20):
+    def summary(self, top: int = 20) -> str:
         """A table for people: time per op type, and XNNPACK's share."""
         total = self.op_ms or 1.0
         lines = [
@@ -104,7 +109,13 @@ class OpProfile:
         return "\n".join(lines)
 
 
-def profile(path, num_threads=1, runs=20, inputs=None, sequence_length=16):
+def profile(
+    path: str | os.PathLike,
+    num_threads: int = 1,
+    runs: int = 20,
+    inputs: Mapping[str, np.ndarray] | None = None,
+    sequence_length: int = 16,
+) -> OpProfile:
     """Time every op of a `.tflite` file and say which ones XNNPACK runs.
 
     Args:

@@ -10,14 +10,23 @@
 Every target fixes the batch size to 1 unless shapes were given.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import os
 import shutil
 import statistics
 import tempfile
 import warnings
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from tfcompress.errors import CalibrationDataError, ConversionError
+
+if TYPE_CHECKING:
+    import keras
+
+    from tfcompress.export.convert import ExportResult
 
 TARGETS = ("cpu", "npu", "mcu")
 
@@ -45,7 +54,7 @@ class Candidate:
     note: str = ""
 
 
-def check_target(target, mode, int8_io):
+def check_target(target: str | None, mode: str | None, int8_io: bool) -> None:
     """Validate `target=` against the other arguments of `to_tflite`."""
     if target is None:
         return
@@ -67,8 +76,15 @@ def check_target(target, mode, int8_io):
 
 
 def export_for_target(
-    to_tflite, model, path, target, representative_data, options, min_agreement=0.95, repetitions=5
-):
+    to_tflite: Callable[..., ExportResult],
+    model: keras.Model,
+    path: str | os.PathLike,
+    target: str,
+    representative_data: Any,
+    options: Mapping[str, Any],
+    min_agreement: float = 0.95,
+    repetitions: int = 5,
+) -> ExportResult:
     """Write the file for `target`; returns an `ExportResult` with `target` and `candidates`.
 
     Args:

@@ -1,9 +1,25 @@
 """`benchmark`: LiteRT latency of a `.tflite` file on this machine, per op on request."""
 
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
 from tfcompress.export._litert import load_runner, run_errors
 
+if TYPE_CHECKING:
+    from tfcompress_edge.runner import LatencyResult
 
-def benchmark(path, num_threads=1, runs=50, warmup=5, *, profile=False, sequence_length=16):
+
+def benchmark(
+    path: str | os.PathLike,
+    num_threads: int = 1,
+    runs: int = 50,
+    warmup: int = 5,
+    *,
+    profile: bool = False,
+    sequence_length: int = 16,
+) -> LatencyResult:
     """Time single-sample inference of a `.tflite` file with LiteRT.
 
     Args:
