@@ -9,7 +9,9 @@ import shutil
 import tempfile
 import threading
 import time
+import types
 
+fcntl: types.ModuleType | None
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; runs are then not guarded

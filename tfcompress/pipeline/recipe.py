@@ -186,8 +186,9 @@ class ExportStage(_Strict):
     """
 
     type: Literal["export"]
-    modes: list[Annotated[str, AfterValidator(_known_mode)]] = Field(default=None)
-    target: Optional[Literal[TARGETS]] = None
+    modes: Optional[list[Annotated[str, AfterValidator(_known_mode)]]] = None
+    # Literal over a runtime tuple: the registry's names, which mypy cannot see.
+    target: Optional[Literal[TARGETS]] = None  # type: ignore[valid-type]
     calibration_samples: int = Field(default=200, gt=0)
     int8_io: bool = False
     # Per-layer weight formats for the low-bit modes: {layer name or glob: int8, int4, ...}.
@@ -224,7 +225,7 @@ def stage_types() -> tuple:
 def spec_name(spec_class: type) -> str:
     """The stage type a spec class validates: the value of its `type: Literal[...]` field."""
     field = getattr(spec_class, "model_fields", {}).get("type")
-    names = getattr(field.annotation, "__args__", ()) if field is not None else ()
+    names: tuple = getattr(field.annotation, "__args__", ()) if field is not None else ()
     if len(names) != 1 or not isinstance(names[0], str):
         raise TypeError(
             'A stage spec needs a field `type: Literal["<stage name>"]` naming its stage '
@@ -260,7 +261,8 @@ def register_stage_spec(spec_class: type) -> type:
     """
     _STAGE_SPECS[spec_name(spec_class)] = spec_class
     if "Recipe" in globals():
-        Recipe.model_fields["stages"].annotation = list[_stage_union()]
+        # The stage union is rebuilt from the registry at runtime: no static type for mypy.
+        Recipe.model_fields["stages"].annotation = list[_stage_union()]  # type: ignore[misc, assignment]
         Recipe.model_rebuild(force=True)
     return spec_class
 
@@ -288,7 +290,7 @@ class Recipe(_Strict):
     seed: int = 0
     model: ModelSpec
     data: DataSpec
-    stages: list[_stage_union()] = Field(min_length=1)
+    stages: list[_stage_union()] = Field(min_length=1)  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _stage_order(self):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from tfcompress import _io
 
-_STAGES = {}
+_STAGES: dict[str, Callable] = {}
 
 
 def stage(name: str, spec: type | None = None) -> Callable[[Callable], Callable]:

@@ -142,11 +142,10 @@ def tune(
     >>> result.within_budget, result.best["gzip_bytes"]
     """
     check_arguments(max_accuracy_drop, trials)
-    bit_widths = _check_bit_widths(bit_widths)
+    widths = _check_bit_widths(bit_widths)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer. Received: epochs={epochs!r}")
-    if not hasattr(recipe, "stages"):
-        recipe = load_recipe(recipe)
+    spec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise RecipeError(f"The output folder '{out_dir}' is a file. Pass another --out.")
     os.makedirs(out_dir, exist_ok=True)
@@ -155,9 +154,9 @@ def tune(
 
     from tfcompress.pipeline import data as data_lib
 
-    base, base_key = _base_model(recipe, out_dir, force, progress)
-    keras.utils.set_random_seed(recipe.seed)
-    data = data_lib.load_data(recipe.data, seed=recipe.seed, cache_dir=out_dir)
+    base, base_key = _base_model(spec, out_dir, force, progress)
+    keras.utils.set_random_seed(spec.seed)
+    data = data_lib.load_data(spec.data, seed=spec.seed, cache_dir=out_dir)
     base_val = sensitivity_lib.accuracy(base, data.x_val, data.y_val)
     base_test = sensitivity_lib.accuracy(base, data.x_test, data.y_test)
     budget = base_val - max_accuracy_drop
@@ -167,24 +166,24 @@ def tune(
     )
 
     sensitivity = []  # the int8 ranking (layers kept float), for int8 files only
-    if 8 in bit_widths:
+    if 8 in widths:
         sensitivity = sensitivity_lib.int8_sensitivity(
             base, data, out_dir, base_key, force, progress
         )
     ranked = [s["layer"] for s in sensitivity if s["stays_float"]]
     prunable = search_space.prunable_layers(base)
-    low = [b for b in bit_widths if b != 8]
+    low = [b for b in widths if b != 8]
     bit_ranking = sensitivity_lib.bit_sensitivity(
         base, data, out_dir, base_key, force, progress, low
     )
     candidates = search_space.candidates(
-        base, ranked, prunable, max_float_layers, bit_widths, bit_ranking
+        base, ranked, prunable, max_float_layers, widths, bit_ranking
     )
     progress(f"{len(candidates)} candidates; trying at most {trials}, smallest first")
 
-    settings = dict(base=base_key, epochs=epochs, seed=recipe.seed)
+    settings = dict(base=base_key, epochs=epochs, seed=spec.seed)
     searcher = trials_lib.Search(base, data, out_dir, settings, force, progress)
-    records = []
+    records: list[dict] = []
     for candidate in candidates[:trials]:
         record = searcher.trial(len(records) + 1, candidate, budget)
         records.append(record)
@@ -193,7 +192,7 @@ def tune(
 
     return _finish(
         out_dir,
-        recipe,
+        spec,
         records,
         sensitivity,
         base_val,
