@@ -20,6 +20,11 @@ TEXT = ("lstm", "bert", "roberta", "distilbert", "gpt2")
 #: family -> why it fails today (the exact failure and the issue). Each is strict, so
 #: a fix elsewhere turns it into an XPASS failure and this entry must go.
 KNOWN_FAILURES = {
+    "mobilenet_v2": (
+        "int8 file vs QAT model: cosine 0.9681 < 0.99, top-1 agreement 86.72% < 99%; the "
+        "two part at the linear bottleneck quant_block_5_project (FoldedBatchNormWrapper, "
+        "cosine 0.9891) (quantize engine, issue 18 item 3 target)"
+    ),
     "efficientnet_b0": (
         "int8 file vs QAT model: top-1 agreement 95.31% < 99% (cosine 0.9934); the two part "
         "at the squeeze-excite swish, layer quant_block4a_se_reduce_silu (cosine 0.9858) "
