@@ -39,7 +39,7 @@ RECIPE_MODES = (
     "static_int16x8",
 )
 #: (label, final sparsity, QAT weight scheme, export mode, per-layer export formats,
-#:  per-layer QAT schemes: quantize_annotate_layer, which recipes do not express yet)
+#:  per-layer QAT schemes: quantize_annotate_layer, as a recipe's qat stage `layers:` does)
 PIPELINES = (
     ("demo as shipped: prune 85% + QAT int8 + int8", 0.85, "int8", "int8", {}, {}),
     ("prune 85% + QAT int4 + int4", 0.85, "int4", "int4", {}, {}),
@@ -356,8 +356,8 @@ def run(quick=False, write=True, parts=tuple(SECTIONS)):
             "QAT, export) with the QAT weight scheme and the export mode changed, run by "
             "`tfcompress.pipeline.run`; test accuracy of the file in LiteRT on 270 held-out "
             "images. The last row's QAT gives the dense layer its own scheme "
-            "(`quantize_annotate_layer`, which recipes do not express yet) on the pipeline's "
-            "pruned model, and exports the same mix (`layers={'dense': 'int2'}`).\n\n"
+            "(`quantize_annotate_layer`, what a recipe's qat stage `layers:` does) on the "
+            "pipeline's pruned model, and exports the same mix (`layers={'dense': 'int2'}`).\n\n"
             + pipeline_table(folder, quick)
         )
     if "bert" in parts:

@@ -146,3 +146,48 @@ def test_an_export_stage_needs_modes_or_a_target(tmp_path):
     with pytest.raises(RecipeError, match="at least one of 'modes'"):
         load_recipe(path)
 
+
+
+MIXED = """\
+name: mixed
+data: {embedded: digits}
+model:
+  factory: tfcompress.testing:digits_cnn
+  kwargs: {filters: [8, 16], dense_units: 32}
+stages:
+  - {type: train, epochs: 2, learning_rate: 0.003}
+  - {type: prune, final_sparsity: 0.8, epochs: 1}
+  - {type: qat, weight_scheme: int4, layers: {"dense*": int2}, epochs: 1}
+  - {type: export, modes: [int4], layers: {"dense*": int2}}
+"""
+
+
+def test_a_recipe_trains_and_writes_per_layer_bit_widths(tmp_path):
+    from tfcompress import export
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(MIXED)
+    records = pipeline.run(path, tmp_path / "out", progress=lambda line: None)
+    qat_report = records[2]["quantize_report"]
+    assert "int2" in qat_report and "int4" in qat_report
+    exported = records[3]["exports"]["int4"]
+    assert exported["top1_agreement"] >= 0.95
+    file = tmp_path / "out" / "04_export" / exported["path"]
+    bits = sorted({w.bits for w in export.inspect(str(file)).weights})
+    assert bits == [2, 4]
+
+
+def test_qat_layers_naming_no_layer_is_an_error(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(MIXED.replace('layers: {"dense*": int2}, epochs: 1',
+                                  'layers: {"classifier": int2}, epochs: 1'))
+    with pytest.raises(RecipeError, match="'classifier', which matches no layer"):
+        pipeline.run(path, tmp_path / "out", progress=lambda line: None)
+
+
+def test_qat_layers_with_an_unknown_scheme_is_an_error(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(MIXED.replace('layers: {"dense*": int2}, epochs: 1',
+                                  'layers: {"dense*": int3}, epochs: 1'))
+    with pytest.raises(RecipeError, match="int3"):
+        load_recipe(path)

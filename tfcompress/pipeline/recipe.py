@@ -152,12 +152,16 @@ class QATStage(_Training):
 
     type: Literal["qat"]
     weight_scheme: str = "int8"  # a tfcompress.quantize scheme: int8, int4, int4_block32, ...
+    # Per-layer schemes, {layer name or glob: scheme}: mixed precision trained on the grid
+    # each layer's file format uses (pair it with the export stage's `layers:`).
+    layers: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known_scheme(self):
         from tfcompress.quantize.schemes import get_scheme
 
-        get_scheme(self.weight_scheme)  # the error lists the schemes
+        for scheme in (self.weight_scheme, *self.layers.values()):
+            get_scheme(scheme)  # the error lists the schemes
         return self
 
 

@@ -345,15 +345,44 @@ def qat_stage(ctx, spec):
         "sparsity": config.preserve_sparsity,
         "clusters": config.preserve_clusters,
     }
+    model = _annotate_schemes(ctx.model, spec.layers) if spec.layers else ctx.model
     # Ranges start from a calibration pass, then training moves them.
-    qat = quantize.quantize_model(
-        ctx.model, config, representative_data=_head(ctx.data.x_train, 256)
-    )
+    qat = quantize.quantize_model(model, config, representative_data=_head(ctx.data.x_train, 256))
     report = getattr(qat, "quantize_report", None)
     if report is not None:
         ctx.record["quantize_report"] = str(report)
     compile_for_labels(qat, spec.learning_rate)
     return fit(ctx, qat, spec)
+
+
+def _annotate_schemes(model, layers):
+    """A copy of `model` whose layers matching `layers` (name or glob) carry their own scheme."""
+    import fnmatch
+
+    import keras
+
+    from tfcompress import quantize
+    from tfcompress._layers import rebuild
+    from tfcompress.pipeline.recipe import RecipeError
+
+    names = [layer.name for layer in model.layers]
+    for pattern in layers:
+        if not fnmatch.filter(names, pattern):
+            raise RecipeError(
+                f"qat stage: layers names {pattern!r}, which matches no layer of "
+                f"'{model.name}' ({', '.join(names)}). Received: layers={dict(layers)!r}"
+            )
+
+    def annotate(layer):
+        clone = rebuild(layer)
+        schemes = [s for pattern, s in layers.items() if fnmatch.fnmatchcase(layer.name, pattern)]
+        if schemes:  # later entries win, as in the export stage's layers
+            return quantize.quantize_annotate_layer(clone, weight_scheme=schemes[-1])
+        return clone
+
+    annotated = keras.models.clone_model(model, clone_function=annotate)
+    annotated.set_weights(model.get_weights())
+    return annotated
 
 
 @stage("cluster")
