@@ -1,16 +1,29 @@
 """Choosing which layers are quantized: `quantize_annotate_layer` (`quantize_apply` is in
 `transform.py`, which reads the annotations)."""
 
+from __future__ import annotations
+
 import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from tfcompress import _flavor
+
+if TYPE_CHECKING:
+    import keras
+
+    from tfcompress.quantize.schemes import WeightScheme
 
 _ATTR = "_tfcompress_quantize"
 
 
 def quantize_annotate_layer(
-    to_annotate, quantize_config=None, *, weight_scheme=None, quantize=True
-):
+    to_annotate: keras.layers.Layer,
+    quantize_config: Any = None,
+    *,
+    weight_scheme: str | WeightScheme | None = None,
+    quantize: bool = True,
+) -> keras.layers.Layer:
     """Mark a layer: quantize it (optionally with its own scheme) or keep it in float.
 
     For Keras 3 layers the layer itself is returned, marked; build the model
@@ -55,13 +68,13 @@ def quantize_annotate_layer(
     return to_annotate
 
 
-def annotation_of(layer):
+def annotation_of(layer: keras.layers.Layer) -> dict[str, Any] | None:
     """The annotation dict of a layer, or `None`."""
     return getattr(layer, _ATTR, None)
 
 
 @contextlib.contextmanager
-def quantize_scope(*args):
+def quantize_scope(*args: Any) -> Iterator[Any]:
     """tfmot's `quantize_scope` (to load tf_keras QAT models), plus our layers.
 
     Keras 3 QAT layers are registered serializables and need no scope; this

@@ -19,6 +19,10 @@ Two layers, and the planning that picks between them:
   plain BatchNormalization to a float MUL and ADD.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -86,7 +90,9 @@ def _activation_name(layer):
     return name(layer)
 
 
-def fold(conv, bn):
+def fold(
+    conv: keras.layers.Layer, bn: keras.layers.BatchNormalization
+) -> tuple[np.ndarray, np.ndarray]:
     """Kernel and bias (numpy) of `conv` followed by inference-mode `bn`, as one layer."""
     kernel = np.asarray(conv.kernel.numpy())
     channels = bn.moving_mean.shape[-1]
@@ -183,7 +189,13 @@ class FoldedBatchNormWrapper(_FreezeDelay, QuantizeWrapper):
     ...                            granularity="per_channel", freeze_bn_delay=1000)
     """
 
-    def __init__(self, layer, batchnorm, freeze_bn_delay=None, **kwargs):
+    def __init__(
+        self,
+        layer: keras.layers.Layer,
+        batchnorm: keras.layers.BatchNormalization | dict[str, Any],
+        freeze_bn_delay: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(layer, **kwargs)
         _check_delay(freeze_bn_delay)
         if isinstance(batchnorm, dict):
@@ -207,7 +219,7 @@ class FoldedBatchNormWrapper(_FreezeDelay, QuantizeWrapper):
         self._add_step()
         self.built = True
 
-    def folded(self):
+    def folded(self) -> tuple[tf.Tensor, tf.Tensor]:
         """`(kernel, bias)` tensors of the folded op with the moving statistics (float)."""
         gamma, beta, mean, var = _bn_terms(self.batchnorm)
         factor = gamma * tf.math.rsqrt(var + self.batchnorm.epsilon)
@@ -278,7 +290,13 @@ class QuantizeBatchNorm(_FreezeDelay, Wrapper):
     >>> q = QuantizeBatchNorm(keras.layers.BatchNormalization(), freeze_bn_delay=1000)
     """
 
-    def __init__(self, layer, freeze_bn_delay=None, ema_decay=0.99, **kwargs):
+    def __init__(
+        self,
+        layer: keras.layers.BatchNormalization,
+        freeze_bn_delay: int | None = None,
+        ema_decay: float = 0.99,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(layer, **kwargs)
         _check_delay(freeze_bn_delay)
         self.freeze_bn_delay = freeze_bn_delay
@@ -292,7 +310,7 @@ class QuantizeBatchNorm(_FreezeDelay, Wrapper):
         self._add_step()
         self.built = True
 
-    def scale_and_shift(self):
+    def scale_and_shift(self) -> tuple[tf.Tensor, tf.Tensor]:
         """`(scale, shift)` of the inference-mode BatchNormalization, per channel."""
         gamma, beta, mean, var = _bn_terms(self.layer)
         scale = gamma * tf.math.rsqrt(var + self.layer.epsilon)

@@ -5,11 +5,20 @@ post-training quantization: `quantize_model(model, representative_data=x)`
 exported without training is PTQ with the chosen method.
 """
 
+from __future__ import annotations
+
 import dataclasses
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tfcompress.quantize.config import CALIBRATION_METHODS
+
+if TYPE_CHECKING:
+    import keras
+    from numpy.typing import ArrayLike
+
+    from tfcompress.quantize.layers import ActivationQuantizer
 
 _MAX_VALUES = 200_000  # per quantizer, sampled: plenty for a range
 
@@ -43,7 +52,9 @@ def _mse(v, percentile):
 _METHODS = {"minmax": _minmax, "percentile": _percentile, "mse": _mse}
 
 
-def compute_range(values, method="minmax", percentile=99.99):
+def compute_range(
+    values: ArrayLike, method: str = "minmax", percentile: float = 99.99
+) -> tuple[float, float]:
     """The `(min, max)` an int8 fake-quant should use for `values`.
 
     Args:
@@ -84,16 +95,16 @@ class CalibrationReport:
 
     method: str
     samples: int
-    ranges: dict
+    ranges: dict[str, tuple[float, float]]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return (
             f"calibrated {len(self.ranges)} activation ranges with {self.method!r} on "
             f"{self.samples} samples"
         )
 
 
-def activation_quantizers(model):
+def activation_quantizers(model: keras.Model) -> list[tuple[str, ActivationQuantizer]]:
     """Every `ActivationQuantizer` in a QAT model, with a readable path."""
     from tfcompress.quantize.composite import QuantizeComposite
     from tfcompress.quantize.layers import ActivationQuantizer, QuantizeWrapper
@@ -115,7 +126,14 @@ def activation_quantizers(model):
     return found
 
 
-def calibrate(model, data, method="minmax", percentile=99.99, max_samples=512, batch_size=64):
+def calibrate(
+    model: keras.Model,
+    data: Any,
+    method: str = "minmax",
+    percentile: float = 99.99,
+    max_samples: int = 512,
+    batch_size: int = 64,
+) -> CalibrationReport:
     """Set a QAT model's activation ranges from data, without training.
 
     Runs `data` through the model in float (fake-quant off), collects the
@@ -153,7 +171,7 @@ def calibrate(model, data, method="minmax", percentile=99.99, max_samples=512, b
     specs = calib.input_specs(model)
     inputs, _ = calib.collect(data, specs, what="calibration data", max_samples=max_samples)
     n = len(inputs[0])
-    collected = {path: [] for path, _ in quantizers}
+    collected: dict[str, list[Any]] = {path: [] for path, _ in quantizers}
     try:
         for _, q in quantizers:
             q._collector = []
@@ -164,7 +182,7 @@ def calibrate(model, data, method="minmax", percentile=99.99, max_samples=512, b
             else:
                 model(batch[0] if len(batch) == 1 else batch, training=False)
         for path, q in quantizers:
-            collected[path] = q._collector
+            collected[path] = q._collector or []
     finally:
         for _, q in quantizers:
             q._collector = None

@@ -1,11 +1,19 @@
 """Questions about models: is it quantization-aware, are its ranges set."""
 
+from __future__ import annotations
+
 import warnings
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tfcompress import _flavor
 from tfcompress.quantize.errors import RangesNotSetError
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 
 def _tfmot_qat_layers(model):
@@ -38,7 +46,7 @@ def _our_qat_layers(model):
     return [layer for layer in model.layers if isinstance(layer, kinds)]
 
 
-def is_quantization_aware(model):
+def is_quantization_aware(model: Any) -> bool:
     """True when `model` carries fake-quant layers (ours or tfmot's).
 
     Such a model converts to full-int8 TFLite without representative data:
@@ -67,7 +75,7 @@ def is_quantization_aware(model):
     return bool(_our_qat_layers(model))
 
 
-def check_ranges_set(model):
+def check_ranges_set(model: keras.Model) -> None:
     """Raise `RangesNotSetError` if any activation range of a QAT model was never measured.
 
     A Keras 3 QAT model measures its ranges in `fit()` (training steps) or in
@@ -101,7 +109,9 @@ def check_ranges_set(model):
     return None
 
 
-def configure_converter(converter, tf, int8_io=False):
+def configure_converter(
+    converter: tf.lite.TFLiteConverter, tf: ModuleType, int8_io: bool = False
+) -> None:
     """Set up a `tf.lite.TFLiteConverter` for a QAT model: the ranges are in the graph.
 
     `optimizations=[DEFAULT]` alone: the converter reads the fake-quant ranges
@@ -126,7 +136,7 @@ def configure_converter(converter, tf, int8_io=False):
         converter.inference_output_type = tf.int8
 
 
-def output_spread(model, data, max_samples=256):
+def output_spread(model: keras.Model, data: Any, max_samples: int = 256) -> float:
     """How much a model's outputs vary across inputs, relative to their size.
 
     The mean over output units of the standard deviation across samples,
@@ -164,7 +174,7 @@ def output_spread(model, data, max_samples=256):
     return float(out.std(axis=0).mean() / (np.abs(out).max() + 1e-12))
 
 
-def check_collapse(model, data, min_spread=1e-3):
+def check_collapse(model: keras.Model, data: Any, min_spread: float = 1e-3) -> float:
     """Warn (`CollapseWarning`) when a model's outputs barely vary across `data`.
 
     Args:
@@ -197,7 +207,7 @@ class CollapseWarning(UserWarning):
     """A QAT model whose outputs stopped varying across inputs."""
 
 
-def collapse_monitor(data, min_spread=1e-3):
+def collapse_monitor(data: Any, min_spread: float = 1e-3) -> keras.callbacks.Callback:
     """A Keras callback that runs `check_collapse` on `data` after every epoch of QAT.
 
     Args:

@@ -23,6 +23,10 @@ ranges, updated in `fit()`), so the QAT model trains, calibrates, saves and
 loads like any other.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -31,7 +35,7 @@ from keras import ops
 from tfcompress._layers import Wrapper
 from tfcompress.quantize._ops import fake_quant_activation
 from tfcompress.quantize.layers import ActivationQuantizer
-from tfcompress.quantize.schemes import get_scheme
+from tfcompress.quantize.schemes import WeightScheme, get_scheme
 
 _FUSED = ("relu", "relu6")
 _STATE = "_tfcompress_qat_state"
@@ -286,7 +290,7 @@ _HOOKS = {
     "norm": {"call": _norm_call},
     "attention": {"_compute_attention": _compute_attention},
 }
-_HOOKED_CLASSES = {}
+_HOOKED_CLASSES: dict[tuple[type, str], type] = {}
 
 
 def _hooked_class(cls, kind):
@@ -305,12 +309,12 @@ def _hooked_class(cls, kind):
     return _HOOKED_CLASSES[key]
 
 
-def inner_targets(layer):
+def inner_targets(layer: keras.layers.Layer) -> list[tuple[keras.layers.Layer, str]]:
     """`(sublayer, kind)` for the inner layers `QuantizeComposite` hooks, in a fixed order."""
     flatten = getattr(layer, "_flatten_layers", None)
     if flatten is None:
         return []
-    found = []
+    found: list[tuple[keras.layers.Layer, str]] = []
     for sub in flatten(include_self=True, recursive=True):
         kind = _kind(sub)
         if kind is not None:
@@ -318,7 +322,7 @@ def inner_targets(layer):
     return found
 
 
-def is_composite(layer):
+def is_composite(layer: keras.layers.Layer) -> bool:
     """Whether `layer` holds Dense / EinsumDense layers that `QuantizeComposite` can hook."""
     return any(kind in ("dense", "conv") for _, kind in inner_targets(layer))
 
@@ -348,8 +352,13 @@ class QuantizeComposite(Wrapper):
     """
 
     def __init__(
-        self, layer, weight_scheme="int8", ema_decay=0.99, preserve_sparsity=False, **kwargs
-    ):
+        self,
+        layer: keras.layers.Layer,
+        weight_scheme: str | WeightScheme = "int8",
+        ema_decay: float = 0.99,
+        preserve_sparsity: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(layer, **kwargs)
         self.weight_scheme = get_scheme(weight_scheme).name
         self.ema_decay = float(ema_decay)
@@ -432,11 +441,11 @@ class QuantizeComposite(Wrapper):
         return outputs
 
     @property
-    def output_quantized(self):
+    def output_quantized(self) -> bool:
         """Whether the last call's outputs came out of a fake-quant (known after a call)."""
         return self._output_quantized
 
-    def used_quantizers(self):
+    def used_quantizers(self) -> list[tuple[str, ActivationQuantizer]]:
         """`(path, ActivationQuantizer)` for the ranges the wrapped layer's call uses."""
         if not self.built:
             return []
@@ -446,11 +455,11 @@ class QuantizeComposite(Wrapper):
             if key in self._used
         ]
 
-    def kernels(self):
+    def kernels(self) -> list[tuple[keras.layers.Layer, keras.Variable]]:
         """`(inner layer, kernel variable)` for every fake-quantized inner kernel."""
         return [(sub, sub.kernel) for sub, kind in self._targets if kind in ("dense", "conv")]
 
-    def set_sparsity_masks(self):
+    def set_sparsity_masks(self) -> None:
         """Set each inner kernel's sparsity mask from its zeros (`preserve_sparsity`)."""
         for sub, _ in self.kernels():
             mask = self._mask_for.get(id(sub))

@@ -1,7 +1,8 @@
 """`QuantizeConfig`: what `quantize_model` does, as one small frozen object."""
 
+from __future__ import annotations
+
 import dataclasses
-from typing import Optional, Tuple
 
 from tfcompress.quantize.schemes import get_scheme
 
@@ -42,17 +43,17 @@ class QuantizeConfig:
     """
 
     weight_scheme: str = "int8"
-    skip_layers: Tuple[str, ...] = ()
+    skip_layers: tuple[str, ...] = ()
     fold_batchnorm: bool = True
     ema_decay: float = 0.99
     calibration: str = "minmax"
     percentile: float = 99.99
     preserve_sparsity: bool = False
     preserve_clusters: bool = False
-    freeze_bn_delay: Optional[int] = 1000
+    freeze_bn_delay: int | None = 1000
     strict: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         get_scheme(self.weight_scheme)  # raises with the list of schemes
         if isinstance(self.skip_layers, str):
             object.__setattr__(self, "skip_layers", (self.skip_layers,))

@@ -4,12 +4,16 @@ Both are registered Keras serializables (package "tfcompress"), so a QAT
 model saves and loads as `.keras`.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 import keras
 import tensorflow as tf
 
 from tfcompress._layers import Wrapper
 from tfcompress.quantize import _ops
-from tfcompress.quantize.schemes import get_scheme
+from tfcompress.quantize.schemes import WeightScheme, get_scheme
 
 _GRANULARITIES = ("per_channel", "depthwise", "per_tensor")
 
@@ -34,7 +38,7 @@ class ActivationQuantizer(keras.layers.Layer):
     >>> y = q(x, training=True)   # sets the range from x
     """
 
-    def __init__(self, num_bits=8, ema_decay=0.99, **kwargs):
+    def __init__(self, num_bits: int = 8, ema_decay: float = 0.99, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if num_bits != 8:
             raise ValueError(
@@ -45,7 +49,8 @@ class ActivationQuantizer(keras.layers.Layer):
             raise ValueError(f"ema_decay must be in [0, 1). Received: ema_decay={ema_decay!r}")
         self.num_bits = int(num_bits)
         self.ema_decay = float(ema_decay)
-        self._collector = None  # set by calibrate(): a list that receives float batches
+        # Set by calibrate(): a list that receives float batches.
+        self._collector: list[Any] | None = None
 
     def build(self, input_shape):
         # autocast=False: under a mixed policy the ranges stay float32 when read in
@@ -75,14 +80,14 @@ class ActivationQuantizer(keras.layers.Layer):
             self.range_set.assign(1.0)
         return tf.cast(_ops.fake_quant_activation(x, lo, hi, self.num_bits), inputs.dtype)
 
-    def set_range(self, min_value, max_value):
+    def set_range(self, min_value: float, max_value: float) -> None:
         """Set the range by hand (calibration); it is widened to include zero."""
         self.range_min.assign(min(float(min_value), 0.0))
         self.range_max.assign(max(float(max_value), 0.0))
         self.range_set.assign(1.0)
 
     @property
-    def is_range_set(self):
+    def is_range_set(self) -> bool:
         return self.built and float(keras.ops.convert_to_numpy(self.range_set)) > 0
 
     def compute_output_shape(self, input_shape):
@@ -128,16 +133,16 @@ class QuantizeWrapper(Wrapper):
 
     def __init__(
         self,
-        layer,
-        weight_scheme=None,
-        granularity=None,
-        kernel_attr="kernel",
-        quantize_output=True,
-        ema_decay=0.99,
-        preserve_sparsity=False,
-        preserve_clusters=0,
-        **kwargs,
-    ):
+        layer: keras.layers.Layer,
+        weight_scheme: str | WeightScheme | None = None,
+        granularity: str | None = None,
+        kernel_attr: str = "kernel",
+        quantize_output: bool = True,
+        ema_decay: float = 0.99,
+        preserve_sparsity: bool = False,
+        preserve_clusters: int = 0,
+        **kwargs: Any,
+    ) -> None:
         # The wrapper computes in the wrapped layer's dtype policy (a float32 head under
         # mixed precision stays float32).
         if "dtype" not in kwargs and getattr(layer, "dtype_policy", None) is not None:
@@ -218,7 +223,7 @@ class QuantizeWrapper(Wrapper):
                 )
         self.built = True
 
-    def quantized_kernel(self):
+    def quantized_kernel(self) -> tf.Tensor:
         """The kernel the layer computes with (fake-quantized, same shape)."""
         # Under a mixed precision policy, quantize the float32 kernel (the
         # fake-quant ops take float32); the layer casts the result when it runs.
@@ -230,8 +235,14 @@ class QuantizeWrapper(Wrapper):
     def _quantized_kernel(self):
         return self.quantize_weight(tf.convert_to_tensor(getattr(self.layer, self.kernel_attr)))
 
-    def quantize_weight(self, w):
+    def quantize_weight(self, w: tf.Tensor) -> tf.Tensor:
         """Fake-quantize a tensor shaped like the kernel, the way this wrapper does its kernel."""
+        if self.weight_scheme is None:
+            raise ValueError(
+                f"Layer '{self.name}' quantizes no weights, so it has no kernel to "
+                "fake-quantize; wrap the layer with QuantizeWrapper(layer, weight_scheme=...). "
+                "Received: weight_scheme=None"
+            )
         scheme = get_scheme(self.weight_scheme)
         if self.preserve_sparsity:
             w = w * self.sparsity_mask
@@ -273,7 +284,7 @@ class QuantizeWrapper(Wrapper):
         outputs, _ = self.layer.stateless_call(trainable, non_trainable, inputs, **kwargs)
         return outputs
 
-    def set_table_masks(self):
+    def set_table_masks(self) -> None:
         """Set the table masks from the zeros the wrapped layer's tables hold now."""
         variables = self.layer.trainable_variables
         for i, mask in zip(
@@ -281,12 +292,19 @@ class QuantizeWrapper(Wrapper):
         ):
             mask.assign((keras.ops.convert_to_numpy(variables[i]) != 0).astype("float32"))
 
-    def quantize_output_of(self, outputs, training):
+    def quantize_output_of(self, outputs: Any, training: bool | None) -> Any:
         if self.output_quantizer is None:
             return outputs
         return self.output_quantizer(outputs, training=training)
 
-    def run_with(self, inputs, replace, training=None, scale=None, call_kwargs=None):
+    def run_with(
+        self,
+        inputs: Any,
+        replace: dict[int, Any],
+        training: bool | None = None,
+        scale: tuple[Any, Any] | None = None,
+        call_kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         """Run the wrapped layer with variables replaced, then the output fake-quant.
 
         Args:
@@ -380,7 +398,13 @@ class QuantizeSeparableConv(Wrapper):
     >>> q = QuantizeSeparableConv(keras.layers.SeparableConv2D(16, 3), weight_scheme="int8")
     """
 
-    def __init__(self, layer, weight_scheme="int8", ema_decay=0.99, **kwargs):
+    def __init__(
+        self,
+        layer: keras.layers.Layer,
+        weight_scheme: str | WeightScheme = "int8",
+        ema_decay: float = 0.99,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(layer, **kwargs)
         if getattr(layer, "data_format", "channels_last") != "channels_last":
             raise ValueError(
@@ -402,7 +426,7 @@ class QuantizeSeparableConv(Wrapper):
         self.output_quantizer.build(None)
         self.built = True
 
-    def quantized_kernels(self):
+    def quantized_kernels(self) -> tuple[tf.Tensor, tf.Tensor]:
         """`(depthwise kernel, pointwise kernel)` as 2-D conv kernels, fake-quantized.
 
         A 1-D layer's kernels get a leading axis of 1 first: the converter
@@ -476,7 +500,7 @@ class QuantizeAffine(Wrapper):
     >>> q = QuantizeAffine(keras.layers.Rescaling(1 / 127.5, offset=-1.0))
     """
 
-    def __init__(self, layer, ema_decay=0.99, **kwargs):
+    def __init__(self, layer: keras.layers.Layer, ema_decay: float = 0.99, **kwargs: Any) -> None:
         super().__init__(layer, **kwargs)
         if not isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization)):
             raise TypeError(
@@ -493,7 +517,7 @@ class QuantizeAffine(Wrapper):
         self.output_quantizer.build(None)
         self.built = True
 
-    def scale_and_shift(self):
+    def scale_and_shift(self) -> tuple[tf.Tensor, tf.Tensor]:
         """`(a, b)` with `layer(x) == x * a + b`."""
         layer = self.layer
         if isinstance(layer, keras.layers.Rescaling):

@@ -6,7 +6,10 @@ litert-quantizer's grid (`tfcompress.quantize.grid`) and export packed
 through `tfcompress.export.lowbit`; binary weights export as int8.
 """
 
+from __future__ import annotations
+
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +19,9 @@ from tfcompress.quantize.grid import (  # noqa: F401  (re-exported)
     effective_block_size,
     litert_grid,
 )
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,21 +34,21 @@ class StorageReport:
             (`packed` = `storage_bits` per weight + a float32 scale per channel).
     """
 
-    rows: tuple
+    rows: tuple[tuple[str, str, int, int, int, int], ...]
 
     @property
-    def float32_bytes(self):
+    def float32_bytes(self) -> int:
         return sum(r[3] for r in self.rows)
 
     @property
-    def int8_bytes(self):
+    def int8_bytes(self) -> int:
         return sum(r[4] for r in self.rows)
 
     @property
-    def packed_bytes(self):
+    def packed_bytes(self) -> int:
         return sum(r[5] for r in self.rows)
 
-    def __str__(self):
+    def __str__(self) -> str:
         lines = [
             f"kernels: float32 {self.float32_bytes:,} B, int8 (what TFLite stores) "
             f"{self.int8_bytes:,} B, packed {self.packed_bytes:,} B"
@@ -51,7 +57,7 @@ class StorageReport:
         return "\n".join(lines)
 
 
-def storage_report(model):
+def storage_report(model: keras.Model) -> StorageReport:
     """Bytes the quantized kernels of a QAT model take as float32, int8 and packed n-bit.
 
     Args:
@@ -69,7 +75,7 @@ def storage_report(model):
     from tfcompress.quantize.layers import QuantizeWrapper
     from tfcompress.quantize.schemes import get_scheme
 
-    rows = []
+    rows: list[tuple[str, str, int, int, int, int]] = []
     for layer in model.layers:
         if isinstance(layer, QuantizeComposite):  # inner kernels: per tensor
             scheme = get_scheme(layer.weight_scheme)

@@ -16,8 +16,15 @@ Lookup follows the class hierarchy, so a subclass of `Dense` is a `Dense`.
 Register your own layer with `register_layer(MyLayer, LayerHandler(...))`.
 """
 
+from __future__ import annotations
+
 import dataclasses
-from typing import Optional
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import keras
+
+    from tfcompress.quantize.roles import Role
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +45,10 @@ class LayerHandler:
     """
 
     role: str
-    granularity: Optional[str] = None
+    granularity: str | None = None
     kernel_attr: str = "kernel"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         from tfcompress.quantize import roles
 
         if self.role not in roles.role_names():
@@ -61,23 +68,23 @@ class LayerHandler:
             )
 
     @property
-    def behaviour(self):
+    def behaviour(self) -> Role:
         """The `tfcompress.quantize.roles.Role` that carries out this handler."""
         from tfcompress.quantize import roles
 
         return roles.get_role(self.role)
 
 
-_HANDLERS = []  # (class, handler); later registrations win
+_HANDLERS: list[tuple[type, LayerHandler]] = []  # (class, handler); later registrations win
 
 
-def register_layer(layer_class, handler):
+def register_layer(layer_class: type[keras.layers.Layer], handler: LayerHandler) -> LayerHandler:
     """Tell the QAT transform how to treat `layer_class` (and its subclasses)."""
     _HANDLERS.insert(0, (layer_class, handler))
     return handler
 
 
-def handler_for(layer):
+def handler_for(layer: keras.layers.Layer) -> LayerHandler | None:
     """The `LayerHandler` for `layer`, or `None` when the layer is unknown."""
     if not _KERAS_HUB_REGISTERED and any(
         (k.__module__ or "").startswith(("keras_hub", "keras_nlp")) for k in type(layer).__mro__
@@ -90,7 +97,7 @@ def handler_for(layer):
     return None
 
 
-def _register_defaults():
+def _register_defaults() -> None:
     import keras
     from keras.src.applications.convnext import LayerScale
 
@@ -180,7 +187,7 @@ def _register_defaults():
 _KERAS_HUB_REGISTERED = False
 
 
-def _register_keras_hub():
+def _register_keras_hub() -> None:
     """keras-hub's layers, registered the first time one is looked up (no import before)."""
     global _KERAS_HUB_REGISTERED
     _KERAS_HUB_REGISTERED = True

@@ -12,12 +12,21 @@ The transform hands every role a `CloneContext` (see `transform.py`) with:
 `all_quantized(tensors)` and `copy_layer(layer)`.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
-_ROLES = {}
+if TYPE_CHECKING:
+    import keras
+
+    from tfcompress.quantize.transform import _CloneContext, _Plan
+
+_ROLES: dict[str, Role] = {}
 
 
-def register_role(role):
+def register_role(role: Role) -> Role:
     """Make `role` (a `Role` instance with a unique `.name`) usable in a `LayerHandler`."""
     if not isinstance(role, Role) or not role.name:
         raise TypeError(f"register_role needs a Role instance with a name. Received: {role!r}")
@@ -25,7 +34,7 @@ def register_role(role):
     return role
 
 
-def get_role(name):
+def get_role(name: str) -> Role:
     """The registered `Role` called `name`."""
     if name not in _ROLES:
         raise ValueError(
@@ -35,7 +44,7 @@ def get_role(name):
     return _ROLES[name]
 
 
-def role_names():
+def role_names() -> tuple[str, ...]:
     return tuple(sorted(_ROLES))
 
 
@@ -58,11 +67,19 @@ class Role:
     marks_output = False
     keeps_scale = False
 
-    def build(self, layer, plan, ctx):
+    def build(
+        self, layer: keras.layers.Layer, plan: _Plan, ctx: _CloneContext
+    ) -> keras.layers.Layer:
         """The layer that replaces `layer` in the QAT model."""
         return ctx.copy_layer(layer)
 
-    def call(self, new, args, kwargs, ctx):
+    def call(
+        self,
+        new: keras.layers.Layer,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ctx: _CloneContext,
+    ) -> Any:
         """Call `new` inside the cloned graph; returns its outputs."""
         from keras import tree
 
@@ -73,7 +90,9 @@ class Role:
             ctx.mark(out)
         return out
 
-    def copy_weights(self, new, original, plan):
+    def copy_weights(
+        self, new: keras.layers.Layer, original: keras.layers.Layer, plan: _Plan
+    ) -> None:
         """Copy the float weights of `original` into `new` (after the clone)."""
         if new is not original:
             new.set_weights(original.get_weights())
@@ -100,7 +119,9 @@ class OutputRole(Role):
     quantize_inputs = True
     marks_output = True
 
-    def build(self, layer, plan, ctx):
+    def build(
+        self, layer: keras.layers.Layer, plan: _Plan, ctx: _CloneContext
+    ) -> keras.layers.Layer:
         from tfcompress.quantize.layers import QuantizeWrapper
 
         # PQAT: tables (embeddings) keep their zeros through a fixed mask.
@@ -113,7 +134,9 @@ class OutputRole(Role):
             name=ctx.unique(f"quant_{layer.name}"),
         )
 
-    def copy_weights(self, new, original, plan):
+    def copy_weights(
+        self, new: keras.layers.Layer, original: keras.layers.Layer, plan: _Plan
+    ) -> None:
         if new.layer is not original:
             new.layer.set_weights(original.get_weights())
         if new.preserve_sparsity and new.weight_scheme is None:
@@ -126,7 +149,9 @@ class WeightsRole(OutputRole):
     name = "weights"
     has_weights = True
 
-    def build(self, layer, plan, ctx):
+    def build(
+        self, layer: keras.layers.Layer, plan: _Plan, ctx: _CloneContext
+    ) -> keras.layers.Layer:
         from tfcompress.quantize.layers import QuantizeWrapper
 
         overrides = {"activation": "linear"} if plan.split_activation is not None else None
@@ -143,7 +168,13 @@ class WeightsRole(OutputRole):
             name=ctx.unique(f"quant_{layer.name}"),
         )
 
-    def call(self, new, args, kwargs, ctx):
+    def call(
+        self,
+        new: keras.layers.Layer,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ctx: _CloneContext,
+    ) -> Any:
         import keras
 
         out = super().call(new, args, kwargs, ctx)
@@ -161,7 +192,9 @@ class WeightsRole(OutputRole):
             ctx.mark(out)
         return out
 
-    def copy_weights(self, new, original, plan):
+    def copy_weights(
+        self, new: keras.layers.Layer, original: keras.layers.Layer, plan: _Plan
+    ) -> None:
         super().copy_weights(new, original, plan)
         init_kernel_state(new)
 
@@ -171,10 +204,13 @@ class SeparableConvRole(WeightsRole):
 
     name = "separable"
 
-    def build(self, layer, plan, ctx):
+    def build(
+        self, layer: keras.layers.Layer, plan: _Plan, ctx: _CloneContext
+    ) -> keras.layers.Layer:
         from tfcompress.quantize.layers import QuantizeSeparableConv
 
         overrides = {"activation": "linear"} if plan.split_activation is not None else None
+        assert plan.scheme is not None  # a role with weights is always planned with a scheme
         return QuantizeSeparableConv(
             ctx.copy_layer(layer, overrides),
             weight_scheme=plan.scheme,
@@ -182,7 +218,9 @@ class SeparableConvRole(WeightsRole):
             name=ctx.unique(f"quant_{layer.name}"),
         )
 
-    def copy_weights(self, new, original, plan):
+    def copy_weights(
+        self, new: keras.layers.Layer, original: keras.layers.Layer, plan: _Plan
+    ) -> None:
         if new.layer is not original:
             new.layer.set_weights(original.get_weights())
 
@@ -192,7 +230,9 @@ class AffineRole(OutputRole):
 
     name = "affine"
 
-    def build(self, layer, plan, ctx):
+    def build(
+        self, layer: keras.layers.Layer, plan: _Plan, ctx: _CloneContext
+    ) -> keras.layers.Layer:
         from tfcompress.quantize.layers import QuantizeAffine
 
         return QuantizeAffine(
@@ -201,7 +241,9 @@ class AffineRole(OutputRole):
             name=ctx.unique(f"quant_{layer.name}"),
         )
 
-    def copy_weights(self, new, original, plan):
+    def copy_weights(
+        self, new: keras.layers.Layer, original: keras.layers.Layer, plan: _Plan
+    ) -> None:
         new.layer.set_weights(original.get_weights())
 
 
@@ -212,9 +254,12 @@ class CompositeRole(Role):
     quantized = True
     has_weights = True
 
-    def build(self, layer, plan, ctx):
+    def build(
+        self, layer: keras.layers.Layer, plan: _Plan, ctx: _CloneContext
+    ) -> keras.layers.Layer:
         from tfcompress.quantize.composite import QuantizeComposite
 
+        assert plan.scheme is not None  # a role with weights is always planned with a scheme
         return QuantizeComposite(
             ctx.copy_layer(layer),
             weight_scheme=plan.scheme,
@@ -223,21 +268,29 @@ class CompositeRole(Role):
             name=ctx.unique(f"quant_{layer.name}"),
         )
 
-    def call(self, new, args, kwargs, ctx):
+    def call(
+        self,
+        new: keras.layers.Layer,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ctx: _CloneContext,
+    ) -> Any:
         args = tuple(ctx.ensure_quantized(a) for a in args)  # MultiHeadAttention(q, v)
         out = new(*args, **kwargs)
         if new.output_quantized:
             ctx.mark(out)
         return out
 
-    def copy_weights(self, new, original, plan):
+    def copy_weights(
+        self, new: keras.layers.Layer, original: keras.layers.Layer, plan: _Plan
+    ) -> None:
         if new.layer is not original:
             new.layer.set_weights(original.get_weights())
         if new.preserve_sparsity:
             new.set_sparsity_masks()
 
 
-def init_kernel_state(wrapper):
+def init_kernel_state(wrapper: keras.layers.Layer) -> None:
     """Set a wrapper's sparsity mask / cluster ids from the float kernel it now holds."""
     if getattr(wrapper, "weight_scheme", None) is None:
         return
@@ -252,7 +305,7 @@ def init_kernel_state(wrapper):
 _MAX_CLUSTERS = 256
 
 
-def _count_clusters(layer, plan):
+def _count_clusters(layer: keras.layers.Layer, plan: _Plan) -> int:
     if plan.fold_bn is not None:
         raise ValueError(
             f"preserve_clusters cannot keep the clusters of '{layer.name}' when "

@@ -17,10 +17,16 @@ Example:
 4
 """
 
+from __future__ import annotations
+
 import dataclasses
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from tfcompress.quantize import _ops
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +50,12 @@ class WeightScheme:
     name: str
     description: str
     storage_bits: int
-    pre_quantize: Optional[Callable] = None
-    num_bits: Optional[int] = None
+    pre_quantize: Callable[..., Any] | None = None
+    num_bits: int | None = None
     block_size: int = 0
     litert_grid: bool = False
 
-    def quantize(self, w, per_channel):
+    def quantize(self, w: tf.Tensor, per_channel: bool) -> tf.Tensor:
         """Fake-quantize kernel `w` (channels last); per-tensor int8 when not `per_channel`."""
         if self.litert_grid:
             from tfcompress.quantize.grid import litert_grid
@@ -60,16 +66,16 @@ class WeightScheme:
         return _ops.fake_quant_symmetric(w, 8, per_channel)
 
 
-_SCHEMES = {}
+_SCHEMES: dict[str, WeightScheme] = {}
 
 
-def register_scheme(scheme):
+def register_scheme(scheme: WeightScheme) -> WeightScheme:
     """Add a `WeightScheme` (replacing one of the same name); returns it."""
     _SCHEMES[scheme.name] = scheme
     return scheme
 
 
-def get_scheme(name):
+def get_scheme(name: str | WeightScheme) -> WeightScheme:
     """The registered `WeightScheme` called `name` (a `WeightScheme` passes through)."""
     if isinstance(name, WeightScheme):
         return name
@@ -83,7 +89,7 @@ def get_scheme(name):
         ) from None
 
 
-def scheme_for_bits(num_bits):
+def scheme_for_bits(num_bits: int) -> WeightScheme:
     """The n-bit scheme for `num_bits` in {8, 4, 2}; 1 means binary."""
     names = {8: "int8", 4: "int4", 2: "int2", 1: "binary"}
     if num_bits not in names:
@@ -94,7 +100,7 @@ def scheme_for_bits(num_bits):
     return _SCHEMES[names[num_bits]]
 
 
-def available_schemes():
+def available_schemes() -> list[str]:
     """Names of the registered schemes."""
     return list(_SCHEMES)
 

@@ -1,7 +1,10 @@
 """`quantize_model`: a float Keras model in, a new quantization-aware model out."""
 
+from __future__ import annotations
+
 import collections
 import dataclasses
+from typing import TYPE_CHECKING, Any
 
 from tfcompress import _flavor
 from tfcompress._graph import check_graph_model
@@ -10,6 +13,9 @@ from tfcompress.quantize import annotate, batchnorm, registry, roles
 from tfcompress.quantize.composite import _activation_name
 from tfcompress.quantize.config import QuantizeConfig
 from tfcompress.quantize.errors import AlreadyQuantizedError, UnsupportedLayerError
+
+if TYPE_CHECKING:
+    import keras
 
 # Activations TFLite fuses into CONV_2D / FULLY_CONNECTED; others get their own layer.
 _FUSABLE = ("linear", "relu", "relu6")
@@ -36,7 +42,7 @@ class QuantizeReport:
     kept_float: tuple
     folded_batchnorm: tuple
     shared: tuple = ()
-    calibration: object = None
+    calibration: str | None = None
     calibration_samples: int = 0
 
     def __str__(self):
@@ -60,19 +66,25 @@ class QuantizeReport:
 @dataclasses.dataclass
 class _Plan:
     action: str  # the role's name: "weights", "output", "float", "folded_bn", ...
-    handler: object = None
-    scheme: object = None
-    fold_bn: object = None  # the BatchNormalization folded into this layer
-    split_activation: object = None  # activation name moved to its own layer
+    handler: Any = None  # the LayerHandler, or None
+    scheme: str | None = None
+    fold_bn: keras.layers.Layer | None = None  # the BatchNormalization folded into this layer
+    split_activation: str | None = None  # activation name moved to its own layer
     reason: str = ""
-    role: object = None  # the tfcompress.quantize.roles.Role that carries it out
+    role: Any = None  # the tfcompress.quantize.roles.Role that carries it out
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.role is None:
             self.role = roles.get_role(self.action)
 
 
-def quantize_model(model, config=None, *, representative_data=None, only_annotated=False):
+def quantize_model(
+    model: keras.Model,
+    config: QuantizeConfig | None = None,
+    *,
+    representative_data: Any = None,
+    only_annotated: bool = False,
+) -> keras.Model:
     """Return a new quantization-aware (QAT) copy of `model`.
 
     Keras 3 models get fake-quant layers of ours: kernels fake-quantized
@@ -138,7 +150,7 @@ def quantize_model(model, config=None, *, representative_data=None, only_annotat
         return attach(qat, wrapper_report("quantize_model", model, qat, "tfmot QAT"))
     functional = _as_functional(model)
     _check_not_quantized(functional)
-    shared = {}
+    shared: dict[str, tuple[str, str, str]] = {}
     functional = _inline_nested(functional, shared)
     plans = _plan(functional, config, only_annotated)
     qat = _clone(functional, plans, config, shared)
@@ -182,7 +194,9 @@ def quantize_model(model, config=None, *, representative_data=None, only_annotat
     )
 
 
-def quantize_apply(model, config=None, **kwargs):
+def quantize_apply(
+    model: keras.Model, config: QuantizeConfig | None = None, **kwargs: Any
+) -> keras.Model:
     """Quantize only the annotated layers of `model` (tfmot's `quantize_apply`).
 
     Args:
@@ -465,19 +479,25 @@ def _plan_layer(layer, model, config, only_annotated, skip, note):
 class _CloneContext:
     """What a `Role` may use while the transform clones the graph (see roles.py)."""
 
-    def __init__(self, model, plans, config, shared):
+    def __init__(
+        self,
+        model: keras.Model,
+        plans: dict[str, _Plan],
+        config: QuantizeConfig,
+        shared: dict[str, tuple[str, str, str]],
+    ) -> None:
         import keras
 
         self.keras = keras
         self.config = config
         self.plans = plans
         self.shared = shared
-        self.originals = {}  # id(new layer) -> original layer
-        self.quantized = set()  # ids of KerasTensors that carry a fake-quant range
-        self.input_quant = {}  # id(tensor) -> quantized tensor
+        self.originals: dict[int, keras.layers.Layer] = {}  # id(new layer) -> original layer
+        self.quantized: set[int] = set()  # ids of KerasTensors that carry a fake-quant range
+        self.input_quant: dict[int, keras.KerasTensor] = {}  # id(tensor) -> quantized tensor
         self.used_names = {layer.name for layer in model.layers}
 
-    def unique(self, name):
+    def unique(self, name: str) -> str:
         base, i = name, 1
         while name in self.used_names:
             i += 1
@@ -485,23 +505,28 @@ class _CloneContext:
         self.used_names.add(name)
         return name
 
-    def copy_layer(self, layer, overrides=None, rebuild=False):
+    def copy_layer(
+        self,
+        layer: keras.layers.Layer,
+        overrides: dict[str, Any] | None = None,
+        rebuild: bool = False,
+    ) -> keras.layers.Layer:
         return copy_layer(layer, self.shared, overrides, rebuild)
 
-    def plan_of(self, new):
+    def plan_of(self, new: keras.layers.Layer) -> _Plan:
         return self.plans[self.originals[id(new)].name]
 
-    def original_of(self, new):
+    def original_of(self, new: keras.layers.Layer) -> keras.layers.Layer:
         return self.originals[id(new)]
 
-    def mark(self, outputs):
+    def mark(self, outputs: Any) -> Any:
         from keras import tree
 
         for t in tree.flatten(outputs):
             self.quantized.add(id(t))
         return outputs
 
-    def all_quantized(self, structure):
+    def all_quantized(self, structure: Any) -> bool:
         from keras import tree
 
         floats = [
@@ -511,7 +536,7 @@ class _CloneContext:
         ]
         return bool(floats) and all(id(t) in self.quantized for t in floats)
 
-    def ensure_quantized(self, t):
+    def ensure_quantized(self, t: Any) -> Any:
         from tfcompress.quantize.layers import ActivationQuantizer
 
         keras = self.keras
