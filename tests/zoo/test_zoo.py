@@ -20,6 +20,11 @@ TEXT = ("lstm", "bert", "roberta", "distilbert", "gpt2")
 #: family -> why it fails today (the exact failure and the issue). Each is strict, so
 #: a fix elsewhere turns it into an XPASS failure and this entry must go.
 KNOWN_FAILURES = {
+    "nasnet_mobile": (
+        "int8 file vs QAT model: top-1 agreement 95.31% < 99% (cosine 0.9947); the two part "
+        "at the unfolded BatchNorm quant_separable_conv_2_bn_normal_left1_2 "
+        "(QuantizeBatchNorm, cosine 0.9898) (quantize engine, issue 18 items 1 and 3)"
+    ),
     "mobilenet_v2": (
         "int8 file vs QAT model: cosine 0.9681 < 0.99, top-1 agreement 86.72% < 99%; the "
         "two part at the linear bottleneck quant_block_5_project (FoldedBatchNormWrapper, "
