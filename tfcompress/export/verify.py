@@ -11,6 +11,8 @@ import dataclasses
 import os
 import re
 import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -131,16 +133,16 @@ class VerifyResult:
 
 
 def verify(
-    tflite_path,
-    model,
-    data,
-    max_samples=1000,
-    batch_size=32,
-    min_agreement=None,
-    min_cosine=None,
-    min_spread=DEFAULT_MIN_SPREAD,
-    locate_divergence=False,
-):
+    tflite_path: str | os.PathLike,
+    model: Any,
+    data: Any,
+    max_samples: int = 1000,
+    batch_size: int = 32,
+    min_agreement: float | None = None,
+    min_cosine: float | None = None,
+    min_spread: float = DEFAULT_MIN_SPREAD,
+    locate_divergence: bool = False,
+) -> VerifyResult:
     """Compare a `.tflite` file with the Keras model it came from.
 
     Runs the file in the LiteRT interpreter (ai-edge-litert) and the model in
@@ -303,7 +305,7 @@ def verify(
     return result
 
 
-def output_spread(outputs):
+def output_spread(outputs: Any) -> float | None:
     """How much outputs vary across samples, relative to their size.
 
     Args:
@@ -345,7 +347,13 @@ def _relative_error(expected, actual):
     return err / norm
 
 
-def first_divergence(tflite_path, model, data, max_samples=8, min_cosine=0.99):
+def first_divergence(
+    tflite_path: str | os.PathLike,
+    model: Any,
+    data: Any,
+    max_samples: int = 8,
+    min_cosine: float = 0.99,
+) -> DivergenceReport:
     """Compare intermediate tensors and name the first layer where file and model part.
 
     The file runs in LiteRT with `experimental_preserve_all_tensors=True`, one
@@ -447,7 +455,9 @@ class OpLocation:
     layer: object
 
 
-def locate_ops(tflite_path, model, op_names=None):
+def locate_ops(
+    tflite_path: str | os.PathLike, model: Any, op_names: Sequence[str] | None = None
+) -> tuple:
     """Name the Keras layer each op of a `.tflite` file came from.
 
     Uses the tensor-name heuristic of `first_divergence`: an op belongs to
