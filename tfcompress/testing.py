@@ -13,6 +13,7 @@ import functools
 import os
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 
@@ -247,14 +248,14 @@ _IMAGE_FAMILIES = ZOO_FAMILIES[:7] + ("vit",)
 
 
 def zoo_model(
-    family,
-    size="tiny",
-    num_classes=None,
-    image_size=None,
-    sequence_length=16,
-    vocabulary_size=512,
-    seed=0,
-):
+    family: str,
+    size: str = "tiny",
+    num_classes: int | None = None,
+    image_size: int | None = None,
+    sequence_length: int = 16,
+    vocabulary_size: int = 512,
+    seed: int = 0,
+) -> Any:
     """A model of one zoo family, with random weights (nothing is downloaded).
 
     `size="full"` builds the real architecture (keras.applications at 224x224,
@@ -446,7 +447,7 @@ def _hub_model(family, tiny, side, sequence_length, vocabulary_size, num_classes
     return keras.Model(backbone.input, logits, name="gpt2_classifier")
 
 
-def zoo_inputs(model, family, n, sequence_length=16, seed=0):
+def zoo_inputs(model: Any, family: str, n: int, sequence_length: int = 16, seed: int = 0) -> Any:
     """Random but valid inputs for a `zoo_model` (for timing, not for fidelity).
 
     Args:
@@ -476,7 +477,14 @@ def zoo_inputs(model, family, n, sequence_length=16, seed=0):
     return _text_inputs(model, tokens, mask)
 
 
-def zoo_data(model, family, n_train=512, n_test=256, sequence_length=16, seed=0):
+def zoo_data(
+    model: Any,
+    family: str,
+    n_train: int = 512,
+    n_test: int = 256,
+    sequence_length: int = 16,
+    seed: int = 0,
+) -> tuple:
     """Real data shaped for a `zoo_model`: digits for images, SST-2 for text.
 
     Images: scikit-learn's 8x8 digits, upsampled to the model's input size
@@ -588,7 +596,14 @@ def _text_inputs(model, tokens, mask):
     return inputs
 
 
-def fit_briefly(model, data, epochs=3, batch_size=32, learning_rate=3e-3, loss=None):
+def fit_briefly(
+    model: Any,
+    data: tuple,
+    epochs: int = 3,
+    batch_size: int = 32,
+    learning_rate: float = 3e-3,
+    loss: Any = None,
+) -> Any:
     """Train a classifier for a few epochs so that its outputs carry signal.
 
     After training, BatchNormalization moving statistics are recomputed on up
@@ -624,7 +639,7 @@ def fit_briefly(model, data, epochs=3, batch_size=32, learning_rate=3e-3, loss=N
     return model
 
 
-def recalibrate_batchnorm(model, x):
+def recalibrate_batchnorm(model: Any, x: Any) -> int:
     """Set every BatchNormalization's moving statistics to those of `x`.
 
     One forward pass in training mode with momentum 0: each layer's moving
@@ -745,24 +760,24 @@ class ModelCheckReport:
 
 
 def check_model(
-    model,
-    data,
+    model: Any,
+    data: tuple,
     *,
-    eval_data=None,
-    loss=None,
-    sparsity=0.5,
-    prune_epochs=1,
-    qat_epochs=1,
-    batch_size=32,
-    learning_rate=1e-4,
-    prune_learning_rate=None,
-    quantize_config=None,
-    checked_ops=CHECKED_OPS,
-    min_cosine=0.99,
-    min_agreement=0.99,
-    max_eval_samples=256,
-    raise_on_failure=True,
-):
+    eval_data: Any = None,
+    loss: Any = None,
+    sparsity: float = 0.5,
+    prune_epochs: int = 1,
+    qat_epochs: int = 1,
+    batch_size: int = 32,
+    learning_rate: float = 1e-4,
+    prune_learning_rate: float | None = None,
+    quantize_config: Any = None,
+    checked_ops: tuple = CHECKED_OPS,
+    min_cosine: float = 0.99,
+    min_agreement: float = 0.99,
+    max_eval_samples: int = 256,
+    raise_on_failure: bool = True,
+) -> ModelCheckReport:
     """Run a trained model through prune -> strip -> QAT -> int8 -> verify -> save/load.
 
     The check a model family needs, in one call: it prunes `model` to
