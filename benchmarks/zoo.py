@@ -116,7 +116,7 @@ def _real_size(family, quick, folder):
     import keras
 
     from tfcompress import export, prune, quantize, testing
-    from tfcompress.export.verify import locate_ops
+    from tfcompress.export.verification import locate_ops
 
     row = {}
     model = testing.zoo_model(family, size="full", sequence_length=SEQUENCE)

@@ -116,7 +116,7 @@ def _note(entry):
     return f": {entry.note}" if entry.note else ""
 
 
-def attach(model, report: Report):
+def attach(model: Any, report: Report) -> Any:
     """Store `report` on `model` (as `model.tfcompress_report`) and return `model`."""
     try:
         setattr(model, ATTRIBUTE, report)
@@ -125,7 +125,7 @@ def attach(model, report: Report):
     return model
 
 
-def wrapper_report(verb: str, model, result, note: str) -> Report:
+def wrapper_report(verb: str, model: Any, result: Any, note: str) -> Report:
     """A `Report` listing the layers `result` wraps (tfmot's wrappers keep theirs in `.layer`).
 
     Args:
@@ -147,7 +147,7 @@ def wrapper_report(verb: str, model, result, note: str) -> Report:
     return Report(verb, getattr(model, "name", ""), done=done, details="tfmot (tf_keras)")
 
 
-def report_of(model) -> Report | None:
+def report_of(model: Any) -> Report | None:
     """The `Report` the last tfcompress verb stored on `model`, or `None`.
 
     Args:

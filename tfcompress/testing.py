@@ -7,15 +7,22 @@ Example:
 >>> testing.assert_exports_int8(model, representative_data=x_train[:64])
 """
 
+from __future__ import annotations
+
 import collections
 import dataclasses
 import functools
 import os
 import tempfile
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+    import tf_keras
 
 
 def _digits_cnn(k, filters, dense_units, num_classes, seed, name):
@@ -34,7 +41,13 @@ def _digits_cnn(k, filters, dense_units, num_classes, seed, name):
     return k.Model(inputs, outputs, name=name)
 
 
-def digits_cnn(filters=(8, 16), dense_units=32, num_classes=10, seed=0, name="digits_cnn"):
+def digits_cnn(
+    filters: Sequence[int] = (8, 16),
+    dense_units: int = 32,
+    num_classes: int = 10,
+    seed: int = 0,
+    name: str = "digits_cnn",
+) -> keras.Model:
     """A small Keras 3 CNN for 8x8x1 digits images (logits out).
 
     Args:
@@ -53,15 +66,25 @@ def digits_cnn(filters=(8, 16), dense_units=32, num_classes=10, seed=0, name="di
 
 
 def tf_keras_digits_cnn(
-    filters=(8, 16), dense_units=32, num_classes=10, seed=0, name="digits_cnn_tf_keras"
-):
+    filters: Sequence[int] = (8, 16),
+    dense_units: int = 32,
+    num_classes: int = 10,
+    seed: int = 0,
+    name: str = "digits_cnn_tf_keras",
+) -> tf_keras.Model:
     """The tf_keras twin of `digits_cnn` (same layers, same names), for the tfmot engine."""
     import tf_keras
 
     return _digits_cnn(tf_keras, filters, dense_units, num_classes, seed, name)
 
 
-def tiny_mlp(input_dim=16, hidden=(32,), num_classes=4, seed=0, name="tiny_mlp"):
+def tiny_mlp(
+    input_dim: int = 16,
+    hidden: Sequence[int] = (32,),
+    num_classes: int = 4,
+    seed: int = 0,
+    name: str = "tiny_mlp",
+) -> keras.Model:
     """A Keras 3 MLP on flat features."""
     import keras
 
@@ -75,15 +98,15 @@ def tiny_mlp(input_dim=16, hidden=(32,), num_classes=4, seed=0, name="tiny_mlp")
 
 
 def tiny_bert_classifier(
-    vocabulary_size=100,
-    num_layers=1,
-    hidden_dim=16,
-    num_heads=2,
-    intermediate_dim=32,
-    sequence_length=16,
-    num_classes=2,
-    seed=0,
-):
+    vocabulary_size: int = 100,
+    num_layers: int = 1,
+    hidden_dim: int = 16,
+    num_heads: int = 2,
+    intermediate_dim: int = 32,
+    sequence_length: int = 16,
+    num_classes: int = 2,
+    seed: int = 0,
+) -> keras.Model:
     """A keras-hub `BertTextClassifier` built from config (no download), dict inputs.
 
     Returns:
@@ -106,7 +129,9 @@ def tiny_bert_classifier(
     return keras_hub.models.BertTextClassifier(backbone, num_classes=num_classes, preprocessor=None)
 
 
-def random_bert_inputs(n, vocabulary_size=100, sequence_length=16, seed=0):
+def random_bert_inputs(
+    n: int, vocabulary_size: int = 100, sequence_length: int = 16, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Random but valid inputs for `tiny_bert_classifier` (dict of int32 arrays)."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(3, sequence_length + 1, size=n)
@@ -119,15 +144,19 @@ def random_bert_inputs(n, vocabulary_size=100, sequence_length=16, seed=0):
     }
 
 
-def accuracy(model, x, y, batch_size=256):
+def accuracy(model: Any, x: Any, y: Any, batch_size: int = 256) -> float:
     """Top-1 accuracy of a Keras model (logits or probabilities out) on integer labels."""
     predictions = model.predict(x, batch_size=batch_size, verbose=0)
     return float(np.mean(np.argmax(predictions, axis=-1) == np.asarray(y)))
 
 
 def assert_exports_int8(
-    model, representative_data=None, data=None, min_agreement=0.9, op_names=None
-):
+    model: keras.Model,
+    representative_data: Any = None,
+    data: Any = None,
+    min_agreement: float = 0.9,
+    op_names: Sequence[str] | None = None,
+) -> tuple:
     """Export `model` to full-int8 TFLite and assert every compute op runs in int8.
 
     Args:
@@ -150,7 +179,7 @@ def assert_exports_int8(
         names = op_names or export.COMPUTE_OPS
         float_ops = info.float_compute_ops(names)
         if float_ops:
-            from tfcompress.export.verify import locate_ops
+            from tfcompress.export.verification import locate_ops
 
             located = [
                 op
@@ -167,7 +196,7 @@ def assert_exports_int8(
     return result, info, verification
 
 
-def assert_round_trips(model, inputs, atol=1e-6):
+def assert_round_trips(model: keras.Model, inputs: Any, atol: float = 1e-6) -> keras.Model:
     """Save `model` as `.keras`, load it back, and assert identical predictions."""
     import keras
 
@@ -181,7 +210,7 @@ def assert_round_trips(model, inputs, atol=1e-6):
     return loaded
 
 
-def run_on_logical_cpus(code, num_devices=2, timeout=300):
+def run_on_logical_cpus(code: str, num_devices: int = 2, timeout: float = 300) -> str:
     """Run Python `code` in a fresh process whose CPU is split into `num_devices` devices.
 
     Logical devices must be configured before TensorFlow starts, hence the
@@ -697,7 +726,7 @@ class ModelCheckReport:
         quantize_report: the `QuantizeReport` of `quantize_model`.
         op_counts: `{op name: {compute dtype: count}}` over the file's compute ops.
         float_ops: the checked compute ops not in int8, as
-            `tfcompress.export.verify.OpLocation` (with the Keras layer named).
+            `tfcompress.export.verification.OpLocation` (with the Keras layer named).
         unexplained_float_ops: those of `float_ops` whose layer the QAT
             report does not list as kept in float.
         int8_share: share of the file's compute ops (`export.COMPUTE_OPS`)
@@ -831,7 +860,7 @@ def check_model(
     import keras
 
     from tfcompress import export, prune, quantize
-    from tfcompress.export.verify import first_divergence, locate_ops
+    from tfcompress.export.verification import first_divergence, locate_ops
 
     x, y = data
     eval_x, eval_y = eval_data if isinstance(eval_data, tuple) else (eval_data, None)
@@ -924,10 +953,11 @@ def check_model(
                 try:
                     divergence = first_divergence(path, qat, eval_x, min_cosine=min_cosine)
                 except Exception as e:  # the numbers above stand without it
-                    divergence = f"(no layer comparison: {type(e).__name__}: {e})"
+                    where = f"(no layer comparison: {type(e).__name__}: {e})"
                 else:
                     fields["fidelity"] = dataclasses.replace(check, divergence=divergence)
-                failures.append("int8 file vs QAT model: " + ", ".join(wrong) + f"; {divergence}")
+                    where = str(divergence)
+                failures.append("int8 file vs QAT model: " + ", ".join(wrong) + f"; {where}")
             failures.extend(f"verify warning: {w}" for w in check.warnings)
 
             def round_trip():

@@ -5,7 +5,7 @@ import pytest
 
 from tfcompress import export
 from tfcompress.errors import VerificationError
-from tfcompress.export.verify import first_divergence, locate_ops, output_spread
+from tfcompress.export.verification import first_divergence, locate_ops, output_spread
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from tfcompress.export.modes import ExportMode, available_modes, get_mode, regis
 from tfcompress.export.profiling import OpProfile, OpTime, profile
 from tfcompress.export.target import Candidate
 from tfcompress.export.timing import benchmark
-from tfcompress.export.verify import (
+from tfcompress.export.verification import (
     DivergenceReport,
     LayerFidelity,
     VerifyResult,

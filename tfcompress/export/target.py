@@ -123,7 +123,7 @@ def export_for_target(
 def _fastest_for_cpu(
     to_tflite, model, path, representative_data, options, min_agreement, repetitions
 ):
-    from tfcompress.export.verify import verify
+    from tfcompress.export.verification import verify
 
     folder = tempfile.mkdtemp(prefix="tfcompress-target-", dir=os.path.dirname(path) or ".")
     try:

@@ -115,7 +115,7 @@ class VerifyResult:
     output_spread: object = None
     collapsed: bool = False
     warnings: tuple = ()
-    divergence: object = None
+    divergence: DivergenceReport | None = None
 
     def __str__(self):
         text = (
@@ -450,7 +450,7 @@ class OpLocation:
 
     index: int
     op: str
-    compute_dtype: str
+    compute_dtype: str | None
     tensor: str
     layer: object
 
