@@ -50,10 +50,12 @@ def run_all(names, quick=False, write=True, options=None):
             traceback.print_exc()
             status, error = "**failed**", f"{type(e).__name__}: {e}".splitlines()[0][:300]
         rows.append([name, status, f"{time.perf_counter() - start:.0f}", error])
-    body = ("Which benchmarks ran in the last `python -m benchmarks"
-            + (" --quick" if quick else "") + "` run, how long each took, and why any "
-            "failed.\n\n"
-            + _common.markdown_table(["benchmark", "status", "seconds", "error"], rows))
+    body = (
+        "Which benchmarks ran in the last `python -m benchmarks"
+        + (" --quick" if quick else "")
+        + "` run, how long each took, and why any "
+        "failed.\n\n" + _common.markdown_table(["benchmark", "status", "seconds", "error"], rows)
+    )
     print(body)
     if write:
         _common.update_section("Run summary", body, "benchmarks/__main__.py")
@@ -63,19 +65,27 @@ def run_all(names, quick=False, write=True, options=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small settings (< 10 minutes)")
-    parser.add_argument("--only", nargs="+", metavar="NAME",
-                        help=f"run only these: {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", help=f"run only these: {', '.join(BENCHMARKS)}"
+    )
     parser.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
-    parser.add_argument("--tasks", nargs="+", metavar="TASK",
-                        help="Summary rows of these tasks only (see benchmarks/tasks.py)")
-    parser.add_argument("--methods", nargs="+", metavar="METHOD",
-                        help="Summary rows of these methods only (see benchmarks/summary.py)")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        metavar="TASK",
+        help="Summary rows of these tasks only (see benchmarks/tasks.py)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="METHOD",
+        help="Summary rows of these methods only (see benchmarks/summary.py)",
+    )
     args = parser.parse_args(argv)
     names = args.only or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
-        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from "
-                     f"{', '.join(BENCHMARKS)}")
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     options = {}
     if args.tasks or args.methods:
         from benchmarks import summary

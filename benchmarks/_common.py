@@ -24,15 +24,25 @@ def environment():
     import importlib.metadata as md
 
     versions = []
-    for name in ("tensorflow", "keras", "tf-keras", "tensorflow-model-optimization",
-                 "keras-hub", "ai-edge-litert"):
+    for name in (
+        "tensorflow",
+        "keras",
+        "tf-keras",
+        "tensorflow-model-optimization",
+        "keras-hub",
+        "ai-edge-litert",
+    ):
         try:
             versions.append(f"{name} {md.version(name)}")
         except md.PackageNotFoundError:
             pass
-    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, Python "
-            f"{platform.python_version()}; " + ", ".join(versions) + "; "
-            + datetime.date.today().isoformat())
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, Python "
+        f"{platform.python_version()}; "
+        + ", ".join(versions)
+        + "; "
+        + datetime.date.today().isoformat()
+    )
 
 
 def markdown_table(headers, rows):
@@ -47,8 +57,10 @@ def update_section(name, body, script):
     from tfcompress._io import atomic_write_text
 
     text = open(BENCHMARKS_MD).read() if os.path.exists(BENCHMARKS_MD) else _HEADER
-    block = (f"<!-- section:{name} -->\n## {name}\n\n_Written by `{script}` on "
-             f"{environment()}._\n\n{body.strip()}\n<!-- /section:{name} -->")
+    block = (
+        f"<!-- section:{name} -->\n## {name}\n\n_Written by `{script}` on "
+        f"{environment()}._\n\n{body.strip()}\n<!-- /section:{name} -->"
+    )
     tag = re.escape(name)
     pattern = re.compile(rf"<!-- section:{tag} -->.*?<!-- /section:{tag} -->", re.S)
     if pattern.search(text):
@@ -79,8 +91,14 @@ def alternating_times(functions, repetitions=5):
 
 def median_spread(values, fmt="{:.3f}"):
     """'median (min-max)' as text."""
-    return (fmt.format(statistics.median(values)) + " (" + fmt.format(min(values)) + "-"
-            + fmt.format(max(values)) + ")")
+    return (
+        fmt.format(statistics.median(values))
+        + " ("
+        + fmt.format(min(values))
+        + "-"
+        + fmt.format(max(values))
+        + ")"
+    )
 
 
 def litert_runner(path, num_threads=1):

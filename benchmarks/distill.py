@@ -197,8 +197,9 @@ def measure_sst2(quick=False, seeds=(0, 1, 2)):
     epochs = 1 if quick else 3
 
     def bert(seed, **size):
-        return testing.tiny_bert_classifier(vocabulary_size=vocab, sequence_length=32,
-                                            num_heads=2, seed=seed, **size)
+        return testing.tiny_bert_classifier(
+            vocabulary_size=vocab, sequence_length=32, num_heads=2, seed=seed, **size
+        )
 
     teacher = bert(0, num_layers=2, hidden_dim=64, intermediate_dim=128)
     teacher.compile(optimizer=keras.optimizers.Adam(1e-3), loss=_ce())
@@ -215,12 +216,20 @@ def measure_sst2(quick=False, seeds=(0, 1, 2)):
         trainer.compile(optimizer=keras.optimizers.Adam(2e-3), loss=_ce())
         trainer.fit(x_train, splits.y_train, epochs=epochs, batch_size=32, verbose=0)
         distilled.append(_acc(student, x_test, splits.y_test))
-    cache_ratios = _bert_cache_speed(distill, teacher, bert, student_size, x_train,
-                                     splits.y_train, repetitions=2 if quick else 3)
-    return dict(teacher_acc=_acc(teacher, x_test, splits.y_test),
-                teacher_params=teacher.count_params(), student_params=student.count_params(),
-                labels_only=labels_only, distilled=distilled, n_train=len(splits.x_train),
-                n_test=len(splits.x_test), epochs=epochs, cache_ratios=cache_ratios)
+    cache_ratios = _bert_cache_speed(
+        distill, teacher, bert, student_size, x_train, splits.y_train, repetitions=2 if quick else 3
+    )
+    return dict(
+        teacher_acc=_acc(teacher, x_test, splits.y_test),
+        teacher_params=teacher.count_params(),
+        student_params=student.count_params(),
+        labels_only=labels_only,
+        distilled=distilled,
+        n_train=len(splits.x_train),
+        n_test=len(splits.x_test),
+        epochs=epochs,
+        cache_ratios=cache_ratios,
+    )
 
 
 def _bert_cache_speed(distill, teacher, bert, student_size, x, y, repetitions):
@@ -237,8 +246,10 @@ def _bert_cache_speed(distill, teacher, bert, student_size, x, y, repetitions):
 
     live, cached = trainer(teacher), trainer(cache)
     cached_data = cache.dataset(x, y, batch_size=32)
-    epochs = {"live": lambda: live.fit(x, y, epochs=1, batch_size=32, verbose=0),
-              "cached": lambda: cached.fit(cached_data, epochs=1, verbose=0)}
+    epochs = {
+        "live": lambda: live.fit(x, y, epochs=1, batch_size=32, verbose=0),
+        "cached": lambda: cached.fit(cached_data, epochs=1, verbose=0),
+    }
     for run_epoch in epochs.values():
         run_epoch()  # trace once before timing
     times = alternating_times(epochs, repetitions=repetitions)
@@ -251,26 +262,47 @@ def report_sst2(r):
 
     ratio = r["teacher_params"] / r["student_params"]
     rows = [
-        ["teacher (2 layers, hidden 64)", f"{r['teacher_params']:,}", f"{r['teacher_acc']:.4f}",
-         "100%"],
-        ["student (1 layer, hidden 16), labels only", f"{r['student_params']:,}",
-         stats(r["labels_only"]), f"{np.mean(r['labels_only']) / r['teacher_acc']:.1%}"],
-        ["same student, distilled (alpha 0.3, T 2)", f"{r['student_params']:,}",
-         stats(r["distilled"]), f"{np.mean(r['distilled']) / r['teacher_acc']:.1%}"],
+        [
+            "teacher (2 layers, hidden 64)",
+            f"{r['teacher_params']:,}",
+            f"{r['teacher_acc']:.4f}",
+            "100%",
+        ],
+        [
+            "student (1 layer, hidden 16), labels only",
+            f"{r['student_params']:,}",
+            stats(r["labels_only"]),
+            f"{np.mean(r['labels_only']) / r['teacher_acc']:.1%}",
+        ],
+        [
+            "same student, distilled (alpha 0.3, T 2)",
+            f"{r['student_params']:,}",
+            stats(r["distilled"]),
+            f"{np.mean(r['distilled']) / r['teacher_acc']:.1%}",
+        ],
     ]
-    table = markdown_table(["model", "parameters", "SST-2 dev accuracy (mean ± std, "
-                            f"{len(r['distilled'])} seeds)", "of teacher"], rows)
+    table = markdown_table(
+        [
+            "model",
+            "parameters",
+            f"SST-2 dev accuracy (mean ± std, {len(r['distilled'])} seeds)",
+            "of teacher",
+        ],
+        rows,
+    )
     gain = np.mean(r["distilled"]) - np.mean(r["labels_only"])
-    return (f"### SST-2, keras-hub BERT built from config\n\n{r['n_train']:,} training "
-            f"sentences, the {r['n_test']} dev sentences as test set, sequence length 32, "
-            f"WordPiece vocabulary of 2,000; teacher 2 epochs, students {r['epochs']} "
-            f"epoch(s). The student has **{ratio:.1f}x** fewer parameters.\n\n{table}\n\n"
-            f"Distilled minus labels-only mean accuracy: **{gain:+.4f}**.\n\nWith this BERT "
-            "teacher, one distillation epoch from `cache_teacher_outputs` against the live "
-            f"teacher (alternating repetitions): live / cached **"
-            f"{median_spread(r['cache_ratios'], '{:.2f}')}x**.\n\nNo pretrained "
-            "weights can be downloaded here, so these from-scratch models are far from "
-            "published fine-tuned BERT numbers (91-93%).")
+    return (
+        f"### SST-2, keras-hub BERT built from config\n\n{r['n_train']:,} training "
+        f"sentences, the {r['n_test']} dev sentences as test set, sequence length 32, "
+        f"WordPiece vocabulary of 2,000; teacher 2 epochs, students {r['epochs']} "
+        f"epoch(s). The student has **{ratio:.1f}x** fewer parameters.\n\n{table}\n\n"
+        f"Distilled minus labels-only mean accuracy: **{gain:+.4f}**.\n\nWith this BERT "
+        "teacher, one distillation epoch from `cache_teacher_outputs` against the live "
+        f"teacher (alternating repetitions): live / cached **"
+        f"{median_spread(r['cache_ratios'], '{:.2f}')}x**.\n\nNo pretrained "
+        "weights can be downloaded here, so these from-scratch models are far from "
+        "published fine-tuned BERT numbers (91-93%)."
+    )
 
 
 def main(argv=None):

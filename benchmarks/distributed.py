@@ -43,25 +43,33 @@ def _measure(repetitions):
     from tfcompress.data import load_digits
 
     data = load_digits()
-    dataset = (tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
-               .batch(GLOBAL_BATCH, drop_remainder=True).cache())
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
+        .batch(GLOBAL_BATCH, drop_remainder=True)
+        .cache()
+    )
     steps = len(data.x_train) // GLOBAL_BATCH
-    strategies = {"one device": tf.distribute.OneDeviceStrategy("/cpu:0"),
-                  "MirroredStrategy": train.strategy(devices=["/cpu:0", "/cpu:1"], log=False)}
+    strategies = {
+        "one device": tf.distribute.OneDeviceStrategy("/cpu:0"),
+        "MirroredStrategy": train.strategy(devices=["/cpu:0", "/cpu:1"], log=False),
+    }
 
     def build(kind, strategy):
         with strategy.scope():
             model = testing.digits_cnn(**ARCH)
             callbacks = []
             if kind == "pruned":
-                model = prune.prune_low_magnitude(model, prune.ConstantSparsity(0.8, 0,
-                                                                                frequency=10))
+                model = prune.prune_low_magnitude(
+                    model, prune.ConstantSparsity(0.8, 0, frequency=10)
+                )
                 callbacks = [prune.UpdatePruningStep()]
             elif kind == "QAT":
                 model = quantize.quantize_model(model)
-            model.compile(keras.optimizers.Adam(1e-3),
-                          keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                          metrics=["accuracy"])
+            model.compile(
+                keras.optimizers.Adam(1e-3),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"],
+            )
         return model, callbacks
 
     runs = {(k, s): build(k, strategies[s]) for s in STRATEGIES for k in KINDS}
@@ -81,11 +89,20 @@ def run(quick=False, write=True):
     from benchmarks import _common
 
     repetitions = 3 if quick else 9
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [_common.ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [_common.ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+        ),
+    )
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.distributed", "--measure", str(repetitions)],
-        cwd=_common.ROOT, env=env, capture_output=True, text=True, timeout=1800)
+        cwd=_common.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"the measuring subprocess failed:\n{done.stderr[-3000:]}")
     measured = json.loads(done.stdout.strip().splitlines()[-1])
@@ -104,24 +121,34 @@ def run(quick=False, write=True):
         over_one = ratios(one, times("plain", "one device"))
         over_mirrored = ratios(mirrored, times("plain", "MirroredStrategy"))
         overhead[kind] = ratios(over_mirrored, over_one)
-        rows.append([
-            kind,
-            _common.median_spread([t * 1000 for t in one], "{:.2f}"),
-            _common.median_spread([t * 1000 for t in mirrored], "{:.2f}"),
-            _common.median_spread(ratios(mirrored, one), "{:.2f}"),
-            _common.median_spread(over_one, "{:.2f}"),
-            _common.median_spread(over_mirrored, "{:.2f}"),
-            "" if kind == "plain" else f"**{statistics.median(overhead[kind]):.2f}**",
-        ])
+        rows.append(
+            [
+                kind,
+                _common.median_spread([t * 1000 for t in one], "{:.2f}"),
+                _common.median_spread([t * 1000 for t in mirrored], "{:.2f}"),
+                _common.median_spread(ratios(mirrored, one), "{:.2f}"),
+                _common.median_spread(over_one, "{:.2f}"),
+                _common.median_spread(over_mirrored, "{:.2f}"),
+                "" if kind == "plain" else f"**{statistics.median(overhead[kind]):.2f}**",
+            ]
+        )
     table = _common.markdown_table(
-        ["model", "one device ms/step", "MirroredStrategy ms/step", "Mirrored / one device",
-         "/ plain, one device", "/ plain, Mirrored", "wrapper overhead, Mirrored / one device"],
-        rows)
+        [
+            "model",
+            "one device ms/step",
+            "MirroredStrategy ms/step",
+            "Mirrored / one device",
+            "/ plain, one device",
+            "/ plain, Mirrored",
+            "wrapper overhead, Mirrored / one device",
+        ],
+        rows,
+    )
     body = (
         f"Digits CNN (Conv16-Pool-Conv32-Dense64-Dense10), global batch {GLOBAL_BATCH} "
-        f"({measured['steps']} steps per epoch), Adam. `MirroredStrategy([\"/cpu:0\", "
-        "\"/cpu:1\"])` over two logical devices that share this machine's cores, against "
-        "`OneDeviceStrategy(\"/cpu:0\")`. pruned: `prune_low_magnitude(ConstantSparsity(0.8, "
+        f'({measured["steps"]} steps per epoch), Adam. `MirroredStrategy(["/cpu:0", '
+        '"/cpu:1"])` over two logical devices that share this machine\'s cores, against '
+        '`OneDeviceStrategy("/cpu:0")`. pruned: `prune_low_magnitude(ConstantSparsity(0.8, '
         "frequency=10))` + `UpdatePruningStep`; QAT: `quantize_model`. Step time: lower "
         "quartile of one epoch's step times inside fit(), "
         f"{repetitions} alternating repetitions of the six runs, median (min-max). The last "
@@ -133,8 +160,11 @@ def run(quick=False, write=True):
     print(body)
     if write:
         _common.update_section("Distributed training", body, "benchmarks/distributed.py")
-    return {"body": body, "overhead": {k: statistics.median(v) for k, v in overhead.items()},
-            "measured": measured}
+    return {
+        "body": body,
+        "overhead": {k: statistics.median(v) for k, v in overhead.items()},
+        "measured": measured,
+    }
 
 
 def main(argv=None):

@@ -20,9 +20,11 @@ def train_digits_cnn(data, epochs):
     from tfcompress import testing
 
     model = testing.digits_cnn(filters=(16, 32), dense_units=64)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     model.fit(data.x_train, data.y_train, epochs=epochs, batch_size=32, verbose=0)
     return model
 
@@ -37,8 +39,12 @@ def run(quick=False, write=True):
     folder = tempfile.mkdtemp(prefix="tfcompress-bench-")
     results, checks = {}, {}
     for mode in export.available_modes():
-        results[mode] = export.to_tflite(model, os.path.join(folder, f"{mode}.tflite"),
-                                         mode=mode, representative_data=data.x_train)
+        results[mode] = export.to_tflite(
+            model,
+            os.path.join(folder, f"{mode}.tflite"),
+            mode=mode,
+            representative_data=data.x_train,
+        )
         checks[mode] = export.verify(results[mode].path, model, (data.x_test, data.y_test))
 
     # Alternate the files within each repetition so machine noise hits all alike.
@@ -54,17 +60,31 @@ def run(quick=False, write=True):
     for mode, r in results.items():
         c = checks[mode]
         ratios = [t / f for t, f in zip(latency[mode], latency["float32"])]
-        rows.append([
-            mode, f"{r.bytes:,}", f"{r.gzip_bytes:,}", f"{base.bytes / r.bytes:.2f}x",
-            f"{c.tflite_accuracy:.4f}", f"{c.tflite_accuracy - c.keras_accuracy:+.4f}",
-            f"{c.top1_agreement:.2%}",
-            _common.median_spread([t * 1000 for t in latency[mode]], "{:.2f}"),
-            _common.median_spread(ratios, "{:.2f}"),
-        ])
+        rows.append(
+            [
+                mode,
+                f"{r.bytes:,}",
+                f"{r.gzip_bytes:,}",
+                f"{base.bytes / r.bytes:.2f}x",
+                f"{c.tflite_accuracy:.4f}",
+                f"{c.tflite_accuracy - c.keras_accuracy:+.4f}",
+                f"{c.top1_agreement:.2%}",
+                _common.median_spread([t * 1000 for t in latency[mode]], "{:.2f}"),
+                _common.median_spread(ratios, "{:.2f}"),
+            ]
+        )
     table = _common.markdown_table(
-        ["mode", "bytes", "gzip bytes", "float32 / mode size", "test accuracy (LiteRT)",
-         "vs Keras float", "top-1 agreement", "latency us, median (min-max)",
-         "latency / float32"],
+        [
+            "mode",
+            "bytes",
+            "gzip bytes",
+            "float32 / mode size",
+            "test accuracy (LiteRT)",
+            "vs Keras float",
+            "top-1 agreement",
+            "latency us, median (min-max)",
+            "latency / float32",
+        ],
         rows,
     )
     body = (

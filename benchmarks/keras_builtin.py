@@ -52,26 +52,34 @@ def run(quick=False, write=True):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one warning per layer without int8 support
         quantized.quantize("int8")
-    quantized.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"])
+    quantized.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     _, q_accuracy = quantized.evaluate(data.x_test, data.y_test, verbose=0)
     int8_layers = sorted({w.path.split("/")[0] for w in quantized.weights if w.dtype == "int8"})
     with tempfile.TemporaryDirectory() as folder:
         ok, message = _raw_conversion(quantized, folder)
     rows = [
         ["float model (Keras)", f"{float_accuracy:.4f}", "-", "yes (see Export modes)"],
-        ['`model.quantize("int8")`', f"{q_accuracy:.4f}", ", ".join(int8_layers) or "none",
-         ("yes: " if ok else "**no**: ") + message.replace("|", "\\|")],
+        [
+            '`model.quantize("int8")`',
+            f"{q_accuracy:.4f}",
+            ", ".join(int8_layers) or "none",
+            ("yes: " if ok else "**no**: ") + message.replace("|", "\\|"),
+        ],
     ]
     table = _common.markdown_table(
         ["model", "test accuracy (Keras)", "layers holding int8 weights", "converts to TFLite"],
-        rows)
+        rows,
+    )
     body = (
         "Keras 3's built-in weight-only int8 quantization on the digits CNN (same training "
         "as the Export modes section). Keras quantizes only Dense / EinsumDense / Embedding "
         "layers (Conv2D has no `quantize` method). The export column is the TFLite "
-        "converter's own verdict, tried on both routes.\n\n" + table
-        + ("\n\n(quick mode)" if quick else ""))
+        "converter's own verdict, tried on both routes.\n\n"
+        + table
+        + ("\n\n(quick mode)" if quick else "")
+    )
     print(body)
     if write:
         _common.update_section("Keras built-in quantization", body, "benchmarks/keras_builtin.py")

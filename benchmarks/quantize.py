@@ -22,9 +22,11 @@ ARCH = dict(filters=(16, 32), dense_units=64)
 
 
 def _compile(model, k, lr):
-    model.compile(optimizer=k.optimizers.Adam(lr),
-                  loss=k.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=k.optimizers.Adam(lr),
+        loss=k.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -66,12 +68,14 @@ def run(quick=False, write=True):
     files, keras_models = {}, {}
     files["float32"] = export.to_tflite(model, path("float32")).path
     keras_models["float32"] = model
-    files["PTQ int8 (converter)"] = export.to_tflite(model, path("ptq"), mode="int8",
-                                                     representative_data=x).path
+    files["PTQ int8 (converter)"] = export.to_tflite(
+        model, path("ptq"), mode="int8", representative_data=x
+    ).path
     keras_models["PTQ int8 (converter)"] = model
     for method in ("minmax", "percentile", "mse"):
-        ptq = quantize.quantize_model(model, QuantizeConfig(calibration=method),
-                                      representative_data=x[:512])
+        ptq = quantize.quantize_model(
+            model, QuantizeConfig(calibration=method), representative_data=x[:512]
+        )
         name = f"PTQ int8 (ours, {method})"
         files[name] = _convert_qat(ptq, path(f"ptq_{method}"))
         keras_models[name] = ptq
@@ -89,8 +93,13 @@ def run(quick=False, write=True):
 
     lowbit = {}
     for scheme in ("int4", "binary"):
-        m = _compile(quantize.quantize_model(model, QuantizeConfig(weight_scheme=scheme),
-                                             representative_data=x[:512]), keras, 1e-3)
+        m = _compile(
+            quantize.quantize_model(
+                model, QuantizeConfig(weight_scheme=scheme), representative_data=x[:512]
+            ),
+            keras,
+            1e-3,
+        )
         m.fit(x, y, epochs=qat_epochs + (1 if quick else 2), batch_size=32, verbose=0)
         name = f"QAT {scheme} weights (ours)"
         files[name] = _convert_qat(m, path(scheme))
@@ -120,51 +129,110 @@ def run(quick=False, write=True):
         gz = export.gzip_size(open(p, "rb").read())
         info = export.inspect(p)
         ratios = [a / b for a, b in zip(latency[name], latency["float32"], strict=True)]
-        rows.append([name, f"{check.keras_accuracy:.4f}", f"{check.tflite_accuracy:.4f}",
-                     f"{check.top1_agreement:.2%}", "yes" if info.is_fully_integer() else "no",
-                     f"{raw:,}", f"{gz:,}", f"{float_raw / raw:.2f}x",
-                     _common.median_spread(ratios, "{:.2f}")])
+        rows.append(
+            [
+                name,
+                f"{check.keras_accuracy:.4f}",
+                f"{check.tflite_accuracy:.4f}",
+                f"{check.top1_agreement:.2%}",
+                "yes" if info.is_fully_integer() else "no",
+                f"{raw:,}",
+                f"{gz:,}",
+                f"{float_raw / raw:.2f}x",
+                _common.median_spread(ratios, "{:.2f}"),
+            ]
+        )
     float_acc = float(np.mean(np.argmax(model.predict(xt, verbose=0), -1) == yt))
     twin_acc = export.verify(twin_float, twin, (xt, yt)).keras_accuracy
     table = _common.markdown_table(
-        ["variant", "Keras accuracy", "TFLite accuracy", "TFLite vs Keras top-1",
-         "all compute int8", "bytes", "gzip bytes", "float32 / variant size",
-         "latency / float32, median (min-max)"], rows)
+        [
+            "variant",
+            "Keras accuracy",
+            "TFLite accuracy",
+            "TFLite vs Keras top-1",
+            "all compute int8",
+            "bytes",
+            "gzip bytes",
+            "float32 / variant size",
+            "latency / float32, median (min-max)",
+        ],
+        rows,
+    )
 
     # Training step overhead: fit() of each, alternating; every model traced beforehand.
     plain = _compile(testing.digits_cnn(**ARCH), keras, 1e-3)
     plain_tfk = _compile(testing.tf_keras_digits_cnn(**ARCH), tf_keras, 1e-3)
-    fits = {"Keras 3 plain": plain, "Keras 3 QAT (ours)": qat,
-            "tf_keras plain": plain_tfk, "tf_keras QAT (tfmot)": tfmot_qat}
+    fits = {
+        "Keras 3 plain": plain,
+        "Keras 3 QAT (ours)": qat,
+        "tf_keras plain": plain_tfk,
+        "tf_keras QAT (tfmot)": tfmot_qat,
+    }
     for m in fits.values():
         m.fit(x[:64], y[:64], epochs=1, batch_size=32, verbose=0)
     timed_epochs = 1 if quick else 4
     times = _common.alternating_times(
-        {name: (lambda m=m: m.fit(x, y, epochs=timed_epochs, batch_size=32, verbose=0))
-         for name, m in fits.items()}, repetitions=repetitions)
+        {
+            name: (lambda m=m: m.fit(x, y, epochs=timed_epochs, batch_size=32, verbose=0))
+            for name, m in fits.items()
+        },
+        repetitions=repetitions,
+    )
     ours = [q / p for q, p in zip(times["Keras 3 QAT (ours)"], times["Keras 3 plain"], strict=True)]
-    theirs = [q / p for q, p in zip(times["tf_keras QAT (tfmot)"], times["tf_keras plain"],
-                                         strict=True)]
+    theirs = [
+        q / p for q, p in zip(times["tf_keras QAT (tfmot)"], times["tf_keras plain"], strict=True)
+    ]
     overhead = _common.markdown_table(
-        ["engine", f"fit() of {timed_epochs} epoch(s), s, median (min-max)",
-         "QAT / plain, median (min-max)"],
-        [["Keras 3 (ours)", _common.median_spread(times["Keras 3 QAT (ours)"]),
-          _common.median_spread(ours, "{:.2f}")],
-         ["tf_keras (tfmot)", _common.median_spread(times["tf_keras QAT (tfmot)"]),
-          _common.median_spread(theirs, "{:.2f}")]])
+        [
+            "engine",
+            f"fit() of {timed_epochs} epoch(s), s, median (min-max)",
+            "QAT / plain, median (min-max)",
+        ],
+        [
+            [
+                "Keras 3 (ours)",
+                _common.median_spread(times["Keras 3 QAT (ours)"]),
+                _common.median_spread(ours, "{:.2f}"),
+            ],
+            [
+                "tf_keras (tfmot)",
+                _common.median_spread(times["tf_keras QAT (tfmot)"]),
+                _common.median_spread(theirs, "{:.2f}"),
+            ],
+        ],
+    )
 
     cluster_gzip = export.gzip_size(open(files["16 clusters, float32"], "rb").read())
     float_gzip = export.gzip_size(open(files["float32"], "rb").read())
     clustered_acc = float(np.mean(np.argmax(stripped.predict(xt, verbose=0), -1) == yt))
     storage = _common.markdown_table(
-        ["weights", "kernel bytes float32", "int8 (what TFLite stores)",
-         "packed n-bit + per-channel scales"],
-        [["int8", f"{lowbit['int4'].float32_bytes:,}", f"{lowbit['int4'].int8_bytes:,}",
-          f"{lowbit['int4'].int8_bytes:,}"],
-         ["int4", f"{lowbit['int4'].float32_bytes:,}", f"{lowbit['int4'].int8_bytes:,}",
-          f"{lowbit['int4'].packed_bytes:,}"],
-         ["binary", f"{lowbit['binary'].float32_bytes:,}", f"{lowbit['binary'].int8_bytes:,}",
-          f"{lowbit['binary'].packed_bytes:,}"]])
+        [
+            "weights",
+            "kernel bytes float32",
+            "int8 (what TFLite stores)",
+            "packed n-bit + per-channel scales",
+        ],
+        [
+            [
+                "int8",
+                f"{lowbit['int4'].float32_bytes:,}",
+                f"{lowbit['int4'].int8_bytes:,}",
+                f"{lowbit['int4'].int8_bytes:,}",
+            ],
+            [
+                "int4",
+                f"{lowbit['int4'].float32_bytes:,}",
+                f"{lowbit['int4'].int8_bytes:,}",
+                f"{lowbit['int4'].packed_bytes:,}",
+            ],
+            [
+                "binary",
+                f"{lowbit['binary'].float32_bytes:,}",
+                f"{lowbit['binary'].int8_bytes:,}",
+                f"{lowbit['binary'].packed_bytes:,}",
+            ],
+        ],
+    )
     qat_row = rows[list(files).index("QAT int8 (ours, Keras 3)")]
     body = (
         f"Digits CNN (Conv16-Pool-Conv32-Dense64-Dense10, {model.count_params():,} parameters), "

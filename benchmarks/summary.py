@@ -68,8 +68,9 @@ class Context:
         self.tune_epochs = task.tune_epochs[0 if quick else 1]
         self.steps_per_epoch = -(-num_samples(self.data.x_train) // BATCH)
         self.model = self.compile(task.build(keras, self.data), keras, task.learning_rate)
-        self.model.fit(self.data.x_train, self.data.y_train, epochs=self.epochs,
-                       batch_size=BATCH, verbose=0)
+        self.model.fit(
+            self.data.x_train, self.data.y_train, epochs=self.epochs, batch_size=BATCH, verbose=0
+        )
         self._twin, self._plain = None, {}
 
     def twin(self):
@@ -84,13 +85,19 @@ class Context:
         if self._twin is None:
             import tf_keras
 
-            self._twin = self.compile(self.task.build(tf_keras, self.data), tf_keras,
-                                      self.task.learning_rate)
+            self._twin = self.compile(
+                self.task.build(tf_keras, self.data), tf_keras, self.task.learning_rate
+            )
             try:
                 self._twin.set_weights(self.model.get_weights())
             except ValueError:  # a twin whose weights do not line up: train it instead
-                self._twin.fit(self.data.x_train, self.data.y_train, epochs=self.epochs,
-                               batch_size=BATCH, verbose=0)
+                self._twin.fit(
+                    self.data.x_train,
+                    self.data.y_train,
+                    epochs=self.epochs,
+                    batch_size=BATCH,
+                    verbose=0,
+                )
         return self._twin
 
     def plain(self, k):
@@ -101,25 +108,38 @@ class Context:
 
     @staticmethod
     def compile(model, k, learning_rate=1e-3):
-        model.compile(optimizer=k.optimizers.Adam(learning_rate),
-                      loss=k.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"])
+        model.compile(
+            optimizer=k.optimizers.Adam(learning_rate),
+            loss=k.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
         return model
 
     def fit(self, model, epochs=None, callbacks=()):
-        model.fit(self.data.x_train, self.data.y_train, epochs=epochs or self.tune_epochs,
-                  batch_size=BATCH, verbose=0, callbacks=list(callbacks))
+        model.fit(
+            self.data.x_train,
+            self.data.y_train,
+            epochs=epochs or self.tune_epochs,
+            batch_size=BATCH,
+            verbose=0,
+            callbacks=list(callbacks),
+        )
         return model
 
     def export(self, model, name, mode="float32"):
         from tfcompress import export
 
         calibration = head(self.data.x_train, 200) if mode == "int8" else None
-        return export.to_tflite(model, os.path.join(self.folder, f"{name}.tflite"), mode=mode,
-                                representative_data=calibration).path
+        return export.to_tflite(
+            model,
+            os.path.join(self.folder, f"{name}.tflite"),
+            mode=mode,
+            representative_data=calibration,
+        ).path
 
 
 # --- the methods: (ctx) -> Result --------------------------------------------------------
+
 
 def _float(ctx):
     return Result(ctx.model, ctx.export(ctx.model, "float"), note="1.00 (reference)")
@@ -127,8 +147,8 @@ def _float(ctx):
 
 def _ptq(mode):
     def method(ctx):
-        return Result(ctx.model, ctx.export(ctx.model, f"ptq_{mode}", mode),
-                      note="- (no training)")
+        return Result(ctx.model, ctx.export(ctx.model, f"ptq_{mode}", mode), note="- (no training)")
+
     return method
 
 
@@ -148,6 +168,7 @@ def _qat(engine):
         qat = ctx.compile(quantize.quantize_model(base, representative_data=calibration), k)
         ctx.fit(qat)
         return Result(qat, ctx.export(qat, f"qat_{engine}", "int8"), (qat, [], ctx.plain(k)))
+
     return method
 
 
@@ -157,14 +178,22 @@ def _prune(engine):
 
         base, k = _engine(ctx, engine)
         steps = ctx.steps_per_epoch
-        schedule = prune.PolynomialDecay(0.0, SPARSITY, begin_step=0,
-                                         end_step=max(2, int(0.7 * steps * ctx.tune_epochs)),
-                                         frequency=max(1, steps // 4))
+        schedule = prune.PolynomialDecay(
+            0.0,
+            SPARSITY,
+            begin_step=0,
+            end_step=max(2, int(0.7 * steps * ctx.tune_epochs)),
+            frequency=max(1, steps // 4),
+        )
         pruned = ctx.compile(prune.prune_low_magnitude(base, schedule), k)
         ctx.fit(pruned, callbacks=[prune.UpdatePruningStep()])
         stripped = prune.strip_pruning(pruned)
-        return Result(stripped, ctx.export(stripped, f"prune_{engine}"),
-                      (pruned, [prune.UpdatePruningStep()], ctx.plain(k)))
+        return Result(
+            stripped,
+            ctx.export(stripped, f"prune_{engine}"),
+            (pruned, [prune.UpdatePruningStep()], ctx.plain(k)),
+        )
+
     return method
 
 
@@ -173,13 +202,16 @@ def _cluster(ctx):
 
     from tfcompress import cluster
 
-    clustered = ctx.compile(cluster.cluster_weights(ctx.model, number_of_clusters=CLUSTERS),
-                            keras)
+    clustered = ctx.compile(cluster.cluster_weights(ctx.model, number_of_clusters=CLUSTERS), keras)
     ctx.fit(clustered)
     stripped = cluster.strip_clustering(clustered)
     report = str(getattr(clustered, "cluster_report", "")).splitlines()
-    return Result(stripped, ctx.export(stripped, "cluster"), (clustered, [], ctx.plain(keras)),
-                  detail=report[0] if report else "")
+    return Result(
+        stripped,
+        ctx.export(stripped, "cluster"),
+        (clustered, [], ctx.plain(keras)),
+        detail=report[0] if report else "",
+    )
 
 
 def _distill(ctx):
@@ -192,8 +224,10 @@ def _distill(ctx):
     teacher.set_weights(ctx.model.get_weights())
     student = ctx.task.student(ctx.model, ctx.data)
     trainer = distill.distiller(student, teacher, alpha=0.1, temperature=4.0)
-    trainer.compile(optimizer=keras.optimizers.Adam(ctx.task.learning_rate),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    trainer.compile(
+        optimizer=keras.optimizers.Adam(ctx.task.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     ctx.fit(trainer, epochs=ctx.epochs)
     plain_student = ctx.compile(ctx.task.student(ctx.model, ctx.data), keras)
     return Result(student, ctx.export(student, "distill"), (trainer, [], plain_student))
@@ -204,15 +238,23 @@ def _pipeline(ctx):
     from tfcompress.pipeline import recipe, stages
 
     model, history = ctx.model, ("train",)
-    for spec in (recipe.PruneStage(type="prune", final_sparsity=SPARSITY,
-                                   epochs=ctx.tune_epochs, learning_rate=1e-3),
-                 recipe.QATStage(type="qat", epochs=ctx.tune_epochs, learning_rate=3e-4)):
+    for spec in (
+        recipe.PruneStage(
+            type="prune", final_sparsity=SPARSITY, epochs=ctx.tune_epochs, learning_rate=1e-3
+        ),
+        recipe.QATStage(type="qat", epochs=ctx.tune_epochs, learning_rate=3e-4),
+    ):
         folder = os.path.join(ctx.folder, f"pipeline_{spec.type}")
-        stage_ctx = stages.StageContext(model=model, data=ctx.data, folder=folder,
-                                        progress=lambda line: None, record={}, history=history)
+        stage_ctx = stages.StageContext(
+            model=model,
+            data=ctx.data,
+            folder=folder,
+            progress=lambda line: None,
+            record={},
+            history=history,
+        )
         model, history = stages.get_stage(spec.type)(stage_ctx, spec), history + (spec.type,)
-    return Result(model, ctx.export(model, "pipeline", "int8"),
-                  note="- (prune + QAT stages)")
+    return Result(model, ctx.export(model, "pipeline", "int8"), note="- (prune + QAT stages)")
 
 
 #: name -> (row label, method). Every method runs on every task it applies to.
@@ -229,12 +271,23 @@ METHODS = {
     "pipeline": (f"pipeline: prune {SPARSITY:.0%} + QAT + int8", _pipeline),
 }
 
-HEADERS = ["task", "method", "status", "accuracy (LiteRT)", "parameters", "TFLite bytes",
-           "gzip bytes", "latency us, median (min-max)", "latency / float",
-           "train step / plain fit()", "method s"]
+HEADERS = [
+    "task",
+    "method",
+    "status",
+    "accuracy (LiteRT)",
+    "parameters",
+    "TFLite bytes",
+    "gzip bytes",
+    "latency us, median (min-max)",
+    "latency / float",
+    "train step / plain fit()",
+    "method s",
+]
 
 
 # --- measuring ----------------------------------------------------------------------------
+
 
 def _error(e):
     text = f"{type(e).__name__}: {e}".replace("|", "\\|").replace("\n", " ")
@@ -281,8 +334,11 @@ def _latencies(results, settings, sequence_length):
         for name, runner in runners.items():
             if isinstance(out[name], list):
                 try:
-                    out[name].append(runner.benchmark(runs=settings.latency_runs, warmup=20,
-                                                      inputs=feeds[name]).median_ms)
+                    out[name].append(
+                        runner.benchmark(
+                            runs=settings.latency_runs, warmup=20, inputs=feeds[name]
+                        ).median_ms
+                    )
                 except Exception as e:
                     out[name] = e
     return out
@@ -291,8 +347,10 @@ def _latencies(results, settings, sequence_length):
 def _step_overheads(results, ctx, settings):
     """Per method: step time of its training / plain fit(), one ratio per A/B repetition."""
 
-    x, y = head(ctx.data.x_train, settings.timed_steps * BATCH), ctx.data.y_train[
-        :settings.timed_steps * BATCH]
+    x, y = (
+        head(ctx.data.x_train, settings.timed_steps * BATCH),
+        ctx.data.y_train[: settings.timed_steps * BATCH],
+    )
 
     def step_time(model, callbacks):
         engine = "tf_keras" if type(model).__module__.startswith("tf_keras") else "keras3"
@@ -333,8 +391,9 @@ def _run_task(task, methods, quick, settings, folder):
         ctx = Context(task, quick, folder)
     except Exception as e:  # no data or no model: every row of the task says so
         traceback.print_exc()
-        return [row + [f"**failed** (task setup): {_error(e)}"] + ["-"] * 8
-                for row in rows.values()]
+        return [
+            row + [f"**failed** (task setup): {_error(e)}"] + ["-"] * 8 for row in rows.values()
+        ]
     results, status, seconds, parameters = {}, {}, {}, {}
     for name in methods:
         print(f"   {task.name} / {name}", flush=True)
@@ -362,12 +421,17 @@ def _run_task(task, methods, quick, settings, folder):
             ratio = _common.median_spread([a / b for a, b in zip(lat, base)], "{:.2f}")
         else:
             ratio = "-" if base is None else "error: no float latency"
-        row += [status[name], _cell(_accuracy, r, ctx.data), parameters[name],
-                _cell(lambda path: f"{os.path.getsize(path):,}", r.path),
-                _cell(lambda path: f"{_gzip(path):,}", r.path),
-                _spread(lat, "{:.1f}", 1000), ratio,
-                _spread(overhead[name], "{:.2f}") if name in overhead else r.note,
-                seconds[name]]
+        row += [
+            status[name],
+            _cell(_accuracy, r, ctx.data),
+            parameters[name],
+            _cell(lambda path: f"{os.path.getsize(path):,}", r.path),
+            _cell(lambda path: f"{_gzip(path):,}", r.path),
+            _spread(lat, "{:.1f}", 1000),
+            ratio,
+            _spread(overhead[name], "{:.2f}") if name in overhead else r.note,
+            seconds[name],
+        ]
     return list(rows.values())
 
 
@@ -384,8 +448,7 @@ def check_names(tasks, methods):
     for kind, given, known in (("task", tasks, TASKS), ("method", methods, METHODS)):
         unknown = [n for n in given or () if n not in known]
         if unknown:
-            problems.append(f"unknown {kind} {', '.join(unknown)}; choose from "
-                            f"{', '.join(known)}")
+            problems.append(f"unknown {kind} {', '.join(unknown)}; choose from {', '.join(known)}")
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -401,10 +464,12 @@ def run(quick=False, write=True, tasks=None, methods=None):
         task_start = time.perf_counter()
         rows += run_task(TASKS[name], methods, quick, settings)
         seconds[name] = time.perf_counter() - task_start
-    described = "\n".join(f"- `{n}`: {TASKS[n].description}; trained "
-                          f"{TASKS[n].epochs[0 if quick else 1]} epochs, methods fine-tune "
-                          f"{TASKS[n].tune_epochs[0 if quick else 1]} ({seconds[n]:.0f} s)."
-                          for n in tasks)
+    described = "\n".join(
+        f"- `{n}`: {TASKS[n].description}; trained "
+        f"{TASKS[n].epochs[0 if quick else 1]} epochs, methods fine-tune "
+        f"{TASKS[n].tune_epochs[0 if quick else 1]} ({seconds[n]:.0f} s)."
+        for n in tasks
+    )
     body = (
         f"Every row below was measured in this run ({'**quick mode**' if quick else 'full mode'}"
         f", {time.perf_counter() - start:.0f} s). Tasks:\n\n{described}\n\n"
@@ -420,7 +485,8 @@ def run(quick=False, write=True, tasks=None, methods=None):
         f"steps of batch {BATCH} each, {settings.repetitions} A/B alternating repetitions "
         "after one warm-up round. n/a: the method does not apply; **failed**: the method "
         "raised, with its error; `method s`: wall time of the method's training and export."
-        f"\n\n{_common.markdown_table(HEADERS, rows)}")
+        f"\n\n{_common.markdown_table(HEADERS, rows)}"
+    )
     print(body)
     if write:
         _common.update_section("Summary", body, "benchmarks/summary.py")

@@ -75,8 +75,14 @@ MOBILENET_BLOCKS = ((32, 1), (64, 2), (64, 1), (128, 2))  # (pointwise filters, 
 def _load_digits_32(quick):
     d = _load_digits(quick)
     up = lambda x: np.repeat(np.repeat(x, 4, axis=1), 4, axis=2)  # noqa: E731 8x8 -> 32x32
-    return types.SimpleNamespace(x_train=up(d.x_train), y_train=d.y_train, x_val=up(d.x_val),
-                                 y_val=d.y_val, x_test=up(d.x_test), y_test=d.y_test)
+    return types.SimpleNamespace(
+        x_train=up(d.x_train),
+        y_train=d.y_train,
+        x_val=up(d.x_val),
+        y_val=d.y_val,
+        x_test=up(d.x_test),
+        y_test=d.y_test,
+    )
 
 
 def mobilenet_cnn(k, width=1.0, num_classes=10, seed=0, name="mobilenet"):
@@ -91,12 +97,10 @@ def mobilenet_cnn(k, width=1.0, num_classes=10, seed=0, name="mobilenet"):
         return L.ReLU(6.0, name=f"{prefix}_relu6")(x)
 
     inputs = k.Input((32, 32, 1), name="image")
-    x = L.Conv2D(int(16 * width), 3, strides=2, padding="same", use_bias=False,
-                 name="stem")(inputs)
+    x = L.Conv2D(int(16 * width), 3, strides=2, padding="same", use_bias=False, name="stem")(inputs)
     x = bn_relu6(x, "stem")
     for i, (filters, stride) in enumerate(MOBILENET_BLOCKS):
-        x = L.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False,
-                              name=f"dw{i}")(x)
+        x = L.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"dw{i}")(x)
         x = bn_relu6(x, f"dw{i}")
         x = L.Conv2D(int(filters * width), 1, use_bias=False, name=f"pw{i}")(x)
         x = bn_relu6(x, f"pw{i}")
@@ -131,10 +135,14 @@ def _load_sst2(quick):
         return encode_for_bert(tokenizer, x, sequence_length=BERT["sequence_length"])
 
     return types.SimpleNamespace(
-        x_train=encode(splits.x_train), y_train=splits.y_train,
-        x_val=encode(splits.x_val[:500]), y_val=splits.y_val[:500],
-        x_test=encode(splits.x_test), y_test=splits.y_test,
-        vocabulary_size=int(tokenizer.vocabulary_size()))
+        x_train=encode(splits.x_train),
+        y_train=splits.y_train,
+        x_val=encode(splits.x_val[:500]),
+        y_val=splits.y_val[:500],
+        x_test=encode(splits.x_test),
+        y_test=splits.y_test,
+        vocabulary_size=int(tokenizer.vocabulary_size()),
+    )
 
 
 def _bert(k, data):
@@ -153,18 +161,38 @@ def _bert_student(teacher, data):
 
 TASKS = {
     "digits_cnn": Task(
-        "digits_cnn", "digits CNN (Conv16-Pool-Conv32-Dense64-Dense10), scikit-learn digits "
+        "digits_cnn",
+        "digits CNN (Conv16-Pool-Conv32-Dense64-Dense10), scikit-learn digits "
         "8x8, 1257 train / 270 test; distilled into Conv4-Pool-Conv8-Dense12",
-        _load_digits, _digits_cnn, _digits_student, epochs=(5, 20), tune_epochs=(2, 4)),
+        _load_digits,
+        _digits_cnn,
+        _digits_student,
+        epochs=(5, 20),
+        tune_epochs=(2, 4),
+    ),
     "mobilenet": Task(
-        "mobilenet", "MobileNet-style CNN (stem + 4 DepthwiseConv2D/BatchNorm/ReLU6 blocks, "
+        "mobilenet",
+        "MobileNet-style CNN (stem + 4 DepthwiseConv2D/BatchNorm/ReLU6 blocks, "
         "GAP, Dense10) on the digits upsampled to 32x32; distilled into the same at width 0.5",
-        _load_digits_32, _mobilenet, _mobilenet_student, epochs=(6, 20), tune_epochs=(2, 4)),
+        _load_digits_32,
+        _mobilenet,
+        _mobilenet_student,
+        epochs=(6, 20),
+        tune_epochs=(2, 4),
+    ),
     "sst2_bert": Task(
-        "sst2_bert", "keras-hub BERT from scratch (2 layers, hidden 64, 2 heads, 32 tokens, "
+        "sst2_bert",
+        "keras-hub BERT from scratch (2 layers, hidden 64, 2 heads, 32 tokens, "
         f"WordPiece vocabulary of at most {BERT_VOCABULARY}) on SST-2 (4000 quick / 8000 full "
         "training sentences, 872 dev sentences as test); distilled into 1 layer "
         "(init_student_from_teacher)",
-        _load_sst2, _bert, _bert_student, epochs=(3, 4), tune_epochs=(1, 2),
-        learning_rate=1e-3, has_twin=False, sequence_length=BERT["sequence_length"]),
+        _load_sst2,
+        _bert,
+        _bert_student,
+        epochs=(3, 4),
+        tune_epochs=(1, 2),
+        learning_rate=1e-3,
+        has_twin=False,
+        sequence_length=BERT["sequence_length"],
+    ),
 }

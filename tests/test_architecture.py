@@ -28,8 +28,9 @@ def _tool(name):
 
 
 def test_import_contract_holds():
-    result = subprocess.run([_tool("lint-imports"), "--no-cache"], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [_tool("lint-imports"), "--no-cache"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
 
 
@@ -37,8 +38,11 @@ def _module_cycles(graph):
     """Strongly connected groups of modules (parent -> child edges of a package ignored)."""
     modules = sorted(graph.modules)
     edges = {
-        m: [n for n in graph.find_modules_directly_imported_by(m)
-            if not n.startswith(m + ".") and not m.startswith(n + ".")]
+        m: [
+            n
+            for n in graph.find_modules_directly_imported_by(m)
+            if not n.startswith(m + ".") and not m.startswith(n + ".")
+        ]
         for m in modules
     }
     index, low, stack, on_stack, cycles = {}, {}, [], set(), []
@@ -99,7 +103,8 @@ def _private_reach_ins():
         importer = ".".join(relative.parts).removesuffix(".__init__")
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith(
-                    "tfcompress."):
+                "tfcompress."
+            ):
                 continue
             target = _subpackage(node.module)
             if target.startswith("_") or target == _subpackage(importer):
@@ -132,5 +137,9 @@ def test_public_names_do_not_shadow_modules():
 def test_code_is_ruff_formatted():
     result = subprocess.run(
         [_tool("ruff"), "format", "--check", "tfcompress", "export", "tests", "benchmarks"],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
     assert result.returncode == 0, result.stdout[-3000:]

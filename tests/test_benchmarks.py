@@ -36,8 +36,9 @@ def test_a_failing_benchmark_is_a_row_and_the_rest_still_run(scratch_md, monkeyp
     fine.run = lambda quick, write: calls.append(quick)
     monkeypatch.setitem(sys.modules, "benchmarks._broken", broken)
     monkeypatch.setitem(sys.modules, "benchmarks._fine", fine)
-    monkeypatch.setattr(runner, "BENCHMARKS", {"broken": "benchmarks._broken",
-                                               "fine": "benchmarks._fine"})
+    monkeypatch.setattr(
+        runner, "BENCHMARKS", {"broken": "benchmarks._broken", "fine": "benchmarks._fine"}
+    )
     rows = runner.run_all(["broken", "fine"], quick=True, write=True)
     assert rows[0][1] == "**failed**" and "RuntimeError: disk on fire" in rows[0][3]
     assert rows[1][1] == "ok" and calls == [True]
@@ -62,6 +63,7 @@ def test_update_section_replaces_in_place(scratch_md):
 
 # --- the cross-task Summary (benchmarks/summary.py) -----------------------------------------
 
+
 @pytest.fixture
 def tiny_task(monkeypatch):
     """The digits CNN trained for one epoch, as task "tiny"."""
@@ -69,8 +71,9 @@ def tiny_task(monkeypatch):
 
     from benchmarks import tasks
 
-    task = dataclasses.replace(tasks.TASKS["digits_cnn"], name="tiny", epochs=(1, 1),
-                               tune_epochs=(1, 1))
+    task = dataclasses.replace(
+        tasks.TASKS["digits_cnn"], name="tiny", epochs=(1, 1), tune_epochs=(1, 1)
+    )
     monkeypatch.setitem(tasks.TASKS, "tiny", task)
     return task
 
@@ -79,8 +82,10 @@ def test_summary_quick_run_on_one_tiny_task_writes_its_rows(scratch_md, tiny_tas
     from benchmarks import summary
 
     rows = summary.run(quick=True, write=True, tasks=["tiny"], methods=["float", "prune"])
-    assert [r[:3] for r in rows] == [["tiny", "float baseline", "ok"],
-                                     ["tiny", "pruning 80%, ours", "ok"]]
+    assert [r[:3] for r in rows] == [
+        ["tiny", "float baseline", "ok"],
+        ["tiny", "pruning 80%, ours", "ok"],
+    ]
     assert all(len(r) == len(summary.HEADERS) for r in rows)
     text = scratch_md.read_text()
     assert "## Summary" in text and "**quick mode**" in text
@@ -88,7 +93,8 @@ def test_summary_quick_run_on_one_tiny_task_writes_its_rows(scratch_md, tiny_tas
 
 
 def test_summary_failed_method_and_failed_cell_are_shown_and_the_rest_still_run(
-        scratch_md, tiny_task, monkeypatch):
+    scratch_md, tiny_task, monkeypatch
+):
     from benchmarks import summary
 
     def broken(ctx):
@@ -97,9 +103,15 @@ def test_summary_failed_method_and_failed_cell_are_shown_and_the_rest_still_run(
     def no_file(ctx):  # the method "works" but its file is missing: only those cells fail
         return summary.Result(ctx.model, str(scratch_md.parent / "missing.tflite"))
 
-    monkeypatch.setattr(summary, "METHODS", {"broken": ("broken method", broken),
-                                             "float": summary.METHODS["float"],
-                                             "no_file": ("no file", no_file)})
+    monkeypatch.setattr(
+        summary,
+        "METHODS",
+        {
+            "broken": ("broken method", broken),
+            "float": summary.METHODS["float"],
+            "no_file": ("no file", no_file),
+        },
+    )
     rows = summary.run(quick=True, write=True, tasks=["tiny"])
     by_method = {r[1]: r for r in rows}
     assert by_method["broken method"][2] == "**failed**: RuntimeError: disk on fire"

@@ -174,4 +174,3 @@ def test_registered_low_bit_modes_are_reachable_from_the_cli(saved, tmp_path):
     assert cli.main(["export", str(saved / "cnn.keras"), "-o", str(out), "--mode", "int4"]) == 0
     bits = {w.bits for w in export.inspect(str(out)).weights}
     assert 4 in bits
-

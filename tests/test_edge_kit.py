@@ -26,22 +26,34 @@ BLOCKER = (
 @pytest.fixture(scope="module")
 def kit(trained_cnn, digits, tmp_path_factory):
     folder = tmp_path_factory.mktemp("kit")
-    model = export.to_tflite(trained_cnn, folder / "digits_int8.tflite", mode="int8",
-                             representative_data=digits.x_train, int8_io=True)
+    model = export.to_tflite(
+        trained_cnn,
+        folder / "digits_int8.tflite",
+        mode="int8",
+        representative_data=digits.x_train,
+        int8_io=True,
+    )
     np.savez(folder / "test.npz", x=digits.x_test, y=digits.y_test)
     expected = export.verify(model.path, trained_cnn, (digits.x_test, digits.y_test))
     return folder, expected
 
 
 def run_without_tensorflow(*args, cwd=None):
-    return subprocess.run([sys.executable, "-c", BLOCKER, *args], capture_output=True,
-                          text=True, timeout=300, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKER, *args], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
 
 
 def test_evaluate_gives_the_same_accuracy_without_tensorflow(kit):
     folder, expected = kit
-    result = run_without_tensorflow(EVALUATE, str(folder / "digits_int8.tflite"),
-                                    str(folder / "test.npz"), "--runs", "10", "--json")
+    result = run_without_tensorflow(
+        EVALUATE,
+        str(folder / "digits_int8.tflite"),
+        str(folder / "test.npz"),
+        "--runs",
+        "10",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["samples"] == expected.samples
@@ -55,8 +67,14 @@ def test_copied_folder_works_on_its_own(kit, tmp_path):
     device.mkdir()
     for name in ("evaluate.py", "runner.py"):
         (device / name).write_bytes(open(os.path.join(ROOT, "export", name), "rb").read())
-    result = run_without_tensorflow("evaluate.py", str(folder / "digits_int8.tflite"),
-                                    str(folder / "test.npz"), "--runs", "5", cwd=device)
+    result = run_without_tensorflow(
+        "evaluate.py",
+        str(folder / "digits_int8.tflite"),
+        str(folder / "test.npz"),
+        "--runs",
+        "5",
+        cwd=device,
+    )
     assert result.returncode == 0, result.stderr
     assert f"accuracy   {expected.tflite_accuracy:.4f}" in result.stdout
 

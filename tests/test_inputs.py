@@ -1,12 +1,11 @@
 import numpy as np
 import pytest
 
-from tfcompress.errors import CalibrationDataError
 from tfcompress._inputs import InputSpec, calibration_set, collect
+from tfcompress.errors import CalibrationDataError
 
 IMAGE = [InputSpec("image", (None, 8, 8, 1), "float32")]
-BERT = [InputSpec(n, (None, None), "int32")
-        for n in ("padding_mask", "segment_ids", "token_ids")]
+BERT = [InputSpec(n, (None, None), "int32") for n in ("padding_mask", "segment_ids", "token_ids")]
 
 
 def images(n, seed=0):
@@ -66,9 +65,10 @@ def test_generators_function_or_object():
 
 def test_dict_inputs_and_collect_keeps_labels():
     rng = np.random.default_rng(0)
-    data = {n: rng.integers(0, 5, (9, 16)).astype("int32") for n in ("token_ids",
-                                                                     "segment_ids",
-                                                                     "padding_mask")}
+    data = {
+        n: rng.integers(0, 5, (9, 16)).astype("int32")
+        for n in ("token_ids", "segment_ids", "padding_mask")
+    }
     inputs, labels = collect((data, np.ones(9)), BERT)
     assert [a.shape for a in inputs] == [(9, 16)] * 3
     np.testing.assert_array_equal(inputs[2], data["token_ids"])
@@ -82,8 +82,10 @@ def test_dict_inputs_and_collect_keeps_labels():
         (np.zeros((4, 64), "float32"), "does not match the model's inputs"),
         (np.array([["a"] * 8] * 8)[None, ..., None], "dtype <U1"),
         (np.full((4, 8, 8, 1), np.nan, "float32"), "NaN or inf (first in sample 0)"),
-        (np.concatenate([images(3), np.full((1, 8, 8, 1), np.inf, "float32")]),
-         "first in sample 3"),
+        (
+            np.concatenate([images(3), np.full((1, 8, 8, 1), np.inf, "float32")]),
+            "first in sample 3",
+        ),
         (np.zeros((0, 8, 8, 1), "float32"), "empty"),
         (None, "No calibration data"),
         (42, "Cannot read model inputs from a int"),
@@ -95,8 +97,7 @@ def test_bad_calibration_data_is_named(data, message):
 
 
 def test_float_data_for_integer_input_is_refused():
-    data = {n: np.zeros((2, 16), "float32") for n in ("token_ids", "segment_ids",
-                                                       "padding_mask")}
+    data = {n: np.zeros((2, 16), "float32") for n in ("token_ids", "segment_ids", "padding_mask")}
     with pytest.raises(CalibrationDataError, match="input 'padding_mask'.*integer arrays"):
         calibration_set(data, BERT)
 

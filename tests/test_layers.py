@@ -38,8 +38,7 @@ def test_a_wrapped_layer_with_a_derived_field_round_trips(tmp_path):
     qat = quantize.quantize_model(model, representative_data=x)
     qat.save(tmp_path / "qat.keras")
     loaded = keras.saving.load_model(tmp_path / "qat.keras")
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), qat.predict(x, verbose=0),
-                               atol=1e-6)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), qat.predict(x, verbose=0), atol=1e-6)
 
 
 def test_a_config_that_fails_for_another_reason_still_fails():

@@ -20,5 +20,6 @@ def test_package_list_matches_the_tree():
 def test_edge_kit_is_installed_as_tfcompress_edge():
     import tfcompress_edge.runner
 
-    assert os.path.samefile(os.path.dirname(tfcompress_edge.runner.__file__),
-                            os.path.join(ROOT, "export"))
+    assert os.path.samefile(
+        os.path.dirname(tfcompress_edge.runner.__file__), os.path.join(ROOT, "export")
+    )

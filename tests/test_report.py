@@ -8,13 +8,23 @@ from tfcompress import distill, prune
 
 
 def _mlp(name):
-    return keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu",
-                             name="hidden"), keras.layers.Dense(3, name="out")], name=name)
+    return keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="relu", name="hidden"),
+            keras.layers.Dense(3, name="out"),
+        ],
+        name=name,
+    )
 
 
 def test_report_normalises_tuples_and_prints_a_table():
-    report = tfcompress.Report("quantize_model", "net", done=[("dense", "Dense", "int8")],
-                               skipped=[("lstm", "LSTM", "no int8 rule")])
+    report = tfcompress.Report(
+        "quantize_model",
+        "net",
+        done=[("dense", "Dense", "int8")],
+        skipped=[("lstm", "LSTM", "no int8 rule")],
+    )
     assert report.done == (tfcompress.Entry("dense", "Dense", "int8"),)
     assert str(report).splitlines() == [
         "quantize_model on 'net': 1 done, 1 skipped",
@@ -81,8 +91,14 @@ def test_tf_keras_models_report_what_tfmot_wrapped():
 
     from tfcompress import cluster
 
-    model = tf_keras.Sequential([tf_keras.Input((8,)), tf_keras.layers.Dense(16, name="hidden"),
-                                 tf_keras.layers.Dense(3, name="out")], name="legacy")
+    model = tf_keras.Sequential(
+        [
+            tf_keras.Input((8,)),
+            tf_keras.layers.Dense(16, name="hidden"),
+            tf_keras.layers.Dense(3, name="out"),
+        ],
+        name="legacy",
+    )
     clustered = cluster.cluster_weights(model, number_of_clusters=4)
     report = tfcompress.report_of(clustered)
     assert report.verb == "cluster_weights" and report.model_name == "legacy"

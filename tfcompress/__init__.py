@@ -15,12 +15,24 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("cluster", "data", "distill", "export", "pipeline", "prune", "quantize",
-                "testing", "train")
+_SUBPACKAGES = (
+    "cluster",
+    "data",
+    "distill",
+    "export",
+    "pipeline",
+    "prune",
+    "quantize",
+    "testing",
+    "train",
+)
 
 # The one report shape every verb stores on the model it returns.
-_CORE = {"Entry": "tfcompress._report", "Report": "tfcompress._report",
-         "report_of": "tfcompress._report"}
+_CORE = {
+    "Entry": "tfcompress._report",
+    "Report": "tfcompress._report",
+    "report_of": "tfcompress._report",
+}
 
 __all__ = ["__version__", *_SUBPACKAGES, *_CORE]
 

@@ -108,8 +108,11 @@ def _describe(value):
     if isinstance(value, dict):
         return "a dict with keys " + str(sorted(value))
     if isinstance(value, (list, tuple)):
-        return f"a {type(value).__name__} of {len(value)}: [" + ", ".join(
-            _describe(v) for v in value) + "]"
+        return (
+            f"a {type(value).__name__} of {len(value)}: ["
+            + ", ".join(_describe(v) for v in value)
+            + "]"
+        )
     if _is_array_like(value):
         return f"an array of shape {tuple(value.shape)} and dtype {np.dtype(_dtype_of(value))}"
     return f"a {type(value).__name__}"
@@ -198,9 +201,11 @@ def _elements(data, specs):
             return
         if len(data) in (2, 3) and _looks_like_inputs(data[0], specs):
             first = _align(data[0], specs)[0]
-            if _is_array_like(data[1]) and np.ndim(data[1]) > 0 and len(data[1]) == len(
-                first) and (
-                len(first.shape) == specs[0].rank
+            if (
+                _is_array_like(data[1])
+                and np.ndim(data[1]) > 0
+                and len(data[1]) == len(first)
+                and (len(first.shape) == specs[0].rank)
             ):
                 yield data
                 return
@@ -307,7 +312,8 @@ def calibration_set(data, specs, max_samples=DEFAULT_MAX_SAMPLES):
     """
     if max_samples is not None and max_samples < 1:
         raise CalibrationDataError(
-            f"max_samples must be at least 1. Received: max_samples={max_samples}")
+            f"max_samples must be at least 1. Received: max_samples={max_samples}"
+        )
     samples = []
     exhausted = True
     batches = iter_batches(data, specs, "calibration data", None)

@@ -101,8 +101,11 @@ def positional_call_args(layer, args, kwargs):
 
     if args:
         return args, kwargs
-    params = [p for p in inspect.signature(layer.call).parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    params = [
+        p
+        for p in inspect.signature(layer.call).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
     if params and params[0].name in kwargs:
         kwargs = dict(kwargs)
         return (kwargs.pop(params[0].name),), kwargs
@@ -124,8 +127,11 @@ def build_inner_from_call(layer, args, kwargs):
     """
     if layer.built:
         return
-    tensors = [v for v in list(args[1:]) + list(kwargs.values())
-               if hasattr(v, "shape") and hasattr(v, "dtype")]
+    tensors = [
+        v
+        for v in list(args[1:]) + list(kwargs.values())
+        if hasattr(v, "shape") and hasattr(v, "dtype")
+    ]
     if tensors:
         layer(*args, **kwargs)
 
@@ -172,4 +178,5 @@ def _rebuild_error(layer, error):
     return TypeError(
         f"Layer '{layer.name}' ({type(layer).__module__}.{type(layer).__name__}) cannot be "
         "rebuilt from its get_config(): fix its get_config/from_config pair, or leave it out "
-        f"of the model you compress. Received: {type(error).__name__}: {str(error)[:200]}")
+        f"of the model you compress. Received: {type(error).__name__}: {str(error)[:200]}"
+    )

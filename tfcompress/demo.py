@@ -44,13 +44,14 @@ def run_demo(out_dir="tfcompress_demo", name="digits", quick=False, force=False,
     from tfcompress import pipeline
     from tfcompress.pipeline.report import summary
 
-    records = pipeline.run(demo_recipe(name, quick=quick), out_dir, force=force,
-                           progress=progress)
+    records = pipeline.run(demo_recipe(name, quick=quick), out_dir, force=force, progress=progress)
     for item in summary(records):
-        print(f"\n{item['file']}: {item['final_bytes']:,} bytes ({item['final_gzip']:,} "
-              f"gzipped), {item['gzip_ratio']:.1f}x smaller (gzip) than the float32 teacher; "
-              f"test accuracy {item['final_accuracy']:.4f} vs teacher "
-              f"{item['reference_accuracy']:.4f}.")
+        print(
+            f"\n{item['file']}: {item['final_bytes']:,} bytes ({item['final_gzip']:,} "
+            f"gzipped), {item['gzip_ratio']:.1f}x smaller (gzip) than the float32 teacher; "
+            f"test accuracy {item['final_accuracy']:.4f} vs teacher "
+            f"{item['reference_accuracy']:.4f}."
+        )
     with open(os.path.join(out_dir, "report.md"), encoding="utf-8") as f:
         print("\n" + "".join(line for line in f if line.startswith("|")))
     return records

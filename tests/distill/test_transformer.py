@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from tfcompress import distill, testing
-from tfcompress.distill.transformer import TRANSFORMER_FEATURES
-from tfcompress.distill.transformer import TransformerFeatureExtractor
+from tfcompress.distill.transformer import TRANSFORMER_FEATURES, TransformerFeatureExtractor
 from tfcompress.errors import UnsupportedModelError
 
 

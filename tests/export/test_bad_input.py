@@ -124,8 +124,13 @@ def test_keras_quantized_model_is_refused_with_advice(trained_cnn, no_leftovers)
     clone = keras.models.clone_model(trained_cnn)
     clone.set_weights(trained_cnn.get_weights())
     clone.quantize("int8")
-    with pytest.raises(ConversionError, match="Layer 'dense' .*model.quantize\\('int8'\\).*"
-                       "Export the float model"):
-        export.to_tflite(clone, folder / "m.tflite", mode="int8",
-                         representative_data=np.zeros((4, 8, 8, 1), "float32"))
+    with pytest.raises(
+        ConversionError, match="Layer 'dense' .*model.quantize\\('int8'\\).*Export the float model"
+    ):
+        export.to_tflite(
+            clone,
+            folder / "m.tflite",
+            mode="int8",
+            representative_data=np.zeros((4, 8, 8, 1), "float32"),
+        )
     check()

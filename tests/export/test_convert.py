@@ -15,7 +15,9 @@ def exported(trained_cnn, digits, tmp_path_factory):
     results = {}
     for mode in CONVERTER_MODES:
         results[mode] = export.to_tflite(
-            trained_cnn, folder / f"{mode}.tflite", mode=mode,
+            trained_cnn,
+            folder / f"{mode}.tflite",
+            mode=mode,
             representative_data=digits.x_train,
         )
     return results
@@ -79,8 +81,13 @@ def test_int16x8_uses_int16_activations(exported):
 
 
 def test_int8_io_makes_inputs_and_outputs_int8(trained_cnn, digits, tmp_path):
-    result = export.to_tflite(trained_cnn, tmp_path / "m.tflite", mode="int8",
-                              representative_data=digits.x_train, int8_io=True)
+    result = export.to_tflite(
+        trained_cnn,
+        tmp_path / "m.tflite",
+        mode="int8",
+        representative_data=digits.x_train,
+        int8_io=True,
+    )
     info = export.inspect(result.path)
     assert [t.dtype for t in info.inputs + info.outputs] == ["int8", "int8"]
     assert info.inputs[0].scale > 0
@@ -89,15 +96,23 @@ def test_int8_io_makes_inputs_and_outputs_int8(trained_cnn, digits, tmp_path):
 
 
 def test_calibration_sample_cap(trained_cnn, digits, tmp_path):
-    result = export.to_tflite(trained_cnn, tmp_path / "m.tflite", mode="int8",
-                              representative_data=digits.x_train,
-                              max_calibration_samples=16)
+    result = export.to_tflite(
+        trained_cnn,
+        tmp_path / "m.tflite",
+        mode="int8",
+        representative_data=digits.x_train,
+        max_calibration_samples=16,
+    )
     assert result.calibration_samples == 16
 
 
 def test_tf_keras_model_exports_int8(trained_tf_keras_cnn, digits, tmp_path):
-    result = export.to_tflite(trained_tf_keras_cnn, tmp_path / "tfk.tflite", mode="int8",
-                              representative_data=digits.x_train)
+    result = export.to_tflite(
+        trained_tf_keras_cnn,
+        tmp_path / "tfk.tflite",
+        mode="int8",
+        representative_data=digits.x_train,
+    )
     assert export.inspect(result.path).is_fully_integer()
     check = export.verify(result.path, trained_tf_keras_cnn, (digits.x_test, digits.y_test))
     assert check.top1_agreement >= 0.97
@@ -111,8 +126,9 @@ def test_keras_hub_bert_goes_through_saved_model(trained_bert, bert_data, tmp_pa
     exact = export.verify(float_result.path, trained_bert, (inputs, labels))
     assert exact.max_abs_diff < 1e-3 and exact.top1_agreement == 1.0
 
-    int8 = export.to_tflite(trained_bert, tmp_path / "bert_int8.tflite", mode="int8",
-                            representative_data=inputs)
+    int8 = export.to_tflite(
+        trained_bert, tmp_path / "bert_int8.tflite", mode="int8", representative_data=inputs
+    )
     info = export.inspect(int8.path)
     assert {"FULLY_CONNECTED": {"int8"}}.items() <= info.compute_dtypes().items()
     assert sorted(t.name for t in info.inputs) == ["padding_mask", "segment_ids", "token_ids"]
@@ -134,8 +150,7 @@ def test_multi_input_keras3_model(tmp_path):
     model = keras.Model([a, b], out)
     rng = np.random.default_rng(0)
     data = [rng.random((32, 4), dtype="float32"), rng.random((32, 3), dtype="float32")]
-    result = export.to_tflite(model, tmp_path / "two.tflite", mode="int8",
-                              representative_data=data)
+    result = export.to_tflite(model, tmp_path / "two.tflite", mode="int8", representative_data=data)
     assert result.calibration_samples == 32
     check = export.verify(result.path, model, data)
     assert check.max_abs_diff < 0.05

@@ -14,8 +14,7 @@ from tfcompress.errors import InvalidTFLiteFileError
 @pytest.fixture(scope="module")
 def int8_file(trained_cnn, digits, tmp_path_factory):
     path = tmp_path_factory.mktemp("files") / "digits_int8.tflite"
-    return export.to_tflite(trained_cnn, path, mode="int8",
-                            representative_data=digits.x_train).path
+    return export.to_tflite(trained_cnn, path, mode="int8", representative_data=digits.x_train).path
 
 
 def test_inspect_lists_real_ops_not_delegates(int8_file):
@@ -49,8 +48,7 @@ def _compile_and_dump(compiler, source_name, header, tmp_path):
     )
     exe = tmp_path / (source_name + ".bin")
     std = "-std=c++11" if compiler.endswith("++") else "-std=c11"
-    subprocess.run([compiler, std, "-I", str(header.parent), str(src), "-o", str(exe)],
-                   check=True)
+    subprocess.run([compiler, std, "-I", str(header.parent), str(src), "-o", str(exe)], check=True)
     return subprocess.run([str(exe)], check=True, capture_output=True).stdout
 
 
@@ -95,11 +93,14 @@ def _bad_files(folder, good):
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "text", "truncated"])
-def test_bad_files_give_one_clear_error_everywhere(int8_file, trained_cnn, digits, tmp_path,
-                                                   kind):
+def test_bad_files_give_one_clear_error_everywhere(int8_file, trained_cnn, digits, tmp_path, kind):
     bad = _bad_files(tmp_path, int8_file)[kind]
-    expected = {"missing": "No TFLite file at", "empty": "is not a TFLite model",
-                "text": "is not a TFLite model", "truncated": "truncated or corrupt"}[kind]
+    expected = {
+        "missing": "No TFLite file at",
+        "empty": "is not a TFLite model",
+        "text": "is not a TFLite model",
+        "truncated": "truncated or corrupt",
+    }[kind]
     calls = [
         lambda: export.inspect(bad),
         lambda: export.benchmark(bad),

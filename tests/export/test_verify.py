@@ -8,8 +8,9 @@ from tfcompress.errors import VerificationError
 @pytest.fixture(scope="module")
 def int8_io_file(trained_cnn, digits, tmp_path_factory):
     path = tmp_path_factory.mktemp("verify") / "io.tflite"
-    return export.to_tflite(trained_cnn, path, mode="int8",
-                            representative_data=digits.x_train, int8_io=True).path
+    return export.to_tflite(
+        trained_cnn, path, mode="int8", representative_data=digits.x_train, int8_io=True
+    ).path
 
 
 def test_accuracy_matches_a_manual_count(int8_io_file, trained_cnn, digits):
@@ -19,8 +20,9 @@ def test_accuracy_matches_a_manual_count(int8_io_file, trained_cnn, digits):
     logits = TFLiteRunner(int8_io_file).predict(digits.x_test)
     manual = float(np.mean(logits.argmax(-1) == digits.y_test))
     assert result.tflite_accuracy == pytest.approx(manual)
-    keras_manual = float(np.mean(trained_cnn.predict(digits.x_test, verbose=0).argmax(-1)
-                                 == digits.y_test))
+    keras_manual = float(
+        np.mean(trained_cnn.predict(digits.x_test, verbose=0).argmax(-1) == digits.y_test)
+    )
     assert result.keras_accuracy == pytest.approx(keras_manual)
 
 

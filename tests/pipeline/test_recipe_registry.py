@@ -69,14 +69,20 @@ def test_a_registered_stage_spec_validates_its_fields_with_the_line(tmp_path, re
 def test_unregistered_stage_type_is_an_error_listing_the_registered_ones(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(RECIPE)
-    with pytest.raises(RecipeError, match=r"line 8: stages\[1\]: Input tag 'scale_kernels'.*"
-                       r"'train'"):
+    with pytest.raises(
+        RecipeError,
+        match=r"line 8: stages\[1\]: Input tag 'scale_kernels'.*"
+        r"'train'",
+    ):
         load_recipe(path)
 
 
 def test_stage_name_must_match_the_spec():
-    with pytest.raises(ValueError, match=r"Literal\['other'\].*ScaleKernels.type = "
-                       r"'scale_kernels'"):
+    with pytest.raises(
+        ValueError,
+        match=r"Literal\['other'\].*ScaleKernels.type = "
+        r"'scale_kernels'",
+    ):
         pipeline.stage("other", spec=ScaleKernels)
 
 
@@ -89,14 +95,18 @@ def test_a_spec_without_a_type_literal_is_refused():
 
 
 def test_a_registered_cluster_init_is_accepted_by_recipes(tmp_path):
-    text = RECIPE.replace("  - {type: scale_kernels, factor: 0.5}\n",
-                          "  - {type: cluster, number_of_clusters: 4, init: every_nth}\n")
+    text = RECIPE.replace(
+        "  - {type: scale_kernels, factor: 0.5}\n",
+        "  - {type: cluster, number_of_clusters: 4, init: every_nth}\n",
+    )
     path = tmp_path / "recipe.yaml"
     path.write_text(text)
     with pytest.raises(RecipeError, match=r"stages\[1\]: .*init must be one of"):
         load_recipe(path)
-    cluster.register_init("every_nth", lambda w, k, seed=0: np.sort(np.asarray(w).ravel())[
-        :: max(1, np.asarray(w).size // k)][:k])
+    cluster.register_init(
+        "every_nth",
+        lambda w, k, seed=0: np.sort(np.asarray(w).ravel())[:: max(1, np.asarray(w).size // k)][:k],
+    )
     try:
         assert load_recipe(path).stages[1].init == "every_nth"
     finally:
@@ -109,14 +119,16 @@ def test_an_export_mode_registered_after_import_is_accepted(tmp_path):
     from tfcompress.export import modes
 
     text = RECIPE.replace("  - {type: scale_kernels, factor: 0.5}\n", "").replace(
-        "modes: [float32]", "modes: [float32, float32_plain]")
+        "modes: [float32]", "modes: [float32, float32_plain]"
+    )
     path = tmp_path / "recipe.yaml"
     path.write_text(text)
     with pytest.raises(RecipeError, match=r"modes\[1\]: .*unknown export mode 'float32_plain'"):
         load_recipe(path)
     float32 = modes.get_mode("float32")
-    modes.register_mode(modes.ExportMode("float32_plain", "float32 again", "unused",
-                                         float32.configure))
+    modes.register_mode(
+        modes.ExportMode("float32_plain", "float32 again", "unused", float32.configure)
+    )
     try:
         assert load_recipe(path).stages[1].modes == ["float32", "float32_plain"]
     finally:
@@ -125,7 +137,8 @@ def test_an_export_mode_registered_after_import_is_accepted(tmp_path):
 
 def test_export_stage_with_a_target_records_the_choice(tmp_path):
     text = RECIPE.replace("  - {type: scale_kernels, factor: 0.5}\n", "").replace(
-        "{type: export, modes: [float32]}", "{type: export, target: cpu}")
+        "{type: export, modes: [float32]}", "{type: export, target: cpu}"
+    )
     path = tmp_path / "recipe.yaml"
     path.write_text(text)
     assert load_recipe(path).stages[1].modes == []
@@ -141,11 +154,13 @@ def test_export_stage_with_a_target_records_the_choice(tmp_path):
 
 def test_an_export_stage_needs_modes_or_a_target(tmp_path):
     path = tmp_path / "recipe.yaml"
-    path.write_text(RECIPE.replace("  - {type: scale_kernels, factor: 0.5}\n", "").replace(
-        "modes: [float32]", "modes: []"))
+    path.write_text(
+        RECIPE.replace("  - {type: scale_kernels, factor: 0.5}\n", "").replace(
+            "modes: [float32]", "modes: []"
+        )
+    )
     with pytest.raises(RecipeError, match="at least one of 'modes'"):
         load_recipe(path)
-
 
 
 MIXED = """\
@@ -179,15 +194,19 @@ def test_a_recipe_trains_and_writes_per_layer_bit_widths(tmp_path):
 
 def test_qat_layers_naming_no_layer_is_an_error(tmp_path):
     path = tmp_path / "recipe.yaml"
-    path.write_text(MIXED.replace('layers: {"dense*": int2}, epochs: 1',
-                                  'layers: {"classifier": int2}, epochs: 1'))
+    path.write_text(
+        MIXED.replace(
+            'layers: {"dense*": int2}, epochs: 1', 'layers: {"classifier": int2}, epochs: 1'
+        )
+    )
     with pytest.raises(RecipeError, match="'classifier', which matches no layer"):
         pipeline.run(path, tmp_path / "out", progress=lambda line: None)
 
 
 def test_qat_layers_with_an_unknown_scheme_is_an_error(tmp_path):
     path = tmp_path / "recipe.yaml"
-    path.write_text(MIXED.replace('layers: {"dense*": int2}, epochs: 1',
-                                  'layers: {"dense*": int3}, epochs: 1'))
+    path.write_text(
+        MIXED.replace('layers: {"dense*": int2}, epochs: 1', 'layers: {"dense*": int3}, epochs: 1')
+    )
     with pytest.raises(RecipeError, match="int3"):
         load_recipe(path)

@@ -10,8 +10,10 @@ from tfcompress import cli, export, pipeline
 RECIPE = {
     "name": "tiny",
     "data": {"embedded": "digits"},
-    "model": {"factory": "tfcompress.testing:digits_cnn",
-              "kwargs": {"filters": [4, 8], "dense_units": 16}},
+    "model": {
+        "factory": "tfcompress.testing:digits_cnn",
+        "kwargs": {"filters": [4, 8], "dense_units": 16},
+    },
     "stages": [
         {"type": "train", "epochs": 3, "learning_rate": 0.005},
         {"type": "prune", "final_sparsity": 0.5, "epochs": 1},  # ignored by tune
@@ -23,8 +25,9 @@ RECIPE = {
 def searched(tmp_path_factory):
     out = tmp_path_factory.mktemp("tune") / "out"
     lines = []
-    result = pipeline.tune(RECIPE, str(out), max_accuracy_drop=0.05, trials=3, epochs=1,
-                           progress=lines.append)
+    result = pipeline.tune(
+        RECIPE, str(out), max_accuracy_drop=0.05, trials=3, epochs=1, progress=lines.append
+    )
     return out, result, lines
 
 
@@ -70,21 +73,29 @@ def test_sensitivity_ranks_every_quantizable_layer(searched):
     assert "Per-layer sensitivity" in (out / "tune.md").read_text()
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(max_accuracy_drop=-0.01), "max_accuracy_drop=-0.01"),
-    (dict(max_accuracy_drop=1.0), "max_accuracy_drop=1.0"),
-    (dict(trials=0), "trials=0"),
-    (dict(epochs=0), "epochs=0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(max_accuracy_drop=-0.01), "max_accuracy_drop=-0.01"),
+        (dict(max_accuracy_drop=1.0), "max_accuracy_drop=1.0"),
+        (dict(trials=0), "trials=0"),
+        (dict(epochs=0), "epochs=0"),
+    ],
+)
 def test_bad_arguments_are_clear_errors(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         pipeline.tune(RECIPE, str(tmp_path), progress=lambda m: None, **kwargs)
 
 
-@pytest.mark.parametrize("argv", [
-    ["--max-accuracy-drop", "-0.5"], ["--max-accuracy-drop", "1"], ["--trials", "0"],
-    ["--max-accuracy-drop", "lots"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--max-accuracy-drop", "-0.5"],
+        ["--max-accuracy-drop", "1"],
+        ["--trials", "0"],
+        ["--max-accuracy-drop", "lots"],
+    ],
+)
 def test_cli_bad_input_exits_2(tmp_path, capsys, argv):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(json.dumps(RECIPE))

@@ -57,12 +57,15 @@ def main(workdir):
 
     def build():
         with strategy.scope():
-            schedule = prune.PolynomialDecay(0.0, TARGET, begin_step=0, end_step=3 * STEPS,
-                                             frequency=4)
+            schedule = prune.PolynomialDecay(
+                0.0, TARGET, begin_step=0, end_step=3 * STEPS, frequency=4
+            )
             model = prune.prune_low_magnitude(testing.digits_cnn(seed=0), schedule, skip=None)
-            model.compile(keras.optimizers.Adam(3e-3),
-                          keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                          metrics=["accuracy"])
+            model.compile(
+                keras.optimizers.Adam(3e-3),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"],
+            )
         return model
 
     def state(model, history):
@@ -77,26 +80,51 @@ def main(workdir):
 
     backup = os.path.join(workdir, "backup")
     model = build()
-    history = model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
-                        callbacks=[prune.UpdatePruningStep(),
-                                   keras.callbacks.BackupAndRestore(backup), KillOnce()])
+    history = model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        shuffle=False,
+        verbose=0,
+        callbacks=[prune.UpdatePruningStep(), keras.callbacks.BackupAndRestore(backup), KillOnce()],
+    )
     resumed = state(model, history)
 
     reference = build()
-    history = reference.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
-                            callbacks=[prune.UpdatePruningStep()])
+    history = reference.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        shuffle=False,
+        verbose=0,
+        callbacks=[prune.UpdatePruningStep()],
+    )
     uninterrupted = state(reference, history)
-    weight_diff = max(float(np.abs(a - b).max())
-                      for a, b in zip(model.get_weights(), reference.get_weights(), strict=True))
+    weight_diff = max(
+        float(np.abs(a - b).max())
+        for a, b in zip(model.get_weights(), reference.get_weights(), strict=True)
+    )
     masks_equal = all(
         np.array_equal(np.asarray(ma), np.asarray(mb))
-        for wa, wb in zip(prune.callbacks.pruning_wrappers(model),
-                          prune.callbacks.pruning_wrappers(reference), strict=True)
-        for ma, mb in zip(wa.masks, wb.masks, strict=True))
-    result = {"resumed": resumed, "uninterrupted": uninterrupted, "weight_diff": weight_diff,
-              "masks_equal": masks_equal, "backup_left": os.path.exists(backup),
-              "total_steps": EPOCHS * STEPS, "target": TARGET,
-              "replicas": strategy.num_replicas_in_sync}
+        for wa, wb in zip(
+            prune.callbacks.pruning_wrappers(model),
+            prune.callbacks.pruning_wrappers(reference),
+            strict=True,
+        )
+        for ma, mb in zip(wa.masks, wb.masks, strict=True)
+    )
+    result = {
+        "resumed": resumed,
+        "uninterrupted": uninterrupted,
+        "weight_diff": weight_diff,
+        "masks_equal": masks_equal,
+        "backup_left": os.path.exists(backup),
+        "total_steps": EPOCHS * STEPS,
+        "target": TARGET,
+        "replicas": strategy.num_replicas_in_sync,
+    }
     with open(os.path.join(workdir, "result.json"), "w") as f:
         json.dump(result, f)
 

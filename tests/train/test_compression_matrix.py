@@ -37,7 +37,9 @@ def max_diff(a, b):
                for u, v in zip(a, b, strict=True))
 """
 
-MATRIX = _COMMON + """
+MATRIX = (
+    _COMMON
+    + """
 x, y = data.x_train[:384], data.y_train[:384]      # 12 steps of 32 per epoch
 x_test, y_test = data.x_test[:200], data.y_test[:200]
 single = tf.distribute.OneDeviceStrategy("/cpu:0")
@@ -125,11 +127,15 @@ for name, run in [("prune", run_prune), ("qat", run_qat), ("cluster", run_cluste
     out[name] = {"mirrored": m, "single": s, "weight_diff": max_diff(m_weights, s_weights)}
 print(json.dumps(out))
 """
+)
 
-MIXED = """
+MIXED = (
+    """
 import keras
 keras.mixed_precision.set_global_policy("mixed_float16")
-""" + _COMMON + """
+"""
+    + _COMMON
+    + """
 x, y = data.x_train[:256], data.y_train[:256]      # 8 steps of 32 per epoch
 out = {"replicas": mirrored.num_replicas_in_sync}
 
@@ -186,6 +192,7 @@ out["distill"] = {"loss": d.fit(x, y, batch_size=32, epochs=2, verbose=0).histor
                   "compute_dtype": student.compute_dtype}
 print(json.dumps(out))
 """
+)
 
 
 def _result(code):
@@ -210,7 +217,7 @@ def test_pruning_reaches_the_same_sparsity_as_one_device(matrix):
     assert m["zeros_stay_zero"]
     # Every replica's copy of every layer's step counter saw the 12 batches.
     assert m["steps"] == s["steps"] == [12]
-    assert m["accuracy"] == pytest.approx(s["accuracy"], abs=1e-4)   # aggregated metric
+    assert m["accuracy"] == pytest.approx(s["accuracy"], abs=1e-4)  # aggregated metric
     assert matrix["prune"]["weight_diff"] < 1e-4
 
 

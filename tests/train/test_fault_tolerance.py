@@ -20,8 +20,12 @@ JOB = os.path.join(os.path.dirname(__file__), "_fault_tolerance_job.py")
 
 
 def _run(workdir, limit=240):
-    proc = subprocess.Popen([sys.executable, JOB, str(workdir)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, JOB, str(workdir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _, err = proc.communicate(timeout=limit)
     finally:

@@ -22,12 +22,22 @@ def _free_ports(n):
 
 
 def _start(index, ports, out, timeout=60):
-    env = dict(os.environ, TF_CONFIG=json.dumps({
-        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-        "task": {"type": "worker", "index": index},
-    }))
-    return subprocess.Popen([sys.executable, JOB, str(out), str(timeout)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(
+        os.environ,
+        TF_CONFIG=json.dumps(
+            {
+                "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                "task": {"type": "worker", "index": index},
+            }
+        ),
+    )
+    return subprocess.Popen(
+        [sys.executable, JOB, str(out), str(timeout)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(procs, limit=240):
@@ -58,7 +68,7 @@ def test_two_workers_train_in_lockstep(tmp_path):
 def test_a_dead_worker_gives_a_clear_error_not_a_hang(tmp_path):
     ports = _free_ports(2)
     proc = _start(0, ports, tmp_path / "w0.json", timeout=3)
-    (_, err), = _finish([proc], limit=120)
+    ((_, err),) = _finish([proc], limit=120)
     assert proc.returncode != 0
     assert f"worker:1 at 127.0.0.1:{ports[1]}" in err
     assert "did not answer within 3 s" in err

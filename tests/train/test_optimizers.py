@@ -14,10 +14,13 @@ def test_warmup_cosine_shape():
     assert values[4] == pytest.approx(1e-4)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(peak_learning_rate=0, total_steps=10), "peak_learning_rate must be positive"),
-    (dict(peak_learning_rate=1e-3, total_steps=10, warmup_steps=10), "warmup_steps=10"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(peak_learning_rate=0, total_steps=10), "peak_learning_rate must be positive"),
+        (dict(peak_learning_rate=1e-3, total_steps=10, warmup_steps=10), "warmup_steps=10"),
+    ],
+)
 def test_warmup_cosine_rejects(kwargs, message):
     with pytest.raises(ValueError, match=message):
         train.warmup_cosine(**kwargs)
@@ -26,15 +29,18 @@ def test_warmup_cosine_rejects(kwargs, message):
 def test_adamw_decays_kernels_but_not_biases_or_norms():
     import keras
 
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
-                              keras.layers.LayerNormalization()])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3), keras.layers.LayerNormalization()]
+    )
     model.layers[0].bias.assign(np.ones(3, "float32"))
     before = [w.numpy().copy() for w in model.weights]
     # A zero loss leaves weight decay as the only force on the weights.
-    model.compile(optimizer=train.adamw(0.1, weight_decay=0.5),
-                  loss=lambda y, p: 0.0 * keras.ops.sum(p))
-    model.fit(np.ones((4, 4), "float32"), np.zeros((4, 3), "float32"), epochs=1,
-              batch_size=4, verbose=0)
+    model.compile(
+        optimizer=train.adamw(0.1, weight_decay=0.5), loss=lambda y, p: 0.0 * keras.ops.sum(p)
+    )
+    model.fit(
+        np.ones((4, 4), "float32"), np.zeros((4, 3), "float32"), epochs=1, batch_size=4, verbose=0
+    )
     after = {w.path: w.numpy() for w in model.weights}
     kernel_path = model.layers[0].kernel.path
     np.testing.assert_allclose(after[kernel_path], before[0] * (1 - 0.1 * 0.5), rtol=1e-5)
@@ -46,8 +52,9 @@ def _fit(optimizer, batch_size, x, y):
     import keras
 
     keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="tanh"),
-                              keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(2)]
+    )
     model.compile(optimizer=optimizer, loss="mse")
     model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
     return model.get_weights()

@@ -35,8 +35,9 @@ def test_sharing_trains_with_fit():
     import keras
 
     shared = train.share_layers(_blocks_model(), [["block1", "block2"]])
-    shared.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True))
+    shared.compile(
+        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     rng = np.random.default_rng(1)
     x = rng.normal(size=(64, 8)).astype("float32")
     y = (x[:, 0] > 0).astype("int32")
@@ -56,13 +57,19 @@ def test_keras_hub_bert_layers_share(bert_data):
     assert shared.predict(batch, verbose=0).shape == (4, 2)
 
 
-@pytest.mark.parametrize("groups, message", [
-    ([["block0"]], "at least two layers"),
-    ([["block0", "nope"]], "has no layer named \\['nope'\\]"),
-    ([["proj", "head"]], "different weight shapes: 'proj' \\[\\(8, 16\\), \\(16,\\)\\] vs 'head'"),
-    ([["block0", "block1"], ["block1", "block2"]], "more than one sharing group"),
-    ("block0", "must be a list of lists"),
-])
+@pytest.mark.parametrize(
+    "groups, message",
+    [
+        ([["block0"]], "at least two layers"),
+        ([["block0", "nope"]], "has no layer named \\['nope'\\]"),
+        (
+            [["proj", "head"]],
+            "different weight shapes: 'proj' \\[\\(8, 16\\), \\(16,\\)\\] vs 'head'",
+        ),
+        ([["block0", "block1"], ["block1", "block2"]], "more than one sharing group"),
+        ("block0", "must be a list of lists"),
+    ],
+)
 def test_bad_groups(groups, message):
     with pytest.raises(ValueError, match=message):
         train.share_layers(_blocks_model(), groups)

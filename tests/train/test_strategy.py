@@ -15,19 +15,28 @@ def _free_port():
 
 
 def _config(ports, index=0):
-    return {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-            "task": {"type": "worker", "index": index}}
+    return {
+        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+        "task": {"type": "worker", "index": index},
+    }
 
 
-@pytest.mark.parametrize("raw, message", [
-    ("{not json", "not valid JSON"),
-    ('{"task": {"type": "worker", "index": 0}}', "needs a 'cluster'"),
-    ('{"cluster": {"worker": ["a:1"]}}', "needs a 'task'"),
-    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}',
-     "task worker:3 is not in its cluster"),
-    ('{"cluster": {"worker": ["nohostport"]}, "task": {"type": "worker", "index": 0}}',
-     "expected 'host:port'"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"task": {"type": "worker", "index": 0}}', "needs a 'cluster'"),
+        ('{"cluster": {"worker": ["a:1"]}}', "needs a 'task'"),
+        (
+            '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}',
+            "task worker:3 is not in its cluster",
+        ),
+        (
+            '{"cluster": {"worker": ["nohostport"]}, "task": {"type": "worker", "index": 0}}',
+            "expected 'host:port'",
+        ),
+    ],
+)
 def test_malformed_tf_config_is_named(raw, message):
     with pytest.raises(ClusterConfigError, match=message):
         train.read_tf_config({"TF_CONFIG": raw})

@@ -20,9 +20,11 @@ def tflite_errors(path=None):
         missing = _MISSING_OP.search(message)
         if missing and path is not None:
             op = missing.group(1) or missing.group(2)
-            message = (f"LiteRT cannot run '{path}': it needs the op '{op}', which LiteRT does "
-                       "not have (a custom or TensorFlow op). Export the model again without it "
-                       "(tfcompress.export.to_tflite writes builtin ops only).")
+            message = (
+                f"LiteRT cannot run '{path}': it needs the op '{op}', which LiteRT does "
+                "not have (a custom or TensorFlow op). Export the model again without it "
+                "(tfcompress.export.to_tflite writes builtin ops only)."
+            )
         raise InvalidTFLiteFileError(message) from None
 
 
