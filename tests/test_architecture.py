@@ -77,7 +77,9 @@ def _module_cycles(graph):
 
 def test_no_import_cycles():
     # Lazy imports inside functions count: a cycle hidden that way is still a cycle.
-    assert _module_cycles(grimp.build_graph("tfcompress")) == []
+    # Imports under `if TYPE_CHECKING:` never run, so they are left out.
+    graph = grimp.build_graph("tfcompress", exclude_type_checking_imports=True)
+    assert _module_cycles(graph) == []
 
 
 def test_cycle_finder_finds_a_cycle():
