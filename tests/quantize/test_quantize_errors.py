@@ -133,3 +133,18 @@ def test_ranges_never_set_is_detected_before_export():
 def test_is_quantization_aware_false_for_float_and_non_models(float_cnn):
     assert not quantize.is_quantization_aware(float_cnn)
     assert not quantize.is_quantization_aware(object())
+
+
+def test_calibrating_a_model_with_nothing_to_quantize_says_so():
+    import keras
+    import numpy as np
+
+    model = keras.Sequential(
+        [keras.Input((4, 4)), keras.layers.Flatten(), keras.layers.Dropout(0.1)], name="passthrough"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"'passthrough' has no layer that int8 quantization "
+        r"changes .*Dropout, Flatten",
+    ):
+        quantize.quantize_model(model, representative_data=np.zeros((8, 4, 4), "float32"))

@@ -173,8 +173,16 @@ def quantize_model(
         shared=tuple(shared.values()),
     )
     if representative_data is not None:
-        from tfcompress.quantize.calibration import calibrate
+        from tfcompress.quantize.calibration import activation_quantizers, calibrate
 
+        if not activation_quantizers(qat):
+            kinds = sorted({type(layer).__name__ for layer in functional.layers[1:]})
+            raise ValueError(
+                f"Model '{model.name}' has no layer that int8 quantization changes (its layers "
+                f"pass their input through: {', '.join(kinds) or 'none'}), so there is no range "
+                "to calibrate. Add the layers that compute (Dense, Conv2D, ...) or export it "
+                "as float32. Received: representative_data for a model without such layers"
+            )
         calibrated = calibrate(qat, representative_data, config.calibration, config.percentile)
         report = dataclasses.replace(
             report, calibration=calibrated.method, calibration_samples=calibrated.samples
