@@ -36,10 +36,12 @@ def run_all(names, quick=False, write=True, options=None):
     """Run the named benchmarks; returns rows of (name, status, seconds, error).
 
     `options` maps a benchmark name to extra keyword arguments of its run(),
-    e.g. {"summary": {"tasks": [...], "methods": [...]}}.
+    e.g. {"summary": {"tasks": [...], "methods": [...]}}. The run summary is
+    rewritten after every benchmark, so a run cut short still says how far it got.
     """
     rows = []
-    for name in names:
+    started = time.perf_counter()
+    for index, name in enumerate(names):
         start = time.perf_counter()
         print(f"== {name}", flush=True)
         try:
@@ -50,16 +52,27 @@ def run_all(names, quick=False, write=True, options=None):
             traceback.print_exc()
             status, error = "**failed**", f"{type(e).__name__}: {e}".splitlines()[0][:300]
         rows.append([name, status, f"{time.perf_counter() - start:.0f}", error])
+        if write:
+            _write_summary(rows, names[index + 1 :], quick, time.perf_counter() - started)
+    return rows
+
+
+def _write_summary(rows, pending, quick, seconds):
+    done = "finished" if not pending else "in progress (or cut short)"
     body = (
         "Which benchmarks ran in the last `python -m benchmarks"
         + (" --quick" if quick else "")
-        + "` run, how long each took, and why any "
-        "failed.\n\n" + _common.markdown_table(["benchmark", "status", "seconds", "error"], rows)
+        + f"` run, how long each took, and why any failed. The run is {done}: "
+        f"{seconds / 60:.0f} minutes so far.\n\n"
+        + _common.markdown_table(
+            ["benchmark", "status", "seconds", "error"],
+            rows
+            + [[name, "not reached", "-", ""] for name in pending]
+            + [["**total**", "", f"{seconds:.0f}", ""]],
+        )
     )
-    print(body)
-    if write:
-        _common.update_section("Run summary", body, "benchmarks/__main__.py")
-    return rows
+    print(body, flush=True)
+    _common.update_section("Run summary", body, "benchmarks/__main__.py")
 
 
 def main(argv=None):

@@ -54,6 +54,16 @@ def markdown_table(headers, rows):
 
 def update_section(name, body, script):
     """Replace (or add) the section `name` of BENCHMARKS.md, atomically."""
+    import fcntl
+
+    # Benchmarks run side by side in several processes: the read-modify-write of the
+    # shared file holds a lock so no section written meanwhile is lost.
+    with open(BENCHMARKS_MD + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _replace_section(name, body, script)
+
+
+def _replace_section(name, body, script):
     from tfcompress._io import atomic_write_text
 
     text = open(BENCHMARKS_MD).read() if os.path.exists(BENCHMARKS_MD) else _HEADER
