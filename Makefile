@@ -17,12 +17,15 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(BIN)/tfcompress demo --out demo_out
 
+# Two processes (the CI machine has 2 cores); tests/conftest.py groups and orders the work.
+XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST)
 
 # The fast lane (under 2 minutes): no test marked slow, no notebooks.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" $(XDIST)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -84,15 +84,46 @@ def no_leftovers(tmp_path):
 
 # The fast lane (`make test-fast`, `-m "not slow"`) must stay under two minutes: tests whose
 # measured time would push it over are listed in slow_tests.txt and marked slow here, so
-# `make test` still runs them. Regenerate the list from a timed full run when it drifts.
-_SLOW_LIST = os.path.join(os.path.dirname(__file__), "slow_tests.txt")
+# `make test` still runs them. `make test` runs on two processes (pytest-xdist,
+# `--dist loadgroup`): a module's tests stay together so its fixtures are built once, a
+# module longer than _SPLIT_S is spread test by test, and the longest work starts first
+# so no long module is left for the end. test_times.txt holds the measured seconds of
+# each module, and of each test of a module that is spread. Regenerate both files with
+# `python .ci/timings.py JUNIT.xml` after a full run.
+_HERE = os.path.dirname(__file__)
+_SLOW_LIST = os.path.join(_HERE, "slow_tests.txt")
+_TIMES = os.path.join(_HERE, "test_times.txt")
+_SPLIT_S = 240.0
+_UNMEASURED_S = 10.0
 
 
+def _lines(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
-    if not os.path.exists(_SLOW_LIST):
-        return
-    with open(_SLOW_LIST, encoding="utf-8") as f:
-        listed = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+    listed = set() if os.environ.get("TFCOMPRESS_IGNORE_SLOW_LIST") else set(_lines(_SLOW_LIST))
     for item in items:
         if item.nodeid in listed:
             item.add_marker(pytest.mark.slow)
+    if getattr(config.option, "dist", "no") != "loadgroup":
+        return
+    seconds = {}
+    for line in _lines(_TIMES):
+        value, name = line.split(maxsplit=1)
+        seconds[name] = float(value)
+    weight = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        measured = seconds.get(module, _UNMEASURED_S)
+        if measured > _SPLIT_S:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid))
+            weight[item.nodeid] = seconds.get(item.nodeid, _UNMEASURED_S)
+        else:
+            item.add_marker(pytest.mark.xdist_group(module))
+            weight[item.nodeid] = measured
+    items.sort(key=lambda item: -weight[item.nodeid])  # stable: file order kept within
