@@ -13,6 +13,14 @@ at the width asked for (a DEPTHWISE_CONV_2D at int4, a Dense whose input size
 the block does not divide) gets the nearest format it can take, and the
 result's `layers` say so.
 
+Embedding tables go low-bit too: a float32 constant that only GATHER or
+SLICE ops read (a Keras `Embedding`'s table, keras-hub's token, segment and
+position embeddings) is stored as int8, int4 or int2 with one scale per
+column (the embedding dimension, the last axis) and a DEQUANTIZE op that
+LiteRT runs once, when the file is loaded. litert-quantizer leaves these
+tables float32 (it quantizes EMBEDDING_LOOKUP, which the converter does not
+emit for Keras models), and in a small text model they are most of the file.
+
 A model trained with the `"int4"`, `"int4_block32"`, ... QAT schemes
 (`tfcompress.quantize`) is on litert-quantizer's grid already, so its weights
 reach the file unchanged.
@@ -54,7 +62,12 @@ WEIGHT_OPS = (
     "BATCH_MATMUL",
     "CONV_2D_TRANSPOSE",
 )
+#: TFLite ops whose input 0 may be a constant table (an embedding): stored
+#: low-bit with a DEQUANTIZE in front, one scale per column.
+TABLE_OPS = ("GATHER", "SLICE", "STRIDED_SLICE")
 _INT4, _INT2 = 17, 19  # TensorType codes of the TFLite schema
+_TYPE_CODES = {8: 9, 4: _INT4, 2: _INT2}  # bits -> TensorType
+_FLOAT32, _DEQUANTIZE = 0, 6  # TensorType FLOAT32, BuiltinOperator DEQUANTIZE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,6 +393,7 @@ class _WeightOp:
     tensor: str  # the weight tensor's name
     shape: tuple  # the weight tensor's shape
     layers: tuple  # Keras layer names found in the op's tensor names
+    table: bool = False  # a constant table read by TABLE_OPS (we quantize it, not litert)
 
 
 def _layer_names(model):
@@ -419,12 +433,18 @@ def _weight_ops(float_bytes, aliases):
     ops = []
     for s, subgraph in enumerate(model.subgraphs):
         tensors = subgraph.tensors
+        names = [_op_name(model, op) for op in subgraph.operators]
+        tables = _tables(subgraph, names, model.buffers)
         for i, op in enumerate(subgraph.operators):
-            name = fu.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
-            name = getattr(name, "value", name)
-            if name not in WEIGHT_OPS:
+            name = names[i]
+            if name in WEIGHT_OPS:
+                weight = _constant_input(op, tensors, model.buffers)
+            elif name in TABLE_OPS and op.inputs[0] in tables:
+                weight = int(op.inputs[0])
+                if tables[weight] != i:
+                    continue  # a table read by several ops: listed once, at its first reader
+            else:
                 continue
-            weight = _constant_input(op, tensors, model.buffers)
             if weight is None:
                 continue
             texts = [fu.get_tensor_name(tensors[t]) for t in list(op.outputs) + [weight] if t >= 0]
@@ -441,9 +461,39 @@ def _weight_ops(float_bytes, aliases):
                     fu.get_tensor_name(tensors[weight]),
                     tuple(int(d) for d in tensors[weight].shape),
                     tuple(found),
+                    table=name in TABLE_OPS,
                 )
             )
     return ops
+
+
+def _op_name(model, op):
+    from litert_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    name = fu.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
+    return getattr(name, "value", name)
+
+
+def _tables(subgraph, names, buffers):
+    """`{tensor index: first reader}` of the float32 constants of rank >= 2 read only as tables.
+
+    A table is input 0 of GATHER / SLICE / STRIDED_SLICE ops and of nothing
+    else: storing it low-bit behind a DEQUANTIZE changes no other op.
+    """
+    readers = {}
+    for i, op in enumerate(subgraph.operators):
+        for position, t in enumerate(op.inputs):
+            if t >= 0:
+                readers.setdefault(int(t), []).append((i, names[i], position))
+    tables = {}
+    for t, uses in readers.items():
+        tensor = subgraph.tensors[t]
+        data = buffers[tensor.buffer].data if tensor.buffer < len(buffers) else None
+        if tensor.type != _FLOAT32 or data is None or not len(data) or len(tensor.shape) < 2:
+            continue
+        if all(name in TABLE_OPS and position == 0 for _, name, position in uses):
+            tables[t] = uses[0][0]
+    return tables
 
 
 def _constant_input(op, tensors, buffers):
@@ -501,7 +551,7 @@ def _exact_qat_kernels(model, float_bytes, ops):
     flat = fu.read_model(float_bytes)
     for op in ops:
         layer = next((wrappers[n] for n in op.layers if n in wrappers), None)
-        if layer is None:
+        if layer is None or op.table:
             continue
         kernel = np.asarray(layer.quantized_kernel(), dtype=np.float32)
         exact = _tflite_layout(kernel, op.op, op.shape)
@@ -567,6 +617,10 @@ def _why_not(op, fmt):
 
     if fmt.name == "float":
         return None
+    if op.table:
+        if fmt.block_size:
+            return "a table gets one scale per column, not per block"
+        return None
     if fmt.bits == 2 and op.op != "FULLY_CONNECTED":
         return f"LiteRT computes int2 {op.op} wrongly (measured: NaN)"
     if fmt.block_size:
@@ -605,10 +659,11 @@ def _plan(ops, default, layers):
 def _quantize(float_bytes, plan):
     from litert_quantizer import Quantizer, algorithm_manager, qtyping
 
+    tables = {op.tensor: get_format(got) for op, _, got, _ in plan if op.table and got != "float"}
     quantizer = Quantizer(bytearray(float_bytes))
     entries = 0
     for op, _, got, _ in plan:
-        if got == "float":
+        if got == "float" or op.table:
             continue
         quantizer.update_quantization_recipe(
             regex="^" + re.escape(op.scope) + "$",
@@ -617,11 +672,122 @@ def _quantize(float_bytes, plan):
             algorithm_key=algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT,
         )
         entries += 1
-    if not entries:
-        return float_bytes
-    with _quiet_warnings():
-        result = quantizer.quantize(enable_progress_report=False)
-    return bytes(result.quantized_model)
+    data = float_bytes
+    if entries:
+        with _quiet_warnings():
+            data = bytes(quantizer.quantize(enable_progress_report=False).quantized_model)
+    return _quantize_tables(data, tables) if tables else data
+
+
+def table_grid(table: np.ndarray, num_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integers and scales of a table on the symmetric grid, one scale per column.
+
+    The grid of `tfcompress.quantize.grid.litert_grid` (channels last) and of
+    the int8 QAT scheme: `scale = max(max|w|, 1e-9) / (2**(bits-1) - 1)` per
+    last-axis index, `q = clip(rint(w / scale))`, zero point 0. A table
+    trained on this grid is stored unchanged.
+
+    Args:
+        table: the float table, columns (the embedding dimension) last.
+        num_bits: 8, 4 or 2.
+
+    Returns:
+        `(q, scales)`: int8 integers of `table`'s shape and float32 scales,
+        one per column; `q * scales` is what the file computes with.
+
+    Example:
+
+    >>> q, scales = table_grid(np.random.randn(100, 16).astype("float32"), 4)
+    >>> int(abs(q).max()), scales.shape
+    (7, (16,))
+    """
+    table = np.asarray(table, dtype=np.float32)
+    qmax = np.float32(2 ** (num_bits - 1) - 1)
+    bound = np.abs(table.reshape(-1, table.shape[-1])).max(axis=0)
+    scales = (np.maximum(bound, np.float32(1e-9)) / qmax).astype(np.float32)
+    q = np.clip(np.rint(table / scales), -qmax - 1, qmax).astype(np.int8)
+    return q, scales
+
+
+def _pack(q, bits):
+    """Signed integers packed low bits first (2 per byte for int4, 4 for int2), as TFLite reads."""
+    if bits == 8:
+        return q.astype(np.int8).reshape(-1).view(np.uint8)
+    per_byte = 8 // bits
+    flat = q.astype(np.int8).reshape(-1)
+    flat = np.concatenate([flat, np.zeros((-len(flat)) % per_byte, np.int8)])
+    parts = (flat.view(np.uint8) & ((1 << bits) - 1)).reshape(-1, per_byte)
+    packed = np.zeros(len(parts), np.uint8)
+    for k in range(per_byte):
+        packed |= (parts[:, k] << (bits * k)).astype(np.uint8)
+    return packed
+
+
+def _text(name):
+    return name.decode("utf-8") if isinstance(name, (bytes, bytearray)) else str(name or "")
+
+
+def _quantize_tables(data, tables):
+    """Store each named float32 table low-bit: a new quantized constant and a DEQUANTIZE.
+
+    The table's tensor becomes the DEQUANTIZE's output (its readers are
+    unchanged); LiteRT evaluates a DEQUANTIZE of a constant once, when the
+    interpreter is prepared.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    model = fbu.read_model_from_bytearray(bytearray(data))
+    codes = [fbu.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
+    if _DEQUANTIZE not in codes:
+        model.operatorCodes.append(
+            schema.OperatorCodeT(deprecatedBuiltinCode=_DEQUANTIZE, builtinCode=_DEQUANTIZE)
+        )
+        codes.append(_DEQUANTIZE)
+    users = {}  # buffer -> tensors holding it (the converter shares equal constants)
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            users[tensor.buffer] = users.get(tensor.buffer, 0) + 1
+    for subgraph in model.subgraphs:
+        first_reader = {}
+        for i, op in enumerate(subgraph.operators):
+            for t in op.inputs:
+                first_reader.setdefault(int(t), i)
+        inserts = []
+        for t, tensor in enumerate(subgraph.tensors):
+            fmt = tables.get(_text(tensor.name))
+            if fmt is None or tensor.type != _FLOAT32 or t not in first_reader:
+                continue
+            buffer = model.buffers[tensor.buffer]
+            table = np.frombuffer(bytes(np.asarray(buffer.data, np.uint8)), np.float32)
+            q, scales = table_grid(table.reshape(tensor.shape), fmt.bits)
+            stored = schema.BufferT()
+            stored.data = _pack(q, fmt.bits)
+            model.buffers.append(stored)
+            quantized = schema.TensorT()
+            quantized.shape = list(tensor.shape)
+            quantized.type = _TYPE_CODES[fmt.bits]
+            quantized.buffer = len(model.buffers) - 1
+            quantized.name = _text(tensor.name) + f"_int{fmt.bits}"
+            quantized.quantization = schema.QuantizationParametersT(
+                scale=[float(x) for x in scales],
+                zeroPoint=[0] * len(scales),
+                quantizedDimension=len(tensor.shape) - 1,
+            )
+            subgraph.tensors.append(quantized)
+            if users[tensor.buffer] == 1:
+                buffer.data = None  # the float table leaves the file
+            tensor.buffer = 0  # buffer 0 is the empty one
+            dequantize = schema.OperatorT()
+            dequantize.opcodeIndex = codes.index(_DEQUANTIZE)
+            dequantize.inputs = [len(subgraph.tensors) - 1]
+            dequantize.outputs = [t]
+            dequantize.builtinOptionsType = schema.BuiltinOptions.DequantizeOptions
+            dequantize.builtinOptions = schema.DequantizeOptionsT()
+            inserts.append((first_reader[t], dequantize))
+        for at, dequantize in sorted(inserts, key=lambda x: -x[0]):
+            subgraph.operators.insert(at, dequantize)
+    return bytes(fbu.convert_object_to_bytearray(model))
 
 
 def _quantize_static(float_path, activation_bits, representative_data, max_samples):
