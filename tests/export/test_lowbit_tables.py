@@ -113,6 +113,27 @@ def test_sparse_table_rows_compress(bag, tmp_path):
     assert np.all(weight.values[VOCAB // 4 :] == 0)
 
 
+class _Lookup(keras.layers.Layer):
+    """Gathers from a constant (no weight): the converter's table is no layer's weight."""
+
+    def call(self, ids):
+        table = np.linspace(-1, 1, VOCAB * 4, dtype="float32").reshape(VOCAB, 4)
+        return keras.ops.take(keras.ops.convert_to_tensor(table), ids, axis=0)
+
+
+def test_a_derived_constant_stays_float(tmp_path):
+    ids = keras.Input((LENGTH,), dtype="int32")
+    x = keras.layers.GlobalAveragePooling1D()(_Lookup(name="lookup")(ids))
+    model = keras.Model(ids, keras.layers.Dense(2, name="logits")(x))
+    result = lowbit.to_lowbit_tflite(model, tmp_path / "c.tflite", mode="int4")
+    assert [c.layer for c in result.layers] == ["logits"]
+    assert "DEQUANTIZE" not in export.inspect(result.path).op_histogram
+    x = _ids(64, 3)
+    np.testing.assert_allclose(
+        TFLiteRunner(result.path).predict(x), model.predict(x, verbose=0), atol=0.05
+    )
+
+
 @pytest.mark.slow
 def test_keras_hub_bert_tables(tmp_path):
     """Token, segment and position embeddings of a keras-hub BERT: int4 tables, exact file."""

@@ -13,8 +13,8 @@ at the width asked for (a DEPTHWISE_CONV_2D at int4, a Dense whose input size
 the block does not divide) gets the nearest format it can take, and the
 result's `layers` say so.
 
-Embedding tables go low-bit too: a float32 constant that only GATHER or
-SLICE ops read (a Keras `Embedding`'s table, keras-hub's token, segment and
+Embedding tables go low-bit too: a layer's float32 weight that only GATHER
+or SLICE ops read (a Keras `Embedding`'s table, keras-hub's token, segment and
 position embeddings) is stored as int8, int4 or int2 with one scale per
 column (the embedding dimension, the last axis) and a DEQUANTIZE op that
 LiteRT runs once, when the file is loaded. litert-quantizer leaves these
@@ -351,7 +351,7 @@ def to_lowbit_tflite(
                 float_path, recipe.activation_bits, representative_data, max_calibration_samples
             )
         else:
-            ops = _weight_ops(float_bytes, _layer_aliases(model))
+            ops = _weight_ops(float_bytes, _layer_aliases(model), _weight_shapes(model))
             _check_patterns(layers, model, ops)
             float_bytes = _exact_qat_kernels(model, float_bytes, ops)
             plan = _plan(ops, recipe.weights, layers)
@@ -425,7 +425,14 @@ def _name_pattern(name):
     return re.compile(r"(^|/)" + re.escape(name) + r"(_\d+)?(/|;|:|$)")
 
 
-def _weight_ops(float_bytes, aliases):
+def _weight_shapes(model):
+    """`{layer name: shapes of its weights}`: a table must be one of its layer's weights."""
+    flatten = getattr(model, "_flatten_layers", None)
+    found = flatten(include_self=False, recursive=True) if flatten else model.layers
+    return {layer.name: {tuple(int(d) for d in w.shape) for w in layer.weights} for layer in found}
+
+
+def _weight_ops(float_bytes, aliases, weight_shapes=None):
     from litert_quantizer.utils import tfl_flatbuffer_utils as fu
 
     model = fu.read_model(float_bytes)
@@ -452,6 +459,11 @@ def _weight_ops(float_bytes, aliases):
             for n, p in patterns:
                 if any(p.search(t) for t in texts):
                     found += [a for a in aliases[n] if a not in found]
+            shape = tuple(int(d) for d in tensors[weight].shape)
+            if name in TABLE_OPS and not any(
+                shape in (weight_shapes or {}).get(layer, ()) for layer in found
+            ):
+                continue  # a constant the converter derived (not a layer's weight): left as is
             ops.append(
                 _WeightOp(
                     s,
@@ -459,7 +471,7 @@ def _weight_ops(float_bytes, aliases):
                     name,
                     fu.get_op_scope(op, tensors),
                     fu.get_tensor_name(tensors[weight]),
-                    tuple(int(d) for d in tensors[weight].shape),
+                    shape,
                     tuple(found),
                     table=name in TABLE_OPS,
                 )
