@@ -113,6 +113,23 @@ def test_sparse_table_rows_compress(bag, tmp_path):
     assert np.all(weight.values[VOCAB // 4 :] == 0)
 
 
+def test_large_files_read_back(tmp_path):
+    # Over 256 KB of constants, litert-quantizer stores buffers after the flatbuffer.
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((LENGTH,), dtype="int32")
+    x = keras.layers.Embedding(2048, 64, name="emb")(ids)
+    x = keras.layers.Dense(32, name="hidden")(keras.layers.GlobalAveragePooling1D()(x))
+    model = keras.Model(ids, keras.layers.Dense(2, name="logits")(x))
+    kept = lowbit.to_lowbit_tflite(
+        model, tmp_path / "k.tflite", mode="int4", layers={"emb": "float"}
+    )
+    assert kept.bytes > 512 * 1024
+    assert {w.dtype for w in export.read_weights(kept.path).values()} == {"int4"}
+    packed = lowbit.to_lowbit_tflite(model, tmp_path / "p.tflite", mode="int4")
+    (table,) = [w for w in export.read_weights(packed.path).values() if w.shape == (2048, 64)]
+    assert table.dtype == "int4" and packed.bytes < kept.bytes / 4
+
+
 class _Lookup(keras.layers.Layer):
     """Gathers from a constant (no weight): the converter's table is no layer's weight."""
 

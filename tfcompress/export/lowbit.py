@@ -771,7 +771,7 @@ def _quantize_tables(data, tables):
             if fmt is None or tensor.type != _FLOAT32 or t not in first_reader:
                 continue
             buffer = model.buffers[tensor.buffer]
-            table = np.frombuffer(bytes(np.asarray(buffer.data, np.uint8)), np.float32)
+            table = np.frombuffer(_buffer_bytes(buffer, data), np.float32)
             q, scales = table_grid(table.reshape(tensor.shape), fmt.bits)
             stored = schema.BufferT()
             stored.data = _pack(q, fmt.bits)
@@ -977,6 +977,8 @@ def read_weights(path: str | os.PathLike) -> dict[str, FileWeight]:
 def _buffer_bytes(buffer, content):
     if buffer is None:
         return None
+    if isinstance(buffer.data, (bytes, bytearray, memoryview)):
+        return bytes(buffer.data)  # a buffer stored after the flatbuffer, resolved by the reader
     if buffer.data is not None:
         return bytes(np.asarray(buffer.data, dtype=np.uint8))
     if buffer.offset > 1:  # large models keep buffers after the flatbuffer
