@@ -20,6 +20,7 @@ from tfcompress.cluster.init import (
     register_init,
 )
 from tfcompress.cluster.layers import ClusterWeights
+from tfcompress.cluster.report import cluster_report
 
 __all__ = [
     "CentroidInitialization",
@@ -27,6 +28,7 @@ __all__ = [
     "ClusterWeights",
     "assign",
     "available_inits",
+    "cluster_report",
     "cluster_weights",
     "initial_centroids",
     "register_init",

@@ -37,6 +37,9 @@ class ClusterReport:
         init: the centroid initialisation.
         preserve_sparsity: whether zeros are kept.
         cluster_per_channel: whether convolutions got centroids per channel.
+        preserved: `(weight name, weights, values)` per weight a QAT wrapper
+            computes with at most `number_of_clusters` values (filled by
+            `cluster_report(qat_model)`; empty from `cluster_weights`).
     """
 
     clustered: tuple[tuple[str, int, int], ...]
@@ -44,6 +47,7 @@ class ClusterReport:
     init: str
     preserve_sparsity: bool = False
     cluster_per_channel: bool = False
+    preserved: tuple[tuple[str, int, int], ...] = ()
 
     def __str__(self) -> str:
         extra = [
@@ -54,12 +58,16 @@ class ClusterReport:
             )
             if on
         ]
-        lines = [
-            f"clustered {len(self.clustered)} weights ({self.init} init"
-            + "".join(f", {flag}" for flag in extra)
-            + ")"
-        ]
+        how = ([f"{self.init} init"] if self.init else []) + extra
+        lines = []
+        if self.clustered or not self.preserved:
+            lines.append(
+                f"clustered {len(self.clustered)} weights" + (f" ({', '.join(how)})" if how else "")
+            )
         lines += [f"  {n}: {w:,} weights -> {k} values" for n, w, k in self.clustered]
+        if self.preserved:
+            lines.append(f"preserved through QAT {len(self.preserved)} weights")
+            lines += [f"  {n}: {w:,} weights -> {k} values" for n, w, k in self.preserved]
         lines += [f"  skipped {n}: {r}" for n, r in self.skipped]
         return "\n".join(lines)
 

@@ -126,9 +126,7 @@ class _State:
 
         with AutocastScope(None):
             w = tf.cast(tf.convert_to_tensor(layer.kernel), "float32")
-        mask = self.wrapper._mask_for.get(id(layer))
-        if mask is not None:
-            w = w * mask
+        w = self.wrapper.kept_kernel(layer, w)
         w = get_scheme(self.wrapper.weight_scheme).quantize(w, per_channel=False)
         return ops.cast(w, layer.compute_dtype)
 
@@ -264,9 +262,7 @@ def _conv_call(self, inputs):
 
     with AutocastScope(None):
         w = tf.cast(tf.convert_to_tensor(self.kernel), "float32")
-    mask = self.__dict__[_STATE].wrapper._mask_for.get(id(self))
-    if mask is not None:
-        w = w * mask
+    w = state.wrapper.kept_kernel(self, w)
     kernel = get_scheme(state.wrapper.weight_scheme).quantize(w, per_channel=True)
     y = ops.conv(
         x,
@@ -343,6 +339,11 @@ class QuantizeComposite(Wrapper):
         ema_decay: moving-average decay of the activation ranges.
         preserve_sparsity: keep the zeros of the inner kernels (PQAT): each gets
             a fixed 0/1 mask, set by `quantize_model` from the float kernel.
+        preserve_clusters: keep the shared values of clustered inner kernels
+            (CQAT): the largest number of clusters of an inner kernel, or 0.
+            Each inner kernel gets fixed int32 `cluster_ids` (set by
+            `quantize_model` from the float kernel); weights of one cluster
+            compute with their mean, so they stay one value.
         **kwargs: base `Layer` arguments.
 
     Example:
@@ -357,12 +358,23 @@ class QuantizeComposite(Wrapper):
         weight_scheme: str | WeightScheme = "int8",
         ema_decay: float = 0.99,
         preserve_sparsity: bool = False,
+        preserve_clusters: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(layer, **kwargs)
+        if (
+            isinstance(preserve_clusters, bool)
+            or not isinstance(preserve_clusters, (int, np.integer))
+            or preserve_clusters < 0
+        ):
+            raise ValueError(
+                "preserve_clusters is a number of clusters (0 for off). "
+                f"Received: preserve_clusters={preserve_clusters!r}"
+            )
         self.weight_scheme = get_scheme(weight_scheme).name
         self.ema_decay = float(ema_decay)
         self.preserve_sparsity = bool(preserve_sparsity)
+        self.preserve_clusters = int(preserve_clusters)
         object.__setattr__(self, "_used", set())
         object.__setattr__(self, "_output_quantized", False)
 
@@ -378,9 +390,10 @@ class QuantizeComposite(Wrapper):
                 "QuantizeConfig(skip_layers=(...))."
             )
         state = _State(self)
-        quantizer_for, mask_for, slot_names = {}, {}, []
+        quantizer_for, mask_for, ids_for, slot_names = {}, {}, {}, []
         self.activation_quantizers = []
         self.sparsity_masks = []
+        self.cluster_ids = []
         for sub, kind in targets:
             sub_path = getattr(sub, "path", None) or sub.name
             parts = sub_path.split("/")  # keep the path inside the wrapped layer
@@ -405,11 +418,22 @@ class QuantizeComposite(Wrapper):
                 )
                 self.sparsity_masks.append(mask)
                 mask_for[id(sub)] = mask
+            if kind in ("dense", "conv") and self.preserve_clusters:
+                ids = self.add_weight(
+                    name=f"{sub_path.replace('/', '__')}__cluster_ids",
+                    shape=tuple(sub.kernel.shape),
+                    dtype="int32",
+                    initializer="zeros",
+                    trainable=False,
+                )
+                self.cluster_ids.append(ids)
+                ids_for[id(sub)] = ids
             sub.__class__ = _hooked_class(type(sub), kind)
             object.__setattr__(sub, _STATE, state)
         object.__setattr__(self, "_state", state)
         object.__setattr__(self, "_quantizer_for", quantizer_for)
         object.__setattr__(self, "_mask_for", mask_for)
+        object.__setattr__(self, "_ids_for", ids_for)
         object.__setattr__(self, "_slot_names", slot_names)
         symmetric = set()
         for sub, kind in targets:
@@ -459,6 +483,41 @@ class QuantizeComposite(Wrapper):
         """`(inner layer, kernel variable)` for every fake-quantized inner kernel."""
         return [(sub, sub.kernel) for sub, kind in self._targets if kind in ("dense", "conv")]
 
+    def kept_kernel(self, layer: keras.layers.Layer, w: tf.Tensor) -> tf.Tensor:
+        """`w` (an inner kernel, float32) with its zeros and clusters kept, before fake-quant."""
+        mask = self._mask_for.get(id(layer))
+        if mask is not None:
+            w = w * mask
+        ids = self._ids_for.get(id(layer))
+        if ids is not None:
+            means = tf.math.unsorted_segment_mean(
+                tf.reshape(w, [-1]), tf.reshape(ids, [-1]), self.preserve_clusters
+            )
+            w = tf.gather(means, ids)
+        return w
+
+    def quantized_kernels(self) -> list[tuple[keras.layers.Layer, tf.Tensor]]:
+        """`(inner layer, fake-quantized kernel)` as the wrapped layer computes with them."""
+        state = _State(self)
+        out = []
+        for sub, kind in self._targets:
+            if kind == "dense":
+                out.append((sub, state.kernel(sub)))
+            elif kind == "conv":
+                w = tf.cast(tf.convert_to_tensor(sub.kernel), "float32")
+                scheme = get_scheme(self.weight_scheme)
+                out.append((sub, scheme.quantize(self.kept_kernel(sub, w), per_channel=True)))
+        return out
+
+    def set_cluster_ids(self) -> None:
+        """Set each inner kernel's cluster ids from its distinct values (`preserve_clusters`)."""
+        for sub, _ in self.kernels():
+            ids = self._ids_for.get(id(sub))
+            if ids is not None:
+                kernel = keras.ops.convert_to_numpy(sub.kernel)
+                inverse = np.unique(kernel, return_inverse=True)[1].reshape(kernel.shape)
+                ids.assign(inverse.astype("int32"))
+
     def set_sparsity_masks(self) -> None:
         """Set each inner kernel's sparsity mask from its zeros (`preserve_sparsity`)."""
         for sub, _ in self.kernels():
@@ -473,5 +532,6 @@ class QuantizeComposite(Wrapper):
             weight_scheme=self.weight_scheme,
             ema_decay=self.ema_decay,
             preserve_sparsity=self.preserve_sparsity,
+            preserve_clusters=self.preserve_clusters,
         )
         return config

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfcompress._layers import Wrapper
@@ -123,6 +124,9 @@ class QuantizeWrapper(Wrapper):
         preserve_clusters: keep a clustered kernel's shared values (CQAT):
             the number of clusters, or 0. Weights of one cluster
             (`cluster_ids`) compute with their mean, so they stay one value.
+            Without a weight scheme (embedding tables), every trainable
+            weight of rank >= 2 gets such ids (`table_cluster_ids`; -1 for a
+            table that is not clustered, which trains freely).
         **kwargs: base `Layer` arguments.
 
     Example:
@@ -148,10 +152,6 @@ class QuantizeWrapper(Wrapper):
         if "dtype" not in kwargs and getattr(layer, "dtype_policy", None) is not None:
             kwargs["dtype"] = layer.dtype_policy
         super().__init__(layer, **kwargs)
-        if preserve_clusters and weight_scheme is None:
-            raise ValueError(
-                "preserve_clusters needs a weight_scheme. Received: weight_scheme=None"
-            )
         if not isinstance(preserve_clusters, int) or preserve_clusters < 0:
             raise ValueError(
                 "preserve_clusters is a number of clusters (0 for off). "
@@ -206,6 +206,21 @@ class QuantizeWrapper(Wrapper):
                     trainable=False,
                 )
                 for i in self._masked
+            ]
+        self._tables = []
+        if self.weight_scheme is None and self.preserve_clusters:
+            self._tables = [
+                i for i, v in enumerate(self.layer.trainable_variables) if len(v.shape) >= 2
+            ]
+            self.table_cluster_ids = [
+                self.add_weight(
+                    name=f"{self.layer.trainable_variables[i].name}_cluster_ids",
+                    shape=tuple(self.layer.trainable_variables[i].shape),
+                    dtype="int32",
+                    initializer="zeros",
+                    trainable=False,
+                )
+                for i in self._tables
             ]
         if self.weight_scheme is not None:
             shape = tuple(getattr(self.layer, self.kernel_attr).shape)
@@ -272,13 +287,16 @@ class QuantizeWrapper(Wrapper):
         )
 
     def _call_masked(self, inputs, kwargs):
-        if not self._masked:
+        if not self._masked and not self._tables:
             return self.layer(inputs, **kwargs)
         variables = self.layer.trainable_variables
         replace = {
             id(variables[i]): variables[i] * m
-            for i, m in zip(self._masked, self.table_masks, strict=True)
+            for i, m in zip(self._masked, getattr(self, "table_masks", []), strict=True)
         }
+        for i, ids in zip(self._tables, getattr(self, "table_cluster_ids", []), strict=True):
+            w = replace.get(id(variables[i]), variables[i])
+            replace[id(variables[i])] = _keep_table_clusters(w, ids, self.preserve_clusters)
         trainable = [replace.get(id(v), v) for v in variables]
         non_trainable = [v.value for v in self.layer.non_trainable_variables]
         outputs, _ = self.layer.stateless_call(trainable, non_trainable, inputs, **kwargs)
@@ -291,6 +309,21 @@ class QuantizeWrapper(Wrapper):
             getattr(self, "_masked", []), getattr(self, "table_masks", []), strict=True
         ):
             mask.assign((keras.ops.convert_to_numpy(variables[i]) != 0).astype("float32"))
+
+    def set_table_cluster_ids(self) -> None:
+        """Set the table cluster ids from the values the wrapped layer's tables hold now.
+
+        A table with more distinct values than `preserve_clusters` is not
+        clustered: its ids are -1 and it trains freely.
+        """
+        variables = self.layer.trainable_variables
+        for i, ids in zip(
+            getattr(self, "_tables", []), getattr(self, "table_cluster_ids", []), strict=True
+        ):
+            table = keras.ops.convert_to_numpy(variables[i])
+            values, inverse = np.unique(table, return_inverse=True)
+            inverse = inverse.reshape(table.shape).astype("int32")
+            ids.assign(inverse if len(values) <= self.preserve_clusters else -np.ones_like(inverse))
 
     def quantize_output_of(self, outputs: Any, training: bool | None) -> Any:
         if self.output_quantizer is None:
@@ -356,6 +389,14 @@ class QuantizeWrapper(Wrapper):
             preserve_clusters=self.preserve_clusters,
         )
         return config
+
+
+def _keep_table_clusters(w, ids, n):
+    """`w` with each cluster (`ids` >= 0) at its mean; entries with id -1 unchanged."""
+    flat_ids = tf.reshape(ids, [-1])
+    means = tf.math.unsorted_segment_mean(tf.reshape(w, [-1]), flat_ids, n)
+    kept = tf.gather(means, tf.maximum(ids, 0))
+    return tf.where(ids >= 0, tf.cast(kept, w.dtype), w)
 
 
 def _call_arguments(layer):

@@ -124,13 +124,16 @@ class OutputRole(Role):
     ) -> keras.layers.Layer:
         from tfcompress.quantize.layers import QuantizeWrapper
 
-        # PQAT: tables (embeddings) keep their zeros through a fixed mask.
-        tables = any(len(w.shape) >= 2 for w in layer.trainable_weights)
+        # PQAT: tables (embeddings) keep their zeros through a fixed mask; CQAT: the
+        # clustered tables keep their shared values.
+        tables = [w for w in layer.trainable_weights if len(w.shape) >= 2]
+        clusters = _count_table_clusters(tables) if ctx.config.preserve_clusters else 0
         return QuantizeWrapper(
             ctx.copy_layer(layer),
             quantize_output=True,
             ema_decay=ctx.config.ema_decay,
-            preserve_sparsity=ctx.config.preserve_sparsity and tables,
+            preserve_sparsity=ctx.config.preserve_sparsity and bool(tables),
+            preserve_clusters=clusters,
             name=ctx.unique(f"quant_{layer.name}"),
         )
 
@@ -141,6 +144,8 @@ class OutputRole(Role):
             new.layer.set_weights(original.get_weights())
         if new.preserve_sparsity and new.weight_scheme is None:
             new.set_table_masks()
+        if new.preserve_clusters and new.weight_scheme is None:
+            new.set_table_cluster_ids()
 
 
 class WeightsRole(OutputRole):
@@ -260,11 +265,13 @@ class CompositeRole(Role):
         from tfcompress.quantize.composite import QuantizeComposite
 
         assert plan.scheme is not None  # a role with weights is always planned with a scheme
+        clusters = _count_inner_clusters(layer) if ctx.config.preserve_clusters else 0
         return QuantizeComposite(
             ctx.copy_layer(layer),
             weight_scheme=plan.scheme,
             ema_decay=ctx.config.ema_decay,
             preserve_sparsity=ctx.config.preserve_sparsity,
+            preserve_clusters=clusters,
             name=ctx.unique(f"quant_{layer.name}"),
         )
 
@@ -288,6 +295,8 @@ class CompositeRole(Role):
             new.layer.set_weights(original.get_weights())
         if new.preserve_sparsity:
             new.set_sparsity_masks()
+        if new.preserve_clusters:
+            new.set_cluster_ids()
 
 
 def init_kernel_state(wrapper: keras.layers.Layer) -> None:
@@ -321,6 +330,33 @@ def _count_clusters(layer: keras.layers.Layer, plan: _Plan) -> int:
             " fit, strip_clustering), or skip it with QuantizeConfig(skip_layers=(...))."
         )
     return n
+
+
+def _count_table_clusters(tables: list[Any]) -> int:
+    """The most distinct values of a clustered table (an unclustered one trains freely)."""
+    counts = [len(np.unique(np.asarray(w.numpy()))) for w in tables]
+    return max([n for n in counts if n <= _MAX_CLUSTERS], default=0)
+
+
+def _count_inner_clusters(layer: keras.layers.Layer) -> int:
+    """The most distinct values of a kernel inside a composite layer (CQAT)."""
+    from tfcompress.quantize.composite import inner_targets
+
+    most = 0
+    for sub, kind in inner_targets(layer):
+        if kind not in ("dense", "conv"):
+            continue
+        n = len(np.unique(sub.kernel.numpy()))
+        if n > _MAX_CLUSTERS:
+            raise ValueError(
+                f"preserve_clusters=True, but kernel '{sub.name}' inside '{layer.name}' "
+                f"({type(layer).__name__}) has {n} distinct values, so it is not clustered. "
+                "Cluster the model first (tfcompress.cluster.cluster_weights, fit, "
+                f"strip_clustering), or skip it with QuantizeConfig(skip_layers=('{layer.name}',))."
+                f" Received: {n} distinct values"
+            )
+        most = max(most, n)
+    return most
 
 
 for _role in (

@@ -464,12 +464,6 @@ def _plan_layer(layer, model, config, only_annotated, skip, note):
             reason=f"no int8 rule for {type(layer).__name__} (register one "
             "with tfcompress.quantize.register_layer)",
         )
-    if handler.role == "composite" and config.preserve_clusters:
-        raise ValueError(
-            f"preserve_clusters=True cannot keep the clusters of the kernels inside "
-            f"'{layer.name}' ({type(layer).__name__}); keep it in float with "
-            f"QuantizeConfig(skip_layers=('{layer.name}',)) or drop preserve_clusters."
-        )
     scheme = (note or {}).get("weight_scheme") or config.weight_scheme
     split = None
     if isinstance(handler.behaviour, roles.WeightsRole):
