@@ -293,3 +293,42 @@ def test_gpt2_causal_lm_report_warns_about_generation():
     )
     assert len(tfcompress.report_of(small).details.removed[0][2]) == 1
     assert "generate()" in tfcompress.report_of(small).details.notes[0]
+
+
+def _fully_connected_weight_shapes(path):
+    """Shapes of the weight operand of every FULLY_CONNECTED op of a .tflite file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(str(path))
+    interpreter.allocate_tensors()
+    shapes = {
+        t["index"]: tuple(int(d) for d in t["shape"]) for t in interpreter.get_tensor_details()
+    }
+    return sorted(
+        shapes[op["inputs"][1]]
+        for op in interpreter._get_ops_details()
+        if op["op_name"] == "FULLY_CONNECTED"
+    )
+
+
+@pytest.mark.slow
+def test_the_head_pruned_file_computes_with_smaller_projections_and_static_shapes(tmp_path):
+    # What benchmarks/heads.py measures: nothing of the removed heads is left in the file
+    # (no masked or zero-padded projections) and no dynamic shape ops.
+    bert, _ = _hub_model("bert")
+    half = prune.remove_heads(bert, 0.5)
+    shapes = {}
+    for name, model in (("all", bert), ("half", half)):
+        path = tmp_path / f"{name}.tflite"
+        export.to_tflite(model, path, mode="float32", batch_size=1, sequence_length=SEQ)
+        info = export.inspect(path)
+        assert all(tuple(t.shape) == (1, SEQ) for t in info.inputs), info.inputs
+        assert "SHAPE" not in info.op_histogram, info.op_histogram
+        shapes[name] = _fully_connected_weight_shapes(path)
+    kept = HIDDEN // 2  # 2 of 4 heads of KEY_DIM
+    inner = bert.backbone.intermediate_dim
+    ffn = [(inner, HIDDEN), (HIDDEN, inner)] * LAYERS
+    heads = lambda width: [(width, HIDDEN)] * 3 * LAYERS + [(HIDDEN, width)] * LAYERS  # noqa: E731
+    head_layers = [(HIDDEN, HIDDEN), (2, HIDDEN)]  # pooler, logits of 2 classes
+    assert shapes["all"] == sorted(heads(HIDDEN) + ffn + head_layers)
+    assert shapes["half"] == sorted(heads(kept) + ffn + head_layers)
