@@ -8,6 +8,7 @@ from tfcompress_edge.runner import TFLiteRunner
 from tfcompress import export, testing
 from tfcompress.export import lowbit
 from tfcompress.quantize.grid import litert_grid
+from tfcompress.quantize.lowbit import TablesOnGrid
 
 VOCAB, DIM, LENGTH = 300, 32, 8
 
@@ -113,6 +114,40 @@ def test_sparse_table_rows_compress(bag, tmp_path):
     assert np.all(weight.values[VOCAB // 4 :] == 0)
 
 
+def _rule(x):
+    return (np.mean(x < VOCAB // 2, axis=1) > 0.5).astype("int32")
+
+
+def test_tables_trained_on_the_int2_grid(bag, tmp_path):
+    model = _bag_of_embeddings()
+    model.set_weights(bag.get_weights())
+    model.compile(
+        keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    callback = TablesOnGrid(model, num_bits=2, layers=["emb"])
+    x = _ids(2048, 0)
+    model.fit(x, _rule(x), epochs=2, batch_size=64, verbose=0, callbacks=[callback])
+    table = model.get_layer("emb").embeddings.numpy()
+    np.testing.assert_array_equal(table, np.asarray(litert_grid(table, 2)))  # on the grid
+    (shadow,) = callback._shadows
+    assert not np.array_equal(shadow.numpy(), table)  # the float shadow kept its own values
+    result = lowbit.to_lowbit_tflite(
+        model, tmp_path / "t.tflite", mode="int4", layers={"emb": "int2", "logits": "float"}
+    )
+    (weight,) = [w for w in export.read_weights(result.path).values() if w.shape == (VOCAB, DIM)]
+    assert weight.dtype == "int2"
+    np.testing.assert_allclose(weight.dequantized(), table, rtol=1e-6, atol=0)
+    test = _ids(512, 4)
+    check = export.verify(result.path, model, (test, _rule(test)))
+    assert check.top1_agreement == 1.0 and check.tflite_accuracy >= 0.9
+    with pytest.raises(ValueError, match=r"num_bits must be one of \(4, 2\).*Received: num_bits=3"):
+        TablesOnGrid(model, num_bits=3)
+    with pytest.raises(ValueError, match=r"'tok\*', which matches no table layer.*tables: emb"):
+        TablesOnGrid(model, layers=["tok*"])
+    with pytest.raises(ValueError, match="has no embedding table"):
+        TablesOnGrid(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+
+
 def test_large_files_read_back(tmp_path):
     # Over 256 KB of constants, litert-quantizer stores buffers after the flatbuffer.
     keras.utils.set_random_seed(0)
@@ -158,6 +193,8 @@ def test_keras_hub_bert_tables(tmp_path):
         vocabulary_size=200, num_layers=1, hidden_dim=16, intermediate_dim=32, sequence_length=8
     )
     x = testing.random_bert_inputs(64, vocabulary_size=200, sequence_length=8)
+    on_grid = {w.path.split("/")[-2] for w in TablesOnGrid(model, num_bits=4).tables}
+    assert on_grid == {"token_embedding", "segment_embedding", "position_embedding"}
     # Tables int4, every other weight float: the file must equal the Keras model whose
     # tables hold the dequantized values.
     result = lowbit.to_lowbit_tflite(
