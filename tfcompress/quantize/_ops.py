@@ -52,3 +52,30 @@ def fake_quant_activation(x, min_value, max_value, num_bits=8):
     return tf.quantization.fake_quant_with_min_max_vars(
         x, min_value, max_value, num_bits=num_bits, narrow_range=False
     )
+
+
+# TFLite's int8 LOGISTIC and TANH write a fixed output grid, whatever range the model
+# asked for: sigmoid on steps of 1/256 from 0 (zero point -128), tanh on steps of 1/128
+# around 0. Their lookup tables round the exact value to the nearest step.
+_FIXED_GRIDS = {"sigmoid": (0.0, 255.0 / 256.0), "tanh": (-1.0, 127.0 / 128.0)}
+
+
+def fake_quant_fixed_grid(y, kind):
+    """Fake-quantize a sigmoid (`kind="sigmoid"`) or tanh output onto TFLite's int8 grid."""
+    lo, hi = _FIXED_GRIDS[kind]
+    return tf.quantization.fake_quant_with_min_max_vars(
+        y, tf.constant(lo), tf.constant(hi), num_bits=8, narrow_range=False
+    )
+
+
+def fixed_grid_activation(x, name):
+    """`name` ("sigmoid", "silu"/"swish" or "tanh") of `x` as the int8 kernels compute it.
+
+    Swish becomes LOGISTIC then MUL: `x * sigmoid(x)` with the sigmoid on its
+    fixed grid (the product's range is the caller's output fake-quant).
+    """
+    x = tf.cast(x, "float32")
+    if name == "tanh":
+        return fake_quant_fixed_grid(tf.tanh(x), "tanh")
+    gate = fake_quant_fixed_grid(tf.sigmoid(x), "sigmoid")
+    return gate if name == "sigmoid" else x * gate

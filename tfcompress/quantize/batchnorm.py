@@ -283,6 +283,9 @@ class QuantizeBatchNorm(_FreezeDelay, Wrapper):
         layer: the `keras.layers.BatchNormalization` (channels on the last axis).
         freeze_bn_delay: training steps before the statistics freeze (`None`: never).
         ema_decay: decay of the output range.
+        quantize_output: give the output a range; `False` when a ReLU the
+            converter fuses into the DEPTHWISE_CONV_2D follows (its range is
+            the op's output range).
         **kwargs: base `Layer` arguments.
 
     Example:
@@ -295,18 +298,25 @@ class QuantizeBatchNorm(_FreezeDelay, Wrapper):
         layer: keras.layers.BatchNormalization,
         freeze_bn_delay: int | None = None,
         ema_decay: float = 0.99,
+        quantize_output: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(layer, **kwargs)
         _check_delay(freeze_bn_delay)
         self.freeze_bn_delay = freeze_bn_delay
         self.ema_decay = float(ema_decay)
-        self.output_quantizer = ActivationQuantizer(ema_decay=ema_decay, name="output_quant")
+        self.quantize_output = bool(quantize_output)
+        self.output_quantizer = (
+            ActivationQuantizer(ema_decay=ema_decay, name="output_quant")
+            if self.quantize_output
+            else None
+        )
 
     def build(self, input_shape=None):
         if not self.layer.built:
             self.layer.build(input_shape)
-        self.output_quantizer.build(None)
+        if self.output_quantizer is not None:
+            self.output_quantizer.build(None)
         self._add_step()
         self.built = True
 
@@ -335,6 +345,8 @@ class QuantizeBatchNorm(_FreezeDelay, Wrapper):
             return tf.cast(y, inputs.dtype)
 
         out = self._run_frozen_or_not(training, batch_stats, frozen)
+        if self.output_quantizer is None:
+            return out
         return self.output_quantizer(out, training=training)
 
     def compute_output_shape(self, input_shape):
@@ -342,7 +354,11 @@ class QuantizeBatchNorm(_FreezeDelay, Wrapper):
 
     def get_config(self):
         config = super().get_config()
-        config.update(freeze_bn_delay=self.freeze_bn_delay, ema_decay=self.ema_decay)
+        config.update(
+            freeze_bn_delay=self.freeze_bn_delay,
+            ema_decay=self.ema_decay,
+            quantize_output=self.quantize_output,
+        )
         return config
 
 
@@ -370,7 +386,7 @@ class FoldedWeightsRole(roles.WeightsRole):
             weight_scheme=plan.scheme,
             granularity=plan.handler.granularity,
             kernel_attr=plan.handler.kernel_attr,
-            quantize_output=True,
+            quantize_output=plan.fused_activation is None,
             ema_decay=ctx.config.ema_decay,
             preserve_sparsity=ctx.config.preserve_sparsity,
             name=ctx.unique(f"quant_{layer.name}"),
@@ -413,6 +429,7 @@ class BatchNormRole(roles.Role):
             ctx.copy_layer(layer, rebuild=True),
             freeze_bn_delay=ctx.config.freeze_bn_delay,
             ema_decay=ctx.config.ema_decay,
+            quantize_output=plan.fused_activation is None,
             name=ctx.unique(f"quant_{layer.name}"),
         )
 

@@ -176,6 +176,9 @@ class QuantizeWrapper(Wrapper):
             if quantize_output
             else None
         )
+        # Sigmoid / swish / tanh run as int8 LOGISTIC (+ MUL) / TANH, whose outputs sit
+        # on a fixed grid: computed here on that grid, as the file computes them.
+        self._fixed_grid = _fixed_grid_activation(layer)
         # keras-hub's ReversibleEmbedding also runs as the tied LM head (reverse=True):
         # logits get their own range, apart from the embedding lookups'.
         self.reverse_quantizer = (
@@ -280,6 +283,9 @@ class QuantizeWrapper(Wrapper):
         if self.weight_scheme is None:
             if kwargs.get("reverse") and self.reverse_quantizer is not None:
                 return self.reverse_quantizer(self._call_masked(inputs, kwargs), training=training)
+            if self._fixed_grid is not None:
+                y = _ops.fixed_grid_activation(inputs, self._fixed_grid)
+                return self.quantize_output_of(tf.cast(y, inputs.dtype), training)
             return self.quantize_output_of(self._call_masked(inputs, kwargs), training)
         kernel = getattr(self.layer, self.kernel_attr)
         return self.run_with(
@@ -397,6 +403,19 @@ def _keep_table_clusters(w, ids, n):
     means = tf.math.unsorted_segment_mean(tf.reshape(w, [-1]), flat_ids, n)
     kept = tf.gather(means, tf.maximum(ids, 0))
     return tf.where(ids >= 0, tf.cast(kept, w.dtype), w)
+
+
+def _fixed_grid_activation(layer):
+    """The activation name of an `Activation` layer the int8 file runs on a fixed grid.
+
+    `"sigmoid"`, `"silu"` (swish) or `"tanh"`; `None` for any other layer.
+    """
+    activation = keras.layers.Activation
+    if not isinstance(layer, activation) or type(layer).call is not activation.call:
+        return None
+    name = keras.activations.serialize(layer.activation)
+    name = {"swish": "silu"}.get(name, name) if isinstance(name, str) else None
+    return name if name in ("sigmoid", "silu", "tanh") else None
 
 
 def _call_arguments(layer):

@@ -130,7 +130,8 @@ class OutputRole(Role):
         clusters = _count_table_clusters(tables) if ctx.config.preserve_clusters else 0
         return QuantizeWrapper(
             ctx.copy_layer(layer),
-            quantize_output=True,
+            # A ReLU fused into this op rounds once, onto the ReLU's range.
+            quantize_output=plan.fused_activation is None,
             ema_decay=ctx.config.ema_decay,
             preserve_sparsity=ctx.config.preserve_sparsity and bool(tables),
             preserve_clusters=clusters,
@@ -166,7 +167,8 @@ class WeightsRole(OutputRole):
             weight_scheme=plan.scheme,
             granularity=plan.handler.granularity,
             kernel_attr=plan.handler.kernel_attr,
-            quantize_output=True,
+            # A ReLU fused into this op rounds once, onto the ReLU's range.
+            quantize_output=plan.fused_activation is None,
             ema_decay=ctx.config.ema_decay,
             preserve_sparsity=ctx.config.preserve_sparsity,
             preserve_clusters=clusters,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from tfcompress import _flavor
 from tfcompress._graph import check_graph_model
 from tfcompress._report import Entry, Report, attach, wrapper_report
-from tfcompress.quantize import annotate, batchnorm, registry, roles
+from tfcompress.quantize import annotate, batchnorm, fusion, registry, roles
 from tfcompress.quantize.composite import _activation_name
 from tfcompress.quantize.config import QuantizeConfig
 from tfcompress.quantize.errors import AlreadyQuantizedError, UnsupportedLayerError
@@ -70,6 +70,8 @@ class _Plan:
     scheme: str | None = None
     fold_bn: keras.layers.Layer | None = None  # the BatchNormalization folded into this layer
     split_activation: str | None = None  # activation name moved to its own layer
+    # The ReLU the converter fuses into this layer's int8 op: no output range of its own.
+    fused_activation: keras.layers.Layer | None = None
     reason: str = ""
     role: Any = None  # the tfcompress.quantize.roles.Role that carries it out
 
@@ -434,6 +436,9 @@ def _plan(model, config, only_annotated):
             consumers,
             config.freeze_bn_delay,
         )
+    fusion.plan_fused_activations(
+        model, plans, lambda layer: _inbound(layer, model_nodes), _producer, consumers
+    )
     return plans
 
 

@@ -1,0 +1,136 @@
+"""The QAT model rounds where the int8 kernels round (issue 18 item 3, issue 17).
+
+Each test builds one small block, quantizes it with calibrated ranges,
+exports it, and compares the file's output with the QAT model's in units of
+the output's int8 step: a faithful simulation is off by one step only on the
+rare values that sit on a rounding tie, a wrong one on a large share.
+"""
+
+import keras
+import numpy as np
+
+from tfcompress import export, quantize
+from tfcompress.quantize.batchnorm import FoldedBatchNormWrapper, QuantizeBatchNorm
+from tfcompress.quantize.layers import QuantizeWrapper
+
+L = keras.layers
+
+
+def _randomize_batchnorm(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, c),
+                    rng.normal(0.2, 0.3, c),
+                    rng.normal(0.0, 0.3, c),
+                    rng.uniform(0.5, 2.0, c),
+                ]
+            )
+
+
+def _file_outputs(path, x):
+    """The file's float output and its int8 step, run by LiteRT's builtin kernels."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(
+        model_path=str(path),
+        num_threads=1,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    dequantize = next(op for op in interpreter._get_ops_details() if op["op_name"] == "DEQUANTIZE")
+    step = tensors[dequantize["inputs"][0]]["quantization"][0]
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    ys = []
+    for i in range(len(x)):
+        interpreter.set_tensor(inp["index"], x[i : i + 1])
+        interpreter.invoke()
+        ys.append(interpreter.get_tensor(out["index"]).copy())
+    return np.concatenate(ys), step
+
+
+def _off_by_a_step(qat, path, x):
+    """Share of output values where file and QAT model differ by half a step or more."""
+    actual, step = _file_outputs(path, x)
+    expected = qat.predict(x, verbose=0)
+    return float(np.mean(np.abs(expected - actual) >= 0.5 * step))
+
+
+def _export(model, x, tmp_path):
+    qat = quantize.quantize_model(model, representative_data=x[:64])
+    path = tmp_path / f"{model.name}.tflite"
+    export.to_tflite(qat, path, mode="int8")
+    return qat, path, export.inspect(path)
+
+
+def test_relu_fused_into_conv_add_and_batchnorm_rounds_once(tmp_path):
+    # Conv -> BN -> ReLU6 (MobileNet), DepthwiseConv -> ReLU, Add -> ReLU (ResNet),
+    # Concatenate -> BN -> ReLU (DenseNet): each pair is one int8 op with a fused
+    # activation; a range on the producer's own output would round twice.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(16, 3, padding="same", use_bias=False, name="conv")(inp)
+    x = L.BatchNormalization(name="conv_bn")(x)
+    a = L.ReLU(6.0, name="conv_relu")(x)
+    y = L.DepthwiseConv2D(3, padding="same", name="dw")(a)
+    y = L.ReLU(name="dw_relu")(y)
+    z = L.Add(name="add")([a, y])
+    z = L.Activation("relu", name="add_relu")(z)
+    w = L.Concatenate(name="cat")([z, a])
+    w = L.BatchNormalization(name="cat_bn")(w)
+    out = L.ReLU(name="cat_relu")(w)
+    model = keras.Model(inp, out, name="fused_relus")
+    _randomize_batchnorm(model)
+    x = np.random.default_rng(1).uniform(0, 1, (96, 8, 8, 3)).astype("float32")
+
+    qat, path, info = _export(model, x, tmp_path)
+
+    for name in ("quant_conv", "quant_dw", "quant_add", "quant_cat_bn"):
+        layer = qat.get_layer(name)
+        assert isinstance(layer, (QuantizeWrapper, FoldedBatchNormWrapper, QuantizeBatchNorm))
+        assert layer.output_quantizer is None, name  # the ReLU's range is the op's
+    assert not {"RELU", "RELU6"} & set(info.op_histogram), info.summary()
+    assert info.op_histogram["DEPTHWISE_CONV_2D"] == 2  # dw and the unfolded BatchNorm
+    assert _off_by_a_step(qat, path, x[64:]) < 0.01  # 32% with a range on each producer
+
+
+def test_relu_not_fused_when_its_input_is_used_elsewhere(tmp_path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", name="conv")(inp)
+    r = L.ReLU(name="relu")(x)
+    out = L.Concatenate(name="cat")([x, r])  # the linear conv output is needed too
+    model = keras.Model(inp, out, name="shared_conv_output")
+    x = np.random.default_rng(1).uniform(0, 1, (80, 8, 8, 3)).astype("float32")
+
+    qat, path, _ = _export(model, x, tmp_path)
+
+    assert qat.get_layer("quant_conv").output_quantizer is not None
+    assert _off_by_a_step(qat, path, x[64:]) < 0.01
+
+
+def test_sigmoid_swish_and_tanh_round_onto_the_fixed_int8_grids(tmp_path):
+    # A squeeze-excite block (EfficientNet): swish is LOGISTIC then MUL, the gate a
+    # LOGISTIC; int8 LOGISTIC writes steps of 1/256 and TANH steps of 1/128 whatever
+    # range the model asks for, so the QAT model must round the sigmoid there too.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(16, 3, padding="same", name="conv")(inp)
+    x = L.Activation("swish", name="swish")(x)
+    s = L.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x)
+    s = L.Conv2D(4, 1, activation="swish", name="reduce")(s)
+    s = L.Conv2D(16, 1, activation="sigmoid", name="expand")(s)
+    x = L.Multiply(name="excite")([x, s])
+    out = L.Activation("tanh", name="tanh")(x)
+    model = keras.Model(inp, out, name="squeeze_excite")
+    x = np.random.default_rng(1).uniform(0, 1, (96, 8, 8, 3)).astype("float32")
+
+    qat, path, info = _export(model, x, tmp_path)
+
+    assert info.op_histogram["LOGISTIC"] == 3 and info.op_histogram["TANH"] == 1
+    assert info.op_histogram["MUL"] == 3  # two swishes and the excite
+    assert _off_by_a_step(qat, path, x[64:]) < 0.01  # 74% without the fixed grids
