@@ -38,6 +38,10 @@ from tfcompress.quantize.layers import ActivationQuantizer
 from tfcompress.quantize.schemes import WeightScheme, get_scheme
 
 _FUSED = ("relu", "relu6")
+#: Slots on a fixed grid, `(min, max)`: TFLite's int8 SOFTMAX writes its output
+#: with scale 1/256 and zero point -128; any other range adds a requantize that
+#: rounds the probabilities twice.
+_FIXED_RANGES = {"probs": (0.0, 255.0 / 256.0)}
 _STATE = "_tfcompress_qat_state"
 
 
@@ -63,6 +67,8 @@ def _kind(layer):
         return None
     if isinstance(layer, L.LayerNormalization):
         return "norm"
+    if isinstance(layer, L.Embedding) and type(layer).call is L.Embedding.call:
+        return "table"  # ViT's position embedding: an int8 constant in the file
     if (
         isinstance(layer, L.Conv2D)
         and type(layer).call is L.Conv2D.call
@@ -76,8 +82,9 @@ def _kind(layer):
 _SLOTS = {
     "dense": ("input", "output"),
     "attention": ("query_scaled", "key", "value", "scores", "probs", "context"),
-    "norm": ("input", "output"),
+    "norm": ("input", "mean", "output"),
     "conv": ("input", "output"),
+    "table": (),
 }
 
 
@@ -106,7 +113,10 @@ class _State:
         quantizer = self.wrapper._quantizer_for[key]
         self.wrapper._used.add(key)
         y = quantizer(x, training=self.training)
-        if key in self.wrapper._symmetric and quantizer._collector is None:
+        fixed = _FIXED_RANGES.get(slot) if quantizer._collector is None else None
+        if fixed is not None:
+            y = ops.cast(fake_quant_activation(tf.cast(x, "float32"), *fixed), x.dtype)
+        elif key in self.wrapper._symmetric and quantizer._collector is None:
             # Zero point 0 on the right operand of an attention matmul: XNNPACK runs
             # an int8 BATCH_MATMUL only then (else LiteRT's slow reference kernel).
             m = tf.maximum(-quantizer.range_min, quantizer.range_max)
@@ -210,7 +220,29 @@ def _norm_call(self, inputs):
     if state is None:
         return super(type(self), self).call(inputs)
     x = state.ensure(self, "input", inputs)
-    return state.quantize(self, "output", super(type(self), self).call(x))
+    # keras.ops.layer_normalization's math, with the mean fake-quantized: the
+    # converter turns the mean of an int8 tensor into an int8 MEAN, whose output
+    # would otherwise take the input's scale, a grid as coarse as the values
+    # themselves (a token whose values span a few steps loses its mean).
+    axis = sorted([self.axis] if isinstance(self.axis, int) else list(self.axis))
+    axis = [a % len(x.shape) for a in axis]
+    xf = ops.cast(x, "float32")
+    mean = state.quantize(self, "mean", ops.mean(xf, axis=axis, keepdims=True))
+    variance = ops.mean(ops.square(xf - mean), axis=axis, keepdims=True)
+    inv = ops.rsqrt(variance + self.epsilon)
+    shape = [1] * len(x.shape)
+    for a in axis:
+        shape[a] = x.shape[a]
+    gamma = None if self.gamma is None else ops.reshape(ops.cast(self.gamma, "float32"), shape)
+    if self.rms_scaling:  # Keras scales by the variance here, as its docstring warns
+        y = xf * inv if gamma is None else xf * inv * gamma
+    else:
+        if gamma is not None:
+            inv = inv * gamma
+        y = xf * inv - mean * inv
+        if self.beta is not None:
+            y = y + ops.reshape(ops.cast(self.beta, "float32"), shape)
+    return state.quantize(self, "output", ops.cast(y, self.compute_dtype))
 
 
 def _compute_attention(
@@ -247,10 +279,48 @@ def _compute_attention(
     key = state.ensure(self, "key", key)
     value = state.ensure(self, "value", value)
     scores = state.quantize(self, "scores", ops.einsum(self._dot_product_equation, key, query))
-    probs = state.quantize(self, "probs", self._masked_softmax(scores, attention_mask))
+    probs = state.quantize(self, "probs", _masked_softmax(self, state, scores, attention_mask))
     final = self._dropout_layer(probs, training=training) if self._dropout > 0.0 else probs
     context = ops.einsum(self._combine_equation, final, value)
     return state.quantize(self, "context", context), probs
+
+
+def _masked_softmax(layer, state, scores, mask):
+    """`MultiHeadAttention._masked_softmax` as the int8 file computes it.
+
+    Keras masks with `where(mask, scores, -1e9)`; in the int8 file that
+    SELECT runs on the scores' grid, so a masked score becomes the grid's
+    minimum, not -1e9, and keeps a share of the softmax's sum (Keras then
+    zeroes the masked probabilities, so the kept ones sum to less than 1).
+    The QAT model computes the same, so that it trains with it.
+    """
+    if mask is None:
+        return layer._masked_softmax(scores, None)
+    quantizer = state.wrapper._quantizer_for[f"{id(layer)}/scores"]
+    if quantizer._collector is not None:  # calibrating: float semantics
+        return layer._masked_softmax(scores, mask)
+    for _ in range(len(scores.shape) - len(mask.shape)):  # as _masked_softmax expands it
+        mask = ops.expand_dims(mask, axis=-len(layer._attention_axes) * 2 - 1)
+    if keras.backend.standardize_dtype(mask.dtype) != "bool":
+        mask = ops.greater(mask, ops.cast(0.5, mask.dtype))
+    lowest = fake_quant_activation(
+        tf.constant(-1e9, "float32"), quantizer.range_min, quantizer.range_max
+    )
+    probs = layer._softmax(ops.where(mask, scores, ops.cast(lowest, scores.dtype)))
+    return ops.where(mask, probs, ops.cast(0.0, probs.dtype))
+
+
+def _table_call(self, inputs):
+    y = super(type(self), self).call(inputs)
+    state = _state(self)
+    if state is None:
+        return y
+    # The converter stores a looked-up table that meets int8 ops (ViT's position
+    # embeddings, folded into a constant) as int8 over the table's own range.
+    table = tf.cast(tf.convert_to_tensor(self.embeddings), "float32")
+    lo = tf.stop_gradient(tf.minimum(tf.reduce_min(table), 0.0))
+    hi = tf.stop_gradient(tf.maximum(tf.reduce_max(table), 0.0))
+    return state.mark(ops.cast(fake_quant_activation(tf.cast(y, "float32"), lo, hi), y.dtype))
 
 
 def _conv_call(self, inputs):
@@ -285,7 +355,42 @@ _HOOKS = {
     "dense": {"call": _dense_call},
     "norm": {"call": _norm_call},
     "attention": {"_compute_attention": _compute_attention},
+    "table": {"call": _table_call},
 }
+
+#: class -> `fn(layer) -> [(weight attribute, sublayer)]`: weights that the layer
+#: concatenates with the sublayer's (fake-quantized) output. An int8
+#: CONCATENATION keeps one scale, so the converter stores such a weight on the
+#: sublayer's output grid; the QAT model computes with it rounded there too.
+_SHARED_GRIDS: dict[type, Any] = {}
+
+
+def _register_shared_grids() -> None:
+    if _SHARED_GRIDS:
+        return
+    try:
+        from keras_hub.src.models.vit.vit_layers import ViTPatchingAndEmbedding
+    except ImportError:
+        _SHARED_GRIDS[type(None)] = lambda layer: []  # registered: nothing to look for
+        return
+
+    def vit_class_token(layer):
+        # concat([class_token, patch_embedding(images)]) in ViTPatchingAndEmbedding.call
+        return [("class_token", layer.patch_embedding)] if layer.use_class_token else []
+
+    _SHARED_GRIDS[ViTPatchingAndEmbedding] = vit_class_token
+
+
+def _shared_grid_targets(layer):
+    _register_shared_grids()
+    found = []
+    for sub in layer._flatten_layers(include_self=True, recursive=True):
+        for cls, fn in _SHARED_GRIDS.items():
+            if isinstance(sub, cls):
+                found += [(sub, attr, source) for attr, source in fn(sub)]
+    return found
+
+
 _HOOKED_CLASSES: dict[tuple[type, str], type] = {}
 
 
@@ -382,7 +487,8 @@ class QuantizeComposite(Wrapper):
         if not self.layer.built:
             self.layer.build(input_shape)
         targets = inner_targets(self.layer)
-        if not any(kind in ("dense", "conv") for _, kind in targets):
+        # A LayerNormalization on its own is wrapped too: its mean needs a range.
+        if not any(kind in ("dense", "conv", "norm") for _, kind in targets):
             raise ValueError(
                 f"QuantizeComposite found no Dense or EinsumDense layer inside "
                 f"'{self.layer.name}' ({type(self.layer).__name__}) after building it; there is "
@@ -444,11 +550,18 @@ class QuantizeComposite(Wrapper):
                     symmetric.add(f"{id(value_dense)}/output")
         object.__setattr__(self, "_symmetric", symmetric)
         object.__setattr__(self, "_targets", [(sub, kind) for sub, kind in targets])
+        shared = [
+            (sub, attr, quantizer_for[f"{id(source)}/output"])
+            for sub, attr, source in _shared_grid_targets(self.layer)
+            if f"{id(source)}/output" in quantizer_for
+        ]
+        object.__setattr__(self, "_shared_grids", shared)
         self.built = True
 
     def call(self, inputs, *args, training=None, **kwargs):
         state = self._state
         state.active, state.training, state.marked = True, training, {}
+        originals = []
         try:
             state.mark(inputs)  # the transform quantizes the composite's float inputs
             for arg in args:
@@ -456,12 +569,23 @@ class QuantizeComposite(Wrapper):
                     state.mark(arg)
             if self.layer._call_has_training_arg:
                 kwargs["training"] = training
+            for sub, attr, quantizer in self._shared_grids:
+                weight = getattr(sub, attr)
+                originals.append((sub, attr, weight))
+                if quantizer._collector is None:  # not while calibrating
+                    on_grid = fake_quant_activation(
+                        tf.cast(weight, "float32"), quantizer.range_min, quantizer.range_max
+                    )
+                    # Bypass Layer.__setattr__: a tensor for this call only, not tracked.
+                    object.__setattr__(sub, attr, ops.cast(on_grid, weight.dtype))
             outputs = self.layer(inputs, *args, **kwargs)
             object.__setattr__(
                 self, "_output_quantized", all(state.is_marked(t) for t in tf.nest.flatten(outputs))
             )
         finally:
             state.active, state.training, state.marked = False, None, {}
+            for sub, attr, weight in originals:
+                object.__setattr__(sub, attr, weight)
         return outputs
 
     @property
