@@ -1,8 +1,12 @@
 """One cross-task table: every task x every method, all measured in this run.
 
-Run: `python -m benchmarks.summary [--quick] [--tasks T ...] [--methods M ...]`,
-or as part of `python -m benchmarks`. Rewrites the "Summary" section of
-BENCHMARKS.md.
+Run: `python -m benchmarks.summary [--quick] [--tasks T ...] [--methods M ...]
+[--merge]`, or as part of `python -m benchmarks`. Rewrites the "Summary" section
+of BENCHMARKS.md; with `--merge`, only the rows measured now replace their
+namesakes (same task and method) and every other row stays, with a note that
+says which rows came from which run: e.g. `python -m benchmarks.summary --tasks
+sst2_bert --methods float prune pipeline --merge` (include `float`: the latency
+ratio of a row is to the float file of the same run).
 
 Per row: LiteRT test accuracy of the file the method writes, parameters
 (non-zero where pruning made zeros), TFLite bytes raw and gzip -9, LiteRT
@@ -16,6 +20,7 @@ computed on its own, so one broken figure does not take the row with it.
 import argparse
 import dataclasses
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -453,8 +458,63 @@ def check_names(tasks, methods):
         raise ValueError("; ".join(problems))
 
 
-def run(quick=False, write=True, tasks=None, methods=None):
-    """Measure every (task, method) row and (with `write`) rewrite the Summary section."""
+_ROW_SPLIT = re.compile(r"(?<!\\)\|")
+
+
+def _table_rows(section):
+    """The data rows of the Markdown table in `section`, as lists of cells."""
+    rows = []
+    for line in section.splitlines():
+        line = line.strip()
+        if not line.startswith("|") or set(line) <= set("|-: "):
+            continue
+        cells = [c.strip() for c in _ROW_SPLIT.split(line)[1:-1]]
+        if cells and cells != HEADERS:
+            rows.append(cells)
+    return rows
+
+
+def merge_rows(old_rows, new_rows):
+    """`old_rows` with each row of the same (task, method) replaced by the new one.
+
+    A new row with no namesake goes after the last old row of its task (or at the end).
+    """
+    new = {(r[0], r[1]): r for r in new_rows}
+    merged = [new.pop((r[0], r[1]), r) for r in old_rows]
+    for key, row in new.items():
+        last = max((i for i, r in enumerate(merged) if r[0] == key[0]), default=len(merged) - 1)
+        merged.insert(last + 1, row)
+    return merged
+
+
+def _merge_into_summary(rows, note):
+    """Replace the measured rows in the Summary section of BENCHMARKS.md, keep the rest."""
+    import fcntl
+
+    with open(_common.BENCHMARKS_MD + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = open(_common.BENCHMARKS_MD).read() if os.path.exists(_common.BENCHMARKS_MD) else ""
+        found = re.search(r"<!-- section:Summary -->(.*?)<!-- /section:Summary -->", text, re.S)
+        if found is None:
+            raise ValueError(
+                "--merge needs a Summary section in BENCHMARKS.md to merge into; run "
+                "`python -m benchmarks.summary` once without --merge. Received: no section"
+            )
+        old = found.group(1)
+        intro = old.split("\n| ", 1)[0]
+        intro = re.sub(r"^\s*## Summary\s*\n\s*_Written by[^\n]*\n", "", intro).strip()
+        merged = merge_rows(_table_rows(old), rows)
+        body = f"{intro}\n\n{note}\n\n{_common.markdown_table(HEADERS, merged)}"
+        _common._replace_section("Summary", body, "benchmarks/summary.py")
+    return body
+
+
+def run(quick=False, write=True, tasks=None, methods=None, merge=False):
+    """Measure every (task, method) row and (with `write`) rewrite the Summary section.
+
+    With `merge`, the rows measured now replace their namesakes in the existing
+    Summary and the other rows stay (a note says which rows are new).
+    """
     check_names(tasks, methods)
     tasks, methods = list(tasks or TASKS), list(methods or METHODS)
     settings = Settings.of(quick)
@@ -487,6 +547,21 @@ def run(quick=False, write=True, tasks=None, methods=None):
         "raised, with its error; `method s`: wall time of the method's training and export."
         f"\n\n{_common.markdown_table(HEADERS, rows)}"
     )
+    if merge:
+        measured = "; ".join(
+            f"`{n}`: " + ", ".join(METHODS[m][0] for m in methods) + f" ({seconds[n]:.0f} s)"
+            for n in tasks
+        )
+        note = (
+            f"Merged rows, measured {time.strftime('%Y-%m-%d')} in "
+            f"{'**quick mode**' if quick else 'full mode'} by `python -m benchmarks.summary "
+            f"--tasks {' '.join(tasks)} --methods {' '.join(methods)} --merge`: {measured}. "
+            "The other rows are from the run described above."
+        )
+        print(note + "\n\n" + _common.markdown_table(HEADERS, rows))
+        if write:
+            _merge_into_summary(rows, note)
+        return rows
     print(body)
     if write:
         _common.update_section("Summary", body, "benchmarks/summary.py")
@@ -499,12 +574,23 @@ def main(argv=None):
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     parser.add_argument("--tasks", nargs="+", metavar="TASK", help=", ".join(TASKS))
     parser.add_argument("--methods", nargs="+", metavar="METHOD", help=", ".join(METHODS))
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the rows measured now in the existing Summary, keep the others",
+    )
     args = parser.parse_args(argv)
     try:
         check_names(args.tasks, args.methods)
     except ValueError as e:
         parser.error(str(e))
-    run(quick=args.quick, write=not args.no_write, tasks=args.tasks, methods=args.methods)
+    run(
+        quick=args.quick,
+        write=not args.no_write,
+        tasks=args.tasks,
+        methods=args.methods,
+        merge=args.merge,
+    )
     return 0
 
 
