@@ -130,3 +130,34 @@ def test_unknown_summary_task_or_method_exits_2(capsys, flag, kind):
             main([flag, "nope", "--no-write"])
         assert info.value.code == 2
         assert f"unknown {kind} nope" in capsys.readouterr().err
+
+
+def test_summary_merge_replaces_only_the_rows_it_measures(scratch_md, tiny_task):
+    from benchmarks import summary
+
+    def row(task, method, status):
+        return [task, method, status] + ["-"] * (len(summary.HEADERS) - 3)
+
+    old = [
+        row("other", "float baseline", "kept"),
+        row("tiny", "float baseline", "stale"),
+        row("tiny", "PTQ int8", "kept too"),
+        row("later", "float baseline", "kept as well"),
+    ]
+    table = _common.markdown_table(summary.HEADERS, old)
+    _common.update_section("Summary", f"Every row below was measured in this run.\n\n{table}", "s")
+    with pytest.raises(ValueError, match="unknown method"):
+        summary.run(quick=True, tasks=["tiny"], methods=["nope"], merge=True)
+
+    summary.run(quick=True, write=True, tasks=["tiny"], methods=["float", "prune"], merge=True)
+    text = scratch_md.read_text()
+    rows = summary._table_rows(text)
+    assert [r[:3] for r in rows] == [
+        ["other", "float baseline", "kept"],
+        ["tiny", "float baseline", "ok"],
+        ["tiny", "PTQ int8", "kept too"],
+        ["tiny", "pruning 80%, ours", "ok"],  # new: after the last row of its task
+        ["later", "float baseline", "kept as well"],
+    ]
+    assert text.count("## Summary") == 1 and "Every row below was measured in this run." in text
+    assert "Merged rows" in text and "--tasks tiny --methods float prune --merge" in text
