@@ -799,6 +799,10 @@ def _quantize_tables(data, tables):
             inserts.append((first_reader[t], dequantize))
         for at, dequantize in sorted(inserts, key=lambda x: -x[0]):
             subgraph.operators.insert(at, dequantize)
+    for buffer in model.buffers:
+        if buffer.data is not None and not isinstance(buffer.data, np.ndarray):
+            # numpy arrays pack in one copy; other sequences byte by byte, in Python
+            buffer.data = np.frombuffer(bytes(buffer.data), dtype=np.uint8)
     return bytes(fbu.convert_object_to_bytearray(model))
 
 
