@@ -125,6 +125,8 @@ def _register_defaults() -> None:
     for cls in (L.Rescaling, L.Normalization):
         register_layer(cls, LayerHandler("affine"))
     register_layer(L.MultiHeadAttention, LayerHandler("composite"))
+    # Its mean is an int8 MEAN in the file: QuantizeComposite gives it a range (composite.py).
+    register_layer(L.LayerNormalization, LayerHandler("composite"))
     # Elementwise layers: an output range is all the converter needs.
     for cls in (
         L.Add,
@@ -144,7 +146,6 @@ def _register_defaults() -> None:
         L.GlobalAveragePooling2D,
         L.GlobalAveragePooling3D,
         L.AveragePooling3D,
-        L.LayerNormalization,
         LayerScale,
     ):
         register_layer(cls, LayerHandler("output"))
