@@ -85,3 +85,16 @@ def test_not_yaml_and_missing_file(tmp_path):
         load_recipe(write(tmp_path, "stages: [\n"))
     with pytest.raises(RecipeError, match="No recipe file at"):
         load_recipe(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("name", ["digits.yaml", "sst2.yaml"])
+def test_shipped_recipes_validate(name):
+    import os
+
+    from tfcompress import pipeline
+
+    path = os.path.join(os.path.dirname(pipeline.__file__), "recipes", name)
+    recipe = load_recipe(path)
+    assert recipe.stages[-1].type == "export"
+    if name == "sst2.yaml":  # the text demo writes the int4 file docs/cli.md measures
+        assert "int4" in recipe.stages[-1].modes
