@@ -59,3 +59,29 @@ def test_one_unit_sigmoid_output_agreement(tmp_path):
     path = export.to_tflite(model, tmp_path / "s.tflite").path
     result = export.verify(path, model, (x, (model.predict(x, verbose=0) > 0.5).astype(int)))
     assert result.top1_agreement == 1.0 and result.tflite_accuracy == 1.0
+
+
+def test_an_exact_tie_for_first_agrees_with_either_class(tmp_path):
+    """QAT logits sit on a grid: two classes can tie, argmax takes the lower index."""
+    import keras
+
+    def linear(kernel, bias):
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(inputs))
+        model.get_layer("logits").set_weights([np.asarray(kernel, "float32"), np.asarray(bias)])
+        return model
+
+    kernel = np.zeros((4, 3), "float32")
+    kernel[:, :2] = 1.0  # classes 0 and 1 tie exactly, class 2 is constant below
+    tied = linear(kernel, np.array([0.0, 0.0, -1.0], "float32"))
+    x = np.abs(np.random.default_rng(0).normal(size=(16, 4))).astype("float32")
+    one_ahead = export.to_tflite(
+        linear(kernel, np.array([0.0, 1e-3, -1.0], "float32")), tmp_path / "a.tflite"
+    )
+    assert (
+        export.verify(one_ahead.path, tied, x).top1_agreement == 1.0
+    )  # file says 1, Keras ties 0/1
+    other = export.to_tflite(
+        linear(kernel, np.array([0.0, 0.0, 1e3], "float32")), tmp_path / "b.tflite"
+    )
+    assert export.verify(other.path, tied, x).top1_agreement == 0.0  # class 2 never ties for first
