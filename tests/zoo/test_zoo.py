@@ -35,11 +35,6 @@ KNOWN_FAILURES = {
         "at the squeeze-excite swish, layer quant_block4a_se_reduce_silu (cosine 0.9858) "
         "(quantize engine, issue 18 item 3 target; issue 17 item 2 squeeze-excite rules)"
     ),
-    "vit": (
-        "the int8 file agrees with its QAT model on 96.88% of 128 samples, cosine 0.9934 "
-        "(issue 18 item 3 target 99%); the .keras round trip works since the wrappers' "
-        "lenient deserialization"
-    ),
 }
 
 
