@@ -134,3 +134,26 @@ def test_sigmoid_swish_and_tanh_round_onto_the_fixed_int8_grids(tmp_path):
     assert info.op_histogram["LOGISTIC"] == 3 and info.op_histogram["TANH"] == 1
     assert info.op_histogram["MUL"] == 3  # two swishes and the excite
     assert _off_by_a_step(qat, path, x[64:]) < 0.01  # 74% without the fixed grids
+
+
+def test_an_op_read_only_by_a_concatenate_rounds_onto_its_range(tmp_path):
+    # NASNet / DenseNet cells: int8 CONCATENATION keeps one scale, and the converter
+    # writes a single-use input (the ADD) straight onto it; an input used elsewhere
+    # too ("c", also pooled) keeps its own range and gets a QUANTIZE op.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    a = L.Conv2D(8, 3, padding="same", name="a")(inp)
+    b = L.Conv2D(8, 3, padding="same", name="b")(inp)
+    c = L.Conv2D(8, 3, padding="same", name="c")(inp)
+    added = L.Add(name="add")([a, b])
+    pooled = L.MaxPooling2D(3, strides=1, padding="same", name="pool")(c)
+    out = L.Concatenate(name="cat")([added, c, pooled])
+    model = keras.Model(inp, out, name="concat_cell")
+    model.get_layer("c").set_weights([w * 4 for w in model.get_layer("c").get_weights()])
+    x = np.random.default_rng(1).uniform(0, 1, (96, 8, 8, 3)).astype("float32")
+
+    qat, path, info = _export(model, x, tmp_path)
+
+    assert qat.get_layer("quant_add").output_quantizer is None
+    assert qat.get_layer("quant_c").output_quantizer is not None
+    assert _off_by_a_step(qat, path, x[64:]) < 0.01

@@ -386,7 +386,7 @@ class FoldedWeightsRole(roles.WeightsRole):
             weight_scheme=plan.scheme,
             granularity=plan.handler.granularity,
             kernel_attr=plan.handler.kernel_attr,
-            quantize_output=plan.fused_activation is None,
+            quantize_output=plan.rounds_onto is None,
             ema_decay=ctx.config.ema_decay,
             preserve_sparsity=ctx.config.preserve_sparsity,
             name=ctx.unique(f"quant_{layer.name}"),
@@ -429,7 +429,7 @@ class BatchNormRole(roles.Role):
             ctx.copy_layer(layer, rebuild=True),
             freeze_bn_delay=ctx.config.freeze_bn_delay,
             ema_decay=ctx.config.ema_decay,
-            quantize_output=plan.fused_activation is None,
+            quantize_output=plan.rounds_onto is None,
             name=ctx.unique(f"quant_{layer.name}"),
         )
 

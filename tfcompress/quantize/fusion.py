@@ -9,8 +9,15 @@ would round twice, first onto the producer's wider grid, then onto the
 ReLU's: about a quarter of a step of error per layer, compounding through a
 deep network, that the file never makes (the converter drops that range).
 
-`plan_fused_activations` finds those chains, and the producer's output
-range is left out (`_Plan.fused_activation`), so the QAT model rounds
+The same holds for an op whose only consumer is a Concatenate: int8
+CONCATENATION keeps one scale for all its inputs, and the converter folds
+the requantization of a single-use input into the op that makes it (an ADD
+writes straight onto the Concatenate's grid), while an input used elsewhere
+too keeps its range and gets a QUANTIZE op (two roundings, as in the QAT
+model).
+
+`plan_single_rounding` finds those chains, and the producer's output
+range is left out (`_Plan.rounds_onto`), so the QAT model rounds
 exactly where the int8 kernel does.
 """
 
@@ -60,8 +67,11 @@ def _fusing_producer(layer: keras.layers.Layer, plan: Any, input_rank: int) -> b
     return isinstance(plan.role, roles.OutputRole) and isinstance(layer, (L.Add, L.Subtract))
 
 
-def plan_fused_activations(model, plans, inbound, producer, consumers):
-    """Set `plans[p].fused_activation` for each producer whose ReLU the converter fuses.
+def plan_single_rounding(model, plans, inbound, producer, consumers):
+    """Set `plans[p].rounds_onto` where the converter drops the range of `p`'s output.
+
+    That is, for each producer whose ReLU the converter fuses, or whose only
+    consumer is a Concatenate.
 
     Args:
         model: the functional model being planned.
@@ -92,9 +102,28 @@ def plan_fused_activations(model, plans, inbound, producer, consumers):
             or consumers[id(source)] != 1
             or id(tensor) in outputs
             or len(inbound(source)) != 1
-            or plan.fused_activation is not None
+            or plan.rounds_onto is not None
         ):
             continue
         rank = len(inbound(source)[0].input_tensors[0].shape)
         if _fusing_producer(source, plan, rank):
-            plan.fused_activation = act
+            plan.rounds_onto = act
+    for concat in model.layers:
+        if not isinstance(concat, keras.layers.Concatenate):
+            continue
+        if plans[concat.name].role.name != "output" or len(inbound(concat)) != 1:
+            continue
+        for tensor in inbound(concat)[0].input_tensors:
+            source = producer(tensor)
+            plan = plans.get(source.name)
+            if (
+                plan is None
+                or consumers[id(source)] != 1
+                or id(tensor) in outputs
+                or len(inbound(source)) != 1
+                or plan.rounds_onto is not None
+            ):
+                continue
+            rank = len(inbound(source)[0].input_tensors[0].shape)
+            if _fusing_producer(source, plan, rank):
+                plan.rounds_onto = concat

@@ -130,8 +130,8 @@ class OutputRole(Role):
         clusters = _count_table_clusters(tables) if ctx.config.preserve_clusters else 0
         return QuantizeWrapper(
             ctx.copy_layer(layer),
-            # A ReLU fused into this op rounds once, onto the ReLU's range.
-            quantize_output=plan.fused_activation is None,
+            # A fused ReLU or a Concatenate after it: one rounding, onto their range.
+            quantize_output=plan.rounds_onto is None,
             ema_decay=ctx.config.ema_decay,
             preserve_sparsity=ctx.config.preserve_sparsity and bool(tables),
             preserve_clusters=clusters,
@@ -167,8 +167,8 @@ class WeightsRole(OutputRole):
             weight_scheme=plan.scheme,
             granularity=plan.handler.granularity,
             kernel_attr=plan.handler.kernel_attr,
-            # A ReLU fused into this op rounds once, onto the ReLU's range.
-            quantize_output=plan.fused_activation is None,
+            # A fused ReLU or a Concatenate after it: one rounding, onto their range.
+            quantize_output=plan.rounds_onto is None,
             ema_decay=ctx.config.ema_decay,
             preserve_sparsity=ctx.config.preserve_sparsity,
             preserve_clusters=clusters,

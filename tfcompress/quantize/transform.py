@@ -70,8 +70,9 @@ class _Plan:
     scheme: str | None = None
     fold_bn: keras.layers.Layer | None = None  # the BatchNormalization folded into this layer
     split_activation: str | None = None  # activation name moved to its own layer
-    # The ReLU the converter fuses into this layer's int8 op: no output range of its own.
-    fused_activation: keras.layers.Layer | None = None
+    # The ReLU fused into this int8 op, or the Concatenate whose range it writes onto: the
+    # op rounds once, onto that layer's range, so it gets no output range of its own.
+    rounds_onto: keras.layers.Layer | None = None
     reason: str = ""
     role: Any = None  # the tfcompress.quantize.roles.Role that carries it out
 
@@ -436,7 +437,7 @@ def _plan(model, config, only_annotated):
             consumers,
             config.freeze_bn_delay,
         )
-    fusion.plan_fused_activations(
+    fusion.plan_single_rounding(
         model, plans, lambda layer: _inbound(layer, model_nodes), _producer, consumers
     )
     return plans
