@@ -20,20 +20,25 @@ TEXT = ("lstm", "bert", "roberta", "distilbert", "gpt2")
 #: family -> why it fails today (the exact failure and the issue). Each is strict, so
 #: a fix elsewhere turns it into an XPASS failure and this entry must go.
 KNOWN_FAILURES = {
+    # Since QAT rounds where the int8 kernels round (fused ReLU, Concatenate inputs,
+    # LOGISTIC/TANH grids: docs/quantize.md), each layer matches the file but for ties
+    # (< 1% of values off by one step). These deep, briefly trained nets amplify ties:
+    # the SAME int8 file run by LiteRT's XNNPACK and by its builtin kernels agrees on
+    # only 93.8% (mobilenet_v2), 95.3% (efficientnet_b0, nasnet_mobile) of top-1.
     "nasnet_mobile": (
-        "int8 file vs QAT model: top-1 agreement 95.31% < 99% (cosine 0.9947); the two part "
-        "at the unfolded BatchNorm quant_separable_conv_2_bn_normal_left1_2 "
-        "(QuantizeBatchNorm, cosine 0.9898) (quantize engine, issue 18 items 1 and 3)"
+        "int8 file vs QAT model: top-1 agreement 94.53% < 99% (cosine 0.9968; was 95.31%, "
+        "0.9947), at the level of XNNPACK vs builtin kernels on the same file (95.3%); "
+        "AveragePooling2D still skips the rounding onto its input's grid (issue 18 item 3)"
     ),
     "mobilenet_v2": (
-        "int8 file vs QAT model: cosine 0.9681 < 0.99, top-1 agreement 86.72% < 99%; the "
-        "two part at the linear bottleneck quant_block_5_project (FoldedBatchNormWrapper, "
-        "cosine 0.9891) (quantize engine, issue 18 item 3 target)"
+        "int8 file vs QAT model: top-1 agreement 91.41% < 99% (cosine 0.9938; was 86.72%, "
+        "0.9681), at the level of XNNPACK vs builtin kernels on the same file (93.75%) "
+        "(issue 18 item 3 target)"
     ),
     "efficientnet_b0": (
-        "int8 file vs QAT model: top-1 agreement 95.31% < 99% (cosine 0.9934); the two part "
-        "at the squeeze-excite swish, layer quant_block4a_se_reduce_silu (cosine 0.9858) "
-        "(quantize engine, issue 18 item 3 target; issue 17 item 2 squeeze-excite rules)"
+        "int8 file vs QAT model: top-1 agreement 97.66% < 99% (cosine 0.9951; was 95.31%, "
+        "0.9934), at the level of XNNPACK vs builtin kernels on the same file (95.3%) "
+        "(issue 18 item 3 target)"
     ),
 }
 
