@@ -13,10 +13,15 @@ fake-quantizing versions of their `call`:
   FULLY_CONNECTED in TFLite;
 - `MultiHeadAttention`: the scaled query, the attention scores and the
   softmax probabilities and the attention context fake-quantized, so the two
-  attention matmuls become int8 BATCH_MATMUL (the masked softmax itself stays
-  float: the mask adds -1e9 to masked scores, a range int8 cannot hold);
-- `LayerNormalization`: input (the residual sum) and output fake-quantized,
-  so residual ADDs run in int8 (the normalisation arithmetic stays float).
+  attention matmuls become int8 BATCH_MATMUL; the probabilities on int8
+  SOFTMAX's fixed 1/256 grid, and a masked score on the scores grid's minimum,
+  where the int8 SELECT puts Keras's -1e9;
+- `LayerNormalization` (inside a composite, or wrapped on its own): input (the
+  residual sum), mean and output fake-quantized: the converter computes the
+  mean with an int8 MEAN, the rest of the normalisation stays float;
+- `Embedding` (ViT's position table): its output on the table's own int8 grid,
+  as the converter stores the folded constant; a weight concatenated with a
+  fake-quantized tensor (ViT's class token) on that tensor's grid.
 
 The activation ranges are `ActivationQuantizer`s owned by the wrapper (EMA
 ranges, updated in `fit()`), so the QAT model trains, calibrates, saves and
