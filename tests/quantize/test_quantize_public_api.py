@@ -41,6 +41,7 @@ CLUSTER = [
     "ClusterWeights",
     "assign",
     "available_inits",
+    "cluster_report",
     "cluster_weights",
     "initial_centroids",
     "register_init",
