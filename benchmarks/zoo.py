@@ -328,6 +328,29 @@ def _table(results):
     return _common.markdown_table(headers, rows), notes
 
 
+def _write_section(results, write):
+    table, notes = _table(results)
+    body = (
+        "Real-size architectures with random weights (224x224 images, sequence 128): file "
+        "sizes (float32, dynamic-range, and int8 from `quantize_model` with 16 random "
+        "calibration samples), the share of compute ops (CONV_2D, DEPTHWISE_CONV_2D, "
+        "FULLY_CONNECTED, BATCH_MATMUL, ...) computing in int8, LiteRT latency on one "
+        "thread (median ms, files timed in alternation), and training step time of "
+        "pruning and QAT over plain `fit()` (batch 8, alternating fits); tfmot on the "
+        "tf_keras twin where one exists. `tiny:` columns are the tiny config of the same "
+        "family as in the zoo test: trained 3 epochs on real data while pruned 50% (1,024 digits "
+        "upsampled to 32x32; 4,096 SST-2 phrases at sequence 16), QAT fine-tuned one "
+        "epoch; the int8 file against its QAT model on 128 held-out samples "
+        "(`tfcompress.testing.check_model`); accuracy float = the pruned float model."
+        " `mode` says which run wrote the row (`quick` uses fewer repetitions).\n\n"
+        + table
+        + ("\n\n" + "\n".join(notes) if notes else "")
+    )
+    print(body)
+    if write:
+        _common.update_section("Model zoo", body, "benchmarks/zoo.py")
+
+
 def run(quick=False, write=True, families=None):
     """Measure the zoo families (3 with `quick`) and rewrite the "Model zoo" section."""
     results = _load()
@@ -353,26 +376,10 @@ def run(quick=False, write=True, families=None):
             from tfcompress._io import atomic_write_text
 
             atomic_write_text(RESULTS, json.dumps(results, indent=1, sort_keys=True))
-    table, notes = _table(results)
-    body = (
-        "Real-size architectures with random weights (224x224 images, sequence 128): file "
-        "sizes (float32, dynamic-range, and int8 from `quantize_model` with 16 random "
-        "calibration samples), the share of compute ops (CONV_2D, DEPTHWISE_CONV_2D, "
-        "FULLY_CONNECTED, BATCH_MATMUL, ...) computing in int8, LiteRT latency on one "
-        "thread (median ms, files timed in alternation), and training step time of "
-        "pruning and QAT over plain `fit()` (batch 8, alternating fits); tfmot on the "
-        "tf_keras twin where one exists. `tiny:` columns are the tiny config of the same "
-        "family as in the zoo test: trained 3 epochs on real data while pruned 50% (1,024 digits "
-        "upsampled to 32x32; 4,096 SST-2 phrases at sequence 16), QAT fine-tuned one "
-        "epoch; the int8 file against its QAT model on 128 held-out samples "
-        "(`tfcompress.testing.check_model`); accuracy float = the pruned float model."
-        " `mode` says which run wrote the row (`quick` uses fewer repetitions).\n\n"
-        + table
-        + ("\n\n" + "\n".join(notes) if notes else "")
-    )
-    print(body)
-    if write:
-        _common.update_section("Model zoo", body, "benchmarks/zoo.py")
+            # The table after every family: a run cut short keeps what it measured.
+            _write_section(results, write)
+    if not write:
+        _write_section(results, write)  # prints the table
     return results
 
 
