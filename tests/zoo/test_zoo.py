@@ -31,14 +31,14 @@ KNOWN_FAILURES = {
         "AveragePooling2D still skips the rounding onto its input's grid (issue 18 item 3)"
     ),
     "mobilenet_v2": (
-        "int8 file vs QAT model: top-1 agreement 91.41% < 99% (cosine 0.9938; was 86.72%, "
+        "int8 file vs QAT model: top-1 agreement 94.53% < 99% (cosine 0.9938; was 86.72%, "
         "0.9681), at the level of XNNPACK vs builtin kernels on the same file (93.75%) "
         "(issue 18 item 3 target)"
     ),
     "efficientnet_b0": (
-        "int8 file vs QAT model: top-1 agreement 97.66% < 99% (cosine 0.9951; was 95.31%, "
-        "0.9934), at the level of XNNPACK vs builtin kernels on the same file (95.3%) "
-        "(issue 18 item 3 target)"
+        "int8 file vs QAT model: top-1 agreement 98.44% < 99% (cosine 0.9951; was 95.31%, "
+        "0.9934), at the level of XNNPACK vs builtin kernels on the same file (95.3%); "
+        "2 of 128 samples from the threshold, so it may XPASS elsewhere (issue 18 item 3)"
     ),
 }
 
