@@ -133,6 +133,9 @@ def test_sigmoid_swish_and_tanh_round_onto_the_fixed_int8_grids(tmp_path):
 
     assert info.op_histogram["LOGISTIC"] == 3 and info.op_histogram["TANH"] == 1
     assert info.op_histogram["MUL"] == 3  # two swishes and the excite
+    # The gate's and tanh's range is their fixed grid (no requantization after them).
+    assert "QUANTIZE" not in {op.name for op in info.ops[1:]}, info.summary()
+    assert qat.get_layer("quant_tanh").output_quantizer is None
     assert _off_by_a_step(qat, path, x[64:]) < 0.01  # 74% without the fixed grids
 
 

@@ -171,14 +171,15 @@ class QuantizeWrapper(Wrapper):
         self.kernel_attr = kernel_attr
         self.quantize_output = bool(quantize_output)
         self.ema_decay = float(ema_decay)
+        # Sigmoid / swish / tanh run as int8 LOGISTIC (+ MUL) / TANH, whose outputs sit
+        # on a fixed grid: computed here on that grid, as the file computes them. A
+        # sigmoid's or tanh's output range IS that grid (the converter drops any other).
+        self._fixed_grid = _fixed_grid_activation(layer)
         self.output_quantizer = (
             ActivationQuantizer(ema_decay=ema_decay, name="output_quant", dtype=self.dtype_policy)
-            if quantize_output
+            if quantize_output and self._fixed_grid not in ("sigmoid", "tanh")
             else None
         )
-        # Sigmoid / swish / tanh run as int8 LOGISTIC (+ MUL) / TANH, whose outputs sit
-        # on a fixed grid: computed here on that grid, as the file computes them.
-        self._fixed_grid = _fixed_grid_activation(layer)
         # keras-hub's ReversibleEmbedding also runs as the tied LM head (reverse=True):
         # logits get their own range, apart from the embedding lookups'.
         self.reverse_quantizer = (
