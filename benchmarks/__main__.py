@@ -1,13 +1,18 @@
 """Run every benchmark and rewrite BENCHMARKS.md: `python -m benchmarks [--quick]`.
 
-A benchmark that fails shows up as a failed row in the run summary with its
-error; the others still run.
+Each benchmark runs in a process of its own. A benchmark that fails, crashes or is
+killed for memory shows up as a failed row in the run summary with its error; the
+others still run.
 """
 
 import argparse
 import importlib
+import json
 import os
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -32,29 +37,72 @@ BENCHMARKS = {
 }
 
 
-def run_all(names, quick=False, write=True, options=None):
+def run_all(names, quick=False, write=True, options=None, isolate=False):
     """Run the named benchmarks; returns rows of (name, status, seconds, error).
 
     `options` maps a benchmark name to extra keyword arguments of its run(),
     e.g. {"summary": {"tasks": [...], "methods": [...]}}. The run summary is
     rewritten after every benchmark, so a run cut short still says how far it got.
+    With `isolate`, each benchmark runs in a process of its own: the memory one
+    leaves behind is returned before the next, and a crash or an out-of-memory kill
+    is a failed row instead of the end of the run.
     """
     rows = []
     started = time.perf_counter()
     for index, name in enumerate(names):
         start = time.perf_counter()
         print(f"== {name}", flush=True)
-        try:
-            module = importlib.import_module(BENCHMARKS[name])
-            module.run(quick=quick, write=write, **(options or {}).get(name, {}))
-            status, error = "ok", ""
-        except Exception as e:  # a failed benchmark is a row, not the end of the run
-            traceback.print_exc()
-            status, error = "**failed**", f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        kwargs = (options or {}).get(name, {})
+        if isolate:
+            status, error = _run_in_process(name, quick, write, kwargs)
+        else:
+            status, error = _run_here(name, quick, write, kwargs)
         rows.append([name, status, f"{time.perf_counter() - start:.0f}", error])
         if write:
             _write_summary(rows, names[index + 1 :], quick, time.perf_counter() - started)
     return rows
+
+
+def _run_here(name, quick, write, kwargs):
+    try:
+        module = importlib.import_module(BENCHMARKS[name])
+        module.run(quick=quick, write=write, **kwargs)
+        return "ok", ""
+    except Exception as e:  # a failed benchmark is a row, not the end of the run
+        traceback.print_exc()
+        return "**failed**", f"{type(e).__name__}: {e}".splitlines()[0][:300]
+
+
+def _run_in_process(name, quick, write, kwargs):
+    request = json.dumps(
+        {"module": BENCHMARKS[name], "quick": quick, "write": write, "kwargs": kwargs}
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, *sys.path])))
+    code = "from benchmarks.__main__ import _child; _child()"
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.run(
+            [sys.executable, "-c", code, request], cwd=root, env=env, stderr=errors
+        )
+        errors.seek(0)
+        tail = errors.read()[-20000:]
+    sys.stderr.write(tail)
+    if process.returncode == 0:
+        return "ok", ""
+    lines = [line for line in tail.splitlines() if line.strip()]
+    error = lines[-1][:300] if lines else ""
+    if process.returncode < 0:
+        signal_name = signal.Signals(-process.returncode).name
+        why = " (out of memory?)" if signal_name == "SIGKILL" else ""
+        error = f"the process died of {signal_name}{why}"
+    return "**failed**", error
+
+
+def _child():
+    """Entry point of an isolated benchmark process: run one, exit non-zero if it fails."""
+    request = json.loads(sys.argv[1])
+    module = importlib.import_module(request["module"])
+    module.run(quick=request["quick"], write=request["write"], **request["kwargs"])
 
 
 def _write_summary(rows, pending, quick, seconds):
@@ -108,7 +156,7 @@ def main(argv=None):
         except ValueError as e:
             parser.error(str(e))
         options["summary"] = {"tasks": args.tasks, "methods": args.methods}
-    rows = run_all(names, quick=args.quick, write=not args.no_write, options=options)
+    rows = run_all(names, quick=args.quick, write=not args.no_write, options=options, isolate=True)
     return 0 if all(r[1] == "ok" for r in rows) else 1
 
 

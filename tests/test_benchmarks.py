@@ -161,3 +161,26 @@ def test_summary_merge_replaces_only_the_rows_it_measures(scratch_md, tiny_task)
     ]
     assert text.count("## Summary") == 1 and "Every row below was measured in this run." in text
     assert "Merged rows" in text and "--tasks tiny --methods float prune --merge" in text
+
+
+def test_isolated_benchmarks_that_crash_or_raise_are_rows(scratch_md, tmp_path, monkeypatch):
+    (tmp_path / "bench_dies.py").write_text(
+        "import os, signal\n\ndef run(quick, write):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    (tmp_path / "bench_raises.py").write_text(
+        "def run(quick, write):\n    raise RuntimeError('disk on fire')\n"
+    )
+    (tmp_path / "bench_fine.py").write_text(
+        "def run(quick, write):\n    open(__file__ + '.ran', 'w').write(str(quick))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(
+        runner,
+        "BENCHMARKS",
+        {"dies": "bench_dies", "raises": "bench_raises", "fine": "bench_fine"},
+    )
+    rows = runner.run_all(["dies", "raises", "fine"], quick=True, write=True, isolate=True)
+    assert rows[0][1] == "**failed**" and "SIGKILL" in rows[0][3]
+    assert rows[1][1] == "**failed**" and rows[1][3] == "RuntimeError: disk on fire"
+    assert rows[2][1] == "ok" and (tmp_path / "bench_fine.py.ran").read_text() == "True"
+    assert "died of SIGKILL (out of memory?)" in scratch_md.read_text()
