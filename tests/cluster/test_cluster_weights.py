@@ -40,6 +40,11 @@ def test_bad_arguments(trained_cnn):
         cluster.cluster_weights(trained_cnn, init="bogus")
     with pytest.raises(ValueError, match="Received: number_of_clusters=1"):
         cluster.cluster_weights(trained_cnn, number_of_clusters=1)
+    # The same check guards the layer wrapper and the report.
+    with pytest.raises(ValueError, match="Received: number_of_clusters=True"):
+        cluster.ClusterWeights(trained_cnn.layers[-1], number_of_clusters=True)
+    with pytest.raises(ValueError, match="Received: number_of_clusters=1.5"):
+        cluster.cluster_report(trained_cnn, 1.5)
 
 
 @pytest.fixture(scope="module")

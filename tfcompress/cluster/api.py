@@ -125,15 +125,9 @@ def cluster_weights(
     >>> clustered.fit(x, y, epochs=1)
     >>> final = strip_clustering(clustered)
     """
-    if (
-        isinstance(number_of_clusters, bool)
-        or not isinstance(number_of_clusters, (int, np.integer))
-        or number_of_clusters < 2
-    ):
-        raise ValueError(
-            "number_of_clusters must be an integer of at least 2. "
-            f"Received: number_of_clusters={number_of_clusters!r}"
-        )
+    from tfcompress.cluster.layers import check_number_of_clusters
+
+    check_number_of_clusters(number_of_clusters)
     if cluster_centroids_init is not None:
         init = cluster_centroids_init
     init = CentroidInitialization.resolve(init)

@@ -15,6 +15,19 @@ from tfcompress.cluster import _registry
 from tfcompress.cluster.init import CentroidInitialization, assign, initial_centroids
 
 
+def check_number_of_clusters(number_of_clusters: Any) -> None:
+    """Raises a `ValueError` unless `number_of_clusters` is an integer of at least 2."""
+    if (
+        isinstance(number_of_clusters, bool)
+        or not isinstance(number_of_clusters, (int, np.integer))
+        or number_of_clusters < 2
+    ):
+        raise ValueError(
+            "number_of_clusters must be an integer of at least 2. "
+            f"Received: number_of_clusters={number_of_clusters!r}"
+        )
+
+
 @keras.saving.register_keras_serializable(package="tfcompress")
 class ClusterWeights(Wrapper):
     """Computes a layer with each of its weights shared among `number_of_clusters` values.
@@ -65,15 +78,7 @@ class ClusterWeights(Wrapper):
                 "ClusterWeights wraps a Keras 3 layer. "
                 f"Received: layer={layer!r} of type {type(layer).__name__}"
             )
-        if (
-            isinstance(number_of_clusters, bool)
-            or not isinstance(number_of_clusters, (int, np.integer))
-            or number_of_clusters < 2
-        ):
-            raise ValueError(
-                "number_of_clusters must be an integer of at least 2. "
-                f"Received: number_of_clusters={number_of_clusters!r}"
-            )
+        check_number_of_clusters(number_of_clusters)
         if preserve_sparsity and number_of_clusters < 3:
             raise ValueError(
                 "preserve_sparsity keeps one of the clusters for the zeros, so "

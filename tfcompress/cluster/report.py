@@ -49,17 +49,9 @@ def cluster_report(model: keras.Model, number_of_clusters: int = 16) -> ClusterR
     from tfcompress._graph import flat_layers
     from tfcompress._layers import Wrapper
     from tfcompress.cluster import _registry
-    from tfcompress.cluster.layers import ClusterWeights
+    from tfcompress.cluster.layers import ClusterWeights, check_number_of_clusters
 
-    if (
-        isinstance(number_of_clusters, bool)
-        or not isinstance(number_of_clusters, (int, np.integer))
-        or number_of_clusters < 2
-    ):
-        raise ValueError(
-            "number_of_clusters must be an integer of at least 2. "
-            f"Received: number_of_clusters={number_of_clusters!r}"
-        )
+    check_number_of_clusters(number_of_clusters)
     if _flavor.flavor_of(model) == _flavor.TF_KERAS:
         raise ValueError(
             "cluster_report reads Keras 3 models; for tf_keras use tfmot's wrappers. "

@@ -81,6 +81,21 @@ def plan_single_rounding(model, plans, inbound, producer, consumers):
         consumers: `{id(layer): number of inbound uses}`.
     """
     outputs = {id(t) for t in model.outputs}
+
+    def round_onto(source, plan, tensor, consumer):
+        # Only a producer used once, by `consumer` alone, drops its own range.
+        if (
+            plan is None
+            or consumers[id(source)] != 1
+            or id(tensor) in outputs
+            or len(inbound(source)) != 1
+            or plan.rounds_onto is not None
+        ):
+            return
+        rank = len(inbound(source)[0].input_tensors[0].shape)
+        if _fusing_producer(source, plan, rank):
+            plan.rounds_onto = consumer
+
     for act in model.layers:
         if not is_fusable_activation(act) or plans[act.name].role.name != "output":
             continue
@@ -97,17 +112,7 @@ def plan_single_rounding(model, plans, inbound, producer, consumers):
             tensor = inbound(source)[0].input_tensors[0]
             source = producer(tensor)
             plan = plans.get(source.name)
-        if (
-            plan is None
-            or consumers[id(source)] != 1
-            or id(tensor) in outputs
-            or len(inbound(source)) != 1
-            or plan.rounds_onto is not None
-        ):
-            continue
-        rank = len(inbound(source)[0].input_tensors[0].shape)
-        if _fusing_producer(source, plan, rank):
-            plan.rounds_onto = act
+        round_onto(source, plan, tensor, act)
     for concat in model.layers:
         if not isinstance(concat, keras.layers.Concatenate):
             continue
@@ -116,14 +121,4 @@ def plan_single_rounding(model, plans, inbound, producer, consumers):
         for tensor in inbound(concat)[0].input_tensors:
             source = producer(tensor)
             plan = plans.get(source.name)
-            if (
-                plan is None
-                or consumers[id(source)] != 1
-                or id(tensor) in outputs
-                or len(inbound(source)) != 1
-                or plan.rounds_onto is not None
-            ):
-                continue
-            rank = len(inbound(source)[0].input_tensors[0].shape)
-            if _fusing_producer(source, plan, rank):
-                plan.rounds_onto = concat
+            round_onto(source, plan, tensor, concat)
