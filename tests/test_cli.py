@@ -137,8 +137,10 @@ def test_text_demo_distils_prunes_and_exports_bert(tmp_path):
     ]
     assert records[1]["parameters"] < records[0]["parameters"] / 2
     assert records[2]["nonzero_parameters"] < 0.5 * records[2]["parameters"]
-    assert set(records[3]["exports"]) == {"dynamic", "int8"}
-    assert "model_dynamic.tflite" in result.stdout
+    assert set(records[3]["exports"]) == {"dynamic", "int8", "int4"}
+    assert "model_dynamic.tflite" in result.stdout and "model_int4.tflite" in result.stdout
+    exports = records[3]["exports"]  # int4 weights and tables: the smallest file
+    assert exports["int4"]["gzip_bytes"] < exports["dynamic"]["gzip_bytes"]
 
 
 def test_demo_refuses_a_file_as_output_folder(tmp_path):
