@@ -188,10 +188,10 @@ def test_custom_layer_with_get_prunable_weights(data):
     assert np.mean(layer.bias.numpy() == 0) == pytest.approx(0.5)  # bias too, as it asked
 
 
-def test_pruning_policy_none_is_accepted_and_a_policy_is_refused():
+def test_pruning_policy_none_is_accepted_and_a_non_policy_is_refused():
     pruned = prune_low_magnitude(
         _mlp(), pruning_schedule=ConstantSparsity(0.5, 0), pruning_policy=None
     )
     assert any(isinstance(layer, PruneLowMagnitude) for layer in pruned.layers)
-    with pytest.raises(NotImplementedError, match="Received: pruning_policy="):
+    with pytest.raises(TypeError, match="Received: pruning_policy="):
         prune_low_magnitude(_mlp(), pruning_policy=object())

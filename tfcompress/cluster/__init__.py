@@ -12,6 +12,12 @@ Example:
 """
 
 from tfcompress.cluster.api import ClusterReport, cluster_weights, strip_clustering
+from tfcompress.cluster.compat import (
+    ClusterableLayer,
+    ClusteringSummaries,
+    cluster_scope,
+    experimental,
+)
 from tfcompress.cluster.init import (
     CentroidInitialization,
     assign,
@@ -26,10 +32,14 @@ __all__ = [
     "CentroidInitialization",
     "ClusterReport",
     "ClusterWeights",
+    "ClusterableLayer",
+    "ClusteringSummaries",
     "assign",
     "available_inits",
     "cluster_report",
+    "cluster_scope",
     "cluster_weights",
+    "experimental",
     "initial_centroids",
     "register_init",
     "strip_clustering",

@@ -24,6 +24,7 @@ from tfcompress.prune.errors import (
 from tfcompress.prune.export import SparseExportResult, to_sparse_tflite
 from tfcompress.prune.heads import HeadPrunedTransformerEncoder, HeadRemovalReport, remove_heads
 from tfcompress.prune.plan import PruningPlan
+from tfcompress.prune.policy import PrunableLayer, PruneForLatencyOnXNNPack, PruningPolicy
 from tfcompress.prune.report import LayerSparsity, SparsityReport, sparsity_report
 from tfcompress.prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 from tfcompress.prune.structured import count_macs, remove_units
@@ -37,8 +38,11 @@ __all__ = [
     "MissingPruningStepError",
     "NoPrunableLayersError",
     "PolynomialDecay",
+    "PrunableLayer",
+    "PruneForLatencyOnXNNPack",
     "PruneLowMagnitude",
     "PruningPlan",
+    "PruningPolicy",
     "PruningSchedule",
     "PruningSummaries",
     "SparseExportResult",

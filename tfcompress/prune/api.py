@@ -45,6 +45,7 @@ def prune_low_magnitude(
     block_size: tuple[int, int] | None = None,
     block_pooling_type: str | None = None,
     sparsity_m_by_n: tuple[int, int] | None = None,
+    pruning_policy: Any = None,
     **kwargs: Any,
 ) -> keras.Model | keras.layers.Layer | list[keras.layers.Layer]:
     """Return a copy of `model` whose prunable layers are zeroed on a schedule.
@@ -89,6 +90,10 @@ def prune_low_magnitude(
         sparsity_m_by_n: tfmot's `(m, n)`: m zeros in every n consecutive
             weights, i.e. `pattern="{n-m}:{n}"`. As in tfmot it wins over
             `block_size`.
+        pruning_policy: tfmot's policy: a `PruningPolicy` such as
+            `PruneForLatencyOnXNNPack()` (tfmot's own object is accepted too)
+            checks the model and picks the layers to prune; the default skips
+            (`skip="auto"`) then do not apply.
         **kwargs: base layer arguments (`name`, ...) when `model` is a layer,
             as in tfmot.
 
@@ -115,12 +120,7 @@ def prune_low_magnitude(
             )
         schedule = pruning_schedule
     pattern = _tfmot_pattern(pattern, block_size, block_pooling_type, sparsity_m_by_n)
-    if kwargs.get("pruning_policy", None) is not None:
-        raise NotImplementedError(
-            "tfmot's pruning_policy is not supported: choose the layers with skip=[names] or "
-            f"layers=[names]. Received: pruning_policy={kwargs['pruning_policy']!r}"
-        )
-    kwargs.pop("pruning_policy", None)
+    policy = pruning_policy
     if isinstance(model, (list, tuple)) or _is_single_layer(model):
         return _wrap_layers(model, schedule, pattern, importance, scope, kwargs)
     if kwargs:
@@ -132,6 +132,14 @@ def prune_low_magnitude(
     if flavor != _flavor.TF_KERAS:
         _check_cloneable(model)
     _flavor.check_built(model, what="pruning")
+    if policy is not None and flavor != _flavor.TF_KERAS:
+        layers, skip = _apply_policy(model, policy, layers, skip)
+    elif policy is not None:
+        raise NotImplementedError(
+            f"Model '{model.name}' is a tf_keras model: call tfmot's prune_low_magnitude "
+            "directly for pruning_policy=, or convert the model to Keras 3. "
+            f"Received: pruning_policy={policy!r}"
+        )
     schedule = schedules_lib.ConstantSparsity(0.5, 0) if schedule is None else schedule
     schedule = schedules_lib.get(schedule)
     pattern = patterns.parse(pattern)
@@ -257,6 +265,20 @@ def prune_scope() -> keras.saving.CustomObjectScope:
             "PolynomialDecay": schedules_lib.PolynomialDecay,
         }
     )
+
+
+def _apply_policy(model, policy, layers, skip):
+    """tfmot's `pruning_policy`: the policy checks the model and picks the layers."""
+    from tfcompress.prune import policy as policy_lib
+
+    policy = policy_lib.get(policy)
+    policy.ensure_model_supports_pruning(model)
+    allowed = [layer.name for layer in plan_lib.flat_layers(model) if policy.allow_pruning(layer)]
+    if layers is not None:
+        wanted = [layers] if isinstance(layers, str) else list(layers)
+        allowed = [name for name in allowed if name in wanted]
+    # As in tfmot, the policy alone decides: no default skips on top of it.
+    return allowed, (None if skip == "auto" else skip)
 
 
 def _is_single_layer(obj):

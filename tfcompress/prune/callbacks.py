@@ -159,20 +159,43 @@ def _scalar(tf, tag, value, step):
     )
 
 
+_TENSORBOARD_ARGS = (
+    "histogram_freq",
+    "write_graph",
+    "write_images",
+    "write_steps_per_second",
+    "profile_batch",
+    "embeddings_freq",
+    "embeddings_metadata",
+)
+
+
 class PruningSummaries(_TFKerasCompatible, keras.callbacks.Callback):
     """Writes each pruned layer's sparsity (and the step) to TensorBoard.
 
     Args:
         log_dir: folder for the event files.
         update_freq: `"epoch"` or a number of batches between summaries.
+        **kwargs: `keras.callbacks.TensorBoard` arguments that tfmot's
+            `PruningSummaries` passes on (`profile_batch`, `histogram_freq`,
+            ...): accepted, so tfmot code runs unchanged, and not used.
 
     Example:
 
     >>> pruned.fit(x, y, callbacks=[UpdatePruningStep(), PruningSummaries("logs")])
     """
 
-    def __init__(self, log_dir: str | os.PathLike, update_freq: str | int = "epoch") -> None:
+    def __init__(
+        self, log_dir: str | os.PathLike, update_freq: str | int = "epoch", **kwargs: Any
+    ) -> None:
         super().__init__()
+        unknown = sorted(set(kwargs) - set(_TENSORBOARD_ARGS))
+        if unknown:
+            raise TypeError(
+                f"Unexpected arguments {unknown}: besides log_dir and update_freq, "
+                "PruningSummaries accepts keras.callbacks.TensorBoard's "
+                f"{list(_TENSORBOARD_ARGS)}. Received: {unknown}"
+            )
         if not isinstance(log_dir, (str, bytes)) and not hasattr(log_dir, "__fspath__"):
             raise TypeError(f"`log_dir` must be a path. Received: log_dir={log_dir!r}")
         if not str(log_dir if not isinstance(log_dir, bytes) else log_dir.decode()).strip():

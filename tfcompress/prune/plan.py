@@ -53,7 +53,11 @@ def make_plan(model, is_prunable, is_conv, is_dense, skip="auto", layers=None, o
         raise ValueError(
             f"`skip` must be 'auto', a list of layer names, or None. Received: skip={skip!r}"
         )
-    skip_names = set() if auto or skip is None else set(skip)
+    skip_names = set() if auto or skip is None else _names("skip", skip)
+    if isinstance(layers, str):
+        layers = [layers]  # one layer name
+    elif layers is not None:
+        layers = sorted(_names("layers", layers))
     for what, given in (
         ("skip", skip_names),
         ("layers", set(layers or ())),
@@ -149,3 +153,16 @@ def _not_prunable_reason(layer, is_prunable):
             "in its own code, and this engine cannot prune inside it"
         )
     return "not a prunable layer type"
+
+
+def _names(what, given):
+    """A set of layer names from a list (or any iterable) of strings, or a clear error."""
+    try:
+        names = set(given)
+    except TypeError:
+        names = None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise TypeError(
+            f"`{what}` must be a list of layer names (strings). Received: {what}={given!r}"
+        )
+    return names

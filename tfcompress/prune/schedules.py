@@ -76,6 +76,9 @@ class PruningSchedule:
         on_turn = ops.equal(ops.mod(step - begin_step, frequency), 0)
         return ops.logical_and(in_range, on_turn)
 
+    # tfmot's name, which custom schedules written for tfmot call.
+    _should_prune_in_step = _should_prune
+
 
 def _arguments_of(config, class_name):
     """The constructor arguments in a schedule config, nested (tfmot) or flat."""
@@ -209,8 +212,10 @@ class PolynomialDecay(PruningSchedule):
                 "`end_step` must be greater than `begin_step`: the sparsity rises between "
                 f"them. Received: begin_step={begin_step}, end_step={end_step}"
             )
-        if isinstance(power, bool) or not isinstance(power, (int, float)) or power <= 0:
-            raise ValueError(f"`power` must be a positive number. Received: power={power!r}")
+        if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 < power < 1e6:
+            raise ValueError(
+                f"`power` must be a positive, finite number. Received: power={power!r}"
+            )
         _check_frequency(frequency)
         self.initial_sparsity = float(initial_sparsity)
         self.final_sparsity = float(final_sparsity)
@@ -243,6 +248,12 @@ class PolynomialDecay(PruningSchedule):
         }
 
 
+def _is_tfmot_schedule(obj):
+    return type(obj).__module__.startswith("tensorflow_model_optimization") and hasattr(
+        obj, "get_config"
+    )
+
+
 #: What `schedule=` takes: a schedule, a float target sparsity, or a schedule's config.
 ScheduleLike: TypeAlias = PruningSchedule | float | dict[str, Any]
 
@@ -266,7 +277,20 @@ def get(identifier: ScheduleLike) -> PruningSchedule:
         if set(identifier) == {"class_name", "config"} and identifier["class_name"] in known:
             # tfmot's get_config() form.
             return known[identifier["class_name"]].from_config(identifier)
-        return keras.saving.deserialize_keras_object(identifier)
+        try:
+            schedule = keras.saving.deserialize_keras_object(identifier)
+        except (TypeError, ValueError, KeyError) as e:
+            raise TypeError(
+                "`schedule` is a dict but not a pruning schedule's config (the "
+                "{'class_name': ..., 'config': {...}} of ConstantSparsity, PolynomialDecay or a "
+                f"registered PruningSchedule): {str(e).splitlines()[0]}. Received: "
+                f"schedule={identifier!r}"
+            ) from None
+        if isinstance(schedule, PruningSchedule):
+            return schedule
+    elif _is_tfmot_schedule(identifier):
+        # A schedule object of tfmot itself (code that still imports tfmot's schedules).
+        return get(identifier.get_config())
     raise TypeError(
         "`schedule` must be a tfcompress.prune schedule (ConstantSparsity, PolynomialDecay), "
         f"or a float target sparsity. Received: schedule={identifier!r}"

@@ -12,8 +12,12 @@ Example:
 >>> qat.compile("adam", "sparse_categorical_crossentropy"); qat.fit(x_train, y_train)
 """
 
-from tfcompress.quantize import registry, schemes
-from tfcompress.quantize.annotate import quantize_annotate_layer, quantize_scope
+from tfcompress.quantize import quantizers, registry, schemes
+from tfcompress.quantize.annotate import (
+    quantize_annotate_layer,
+    quantize_annotate_model,
+    quantize_scope,
+)
 from tfcompress.quantize.calibration import CalibrationReport, calibrate, compute_range
 from tfcompress.quantize.checks import (
     CollapseWarning,
@@ -59,9 +63,11 @@ __all__ = [
     "is_quantization_aware",
     "output_spread",
     "quantize_annotate_layer",
+    "quantize_annotate_model",
     "quantize_apply",
     "quantize_model",
     "quantize_scope",
+    "quantizers",
     "register_layer",
     "register_scheme",
     "registry",

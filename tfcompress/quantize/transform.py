@@ -87,6 +87,7 @@ def quantize_model(
     *,
     representative_data: Any = None,
     only_annotated: bool = False,
+    quantized_layer_name_prefix: str = "quant_",
 ) -> keras.Model:
     """Return a new quantization-aware (QAT) copy of `model`.
 
@@ -109,6 +110,8 @@ def quantize_model(
         representative_data: optional inputs to initialise the activation
             ranges with `config.calibration`; without it the first training
             steps set them. Exported without training, this is PTQ.
+        quantized_layer_name_prefix: tfmot's argument: the quantized layers
+            are named `prefix + name` (default `"quant_"`, as in tfmot).
         only_annotated: quantize only layers marked by
             `quantize_annotate_layer` (what `quantize_apply` does).
 
@@ -131,6 +134,7 @@ def quantize_model(
     >>> qat.fit(x, y, epochs=2)
     >>> tfcompress.export.to_tflite(qat, "model_int8.tflite", mode="int8")
     """
+    config = annotate.config_from_scheme(config)  # a tfmot scheme object, too
     config = config if config is not None else QuantizeConfig()
     if not isinstance(config, QuantizeConfig):
         raise TypeError(
@@ -190,6 +194,8 @@ def quantize_model(
         report = dataclasses.replace(
             report, calibration=calibrated.method, calibration_samples=calibrated.samples
         )
+    if quantized_layer_name_prefix != "quant_":
+        _rename_quantized(qat, quantized_layer_name_prefix)
     qat.quantize_report = report
     return attach(
         qat,
@@ -206,14 +212,24 @@ def quantize_model(
 
 
 def quantize_apply(
-    model: keras.Model, config: QuantizeConfig | None = None, **kwargs: Any
+    model: keras.Model,
+    config: QuantizeConfig | None = None,
+    *,
+    scheme: Any = None,
+    **kwargs: Any,
 ) -> keras.Model:
     """Quantize only the annotated layers of `model` (tfmot's `quantize_apply`).
 
     Args:
-        model: a model whose layers were marked with `quantize_annotate_layer`.
-        config: a `QuantizeConfig` (Keras 3) for the quantized layers.
-        **kwargs: passed to `quantize_model` (`representative_data=`).
+        model: a model whose layers were marked with `quantize_annotate_layer`,
+            or a model marked whole with `quantize_annotate_model`.
+        config: a `QuantizeConfig` (Keras 3) for the quantized layers, or a
+            tfmot scheme object (`Default8BitPrunePreserveQuantizeScheme()`,
+            `Default8BitClusterPreserveQuantizeScheme()`, ...), as tfmot's
+            positional `scheme`.
+        scheme: tfmot's keyword for `config`.
+        **kwargs: passed to `quantize_model` (`representative_data=`,
+            `quantized_layer_name_prefix=`).
 
     Returns:
         A new QAT model.
@@ -225,11 +241,32 @@ def quantize_apply(
     >>> model = keras.Model(inputs, keras.layers.Dense(2, name="head")(hidden))
     >>> qat = quantize_apply(model)  # "hidden" is quantized, "head" stays float
     """
+    if scheme is not None:
+        if config is not None:
+            raise ValueError(
+                "Pass the scheme once: `config` and tfmot's `scheme` are the same argument. "
+                "Received: both."
+            )
+        config = scheme
     if _flavor.flavor_of(model) == _flavor.TF_KERAS:
         from tfcompress.quantize import _tfmot
 
-        return _tfmot.tfmot_quantize().quantize_apply(model)
-    return quantize_model(model, config, only_annotated=True, **kwargs)
+        extra = {} if config is None else {"scheme": config}
+        return _tfmot.tfmot_quantize().quantize_apply(model, **extra, **kwargs)
+    only = not annotate.is_annotated_model(model)
+    return quantize_model(model, config, only_annotated=only, **kwargs)
+
+
+def _rename_quantized(qat, prefix):
+    """tfmot's `quantized_layer_name_prefix`: `quant_<name>` becomes `<prefix><name>`."""
+    if not isinstance(prefix, str):
+        raise TypeError(
+            "quantized_layer_name_prefix must be a string such as 'quant_'. "
+            f"Received: quantized_layer_name_prefix={prefix!r}"
+        )
+    for layer in qat.layers:
+        if layer.name.startswith("quant_"):
+            layer.name = prefix + layer.name[len("quant_") :]
 
 
 def _as_functional(model):
