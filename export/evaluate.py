@@ -57,7 +57,7 @@ def evaluate(model_path, data_path, num_threads=1, runs=50, batch_size=32):
         outputs = outputs[runner.output_names[0]]
     result = {"model": model_path, "samples": int(len(outputs))}
     if labels is not None:
-        result["accuracy"] = float(np.mean(top1(outputs) == labels_to_classes(labels)))
+        result["accuracy"] = float(np.mean(top1(outputs) == labels_to_classes(labels, outputs)))
     latency = runner.benchmark(runs=runs)
     result.update(
         latency_median_ms=latency.median_ms,

@@ -421,8 +421,12 @@ def top1(outputs):
     return (flat > threshold).astype(np.int64)
 
 
-def labels_to_classes(labels):
-    """Class ids from integer labels or one-hot rows."""
+def labels_to_classes(labels, outputs=None):
+    """Class ids from integer labels or one-hot rows.
+
+    With the model's `outputs`, a label beyond its classes is an error (accuracy
+    against it would be 0 without one).
+    """
     labels = np.asarray(labels)
     if labels.ndim >= 2 and labels.shape[-1] > 1:
         return labels.argmax(axis=-1)
@@ -438,4 +442,12 @@ def labels_to_classes(labels):
             )
     if flat.size and flat.min() < 0:
         raise ValueError(f"Labels must be class ids from 0. Received: min label {flat.min()}")
+    if outputs is not None and flat.size:
+        outputs = np.asarray(outputs)
+        classes = outputs.shape[-1] if outputs.ndim >= 2 and outputs.shape[-1] > 1 else 2
+        if flat.max() >= classes:
+            raise ValueError(
+                f"Labels must be class ids below the model's {classes} outputs. "
+                f"Received: max label {flat.max()}"
+            )
     return flat.astype(np.int64)

@@ -161,9 +161,10 @@ def _load_npz(path, option):
     if not os.path.isfile(path):
         raise UsageError(f"tfcompress export: error: {option} file '{path}' does not exist.")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "keys"):
-                raise ValueError("it holds a single array, not named arrays")
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array, not named arrays")
+        with data:
             if "x" in data:
                 x = data["x"]
             else:
@@ -182,9 +183,16 @@ def _load_npz(path, option):
             f"tfcompress export: error: {option} file '{path}' is not an .npz archive of "
             f"arrays ({reason}). Write it with numpy.savez(path, x=...)."
         ) from None
-    lengths = {k: len(v) for k, v in (x.items() if isinstance(x, dict) else [("x", x)])}
+    arrays = dict(x.items() if isinstance(x, dict) else [("x", x)])
     if y is not None:
-        lengths["y"] = len(y)
+        arrays["y"] = y
+    scalars = sorted(k for k, v in arrays.items() if np.ndim(v) == 0)
+    if scalars:
+        raise UsageError(
+            f"tfcompress export: error: {option} file '{path}' holds single values, not one "
+            f"row per sample, in {scalars}. Write it with numpy.savez(path, x=array_of_samples)."
+        )
+    lengths = {k: len(v) for k, v in arrays.items()}
     if len(set(lengths.values())) > 1 or 0 in lengths.values():
         raise UsageError(
             f"tfcompress export: error: {option} file '{path}' needs the same, non-zero "

@@ -43,6 +43,7 @@ CLUSTER = [
     "ClusterWeights",
     "ClusterableLayer",
     "ClusteringSummaries",
+    "NothingToClusterError",
     "assign",
     "available_inits",
     "cluster_report",

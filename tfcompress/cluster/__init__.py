@@ -11,7 +11,12 @@ Example:
 >>> final = cluster.strip_clustering(clustered)
 """
 
-from tfcompress.cluster.api import ClusterReport, cluster_weights, strip_clustering
+from tfcompress.cluster.api import (
+    ClusterReport,
+    NothingToClusterError,
+    cluster_weights,
+    strip_clustering,
+)
 from tfcompress.cluster.compat import (
     ClusterableLayer,
     ClusteringSummaries,
@@ -34,6 +39,7 @@ __all__ = [
     "ClusterWeights",
     "ClusterableLayer",
     "ClusteringSummaries",
+    "NothingToClusterError",
     "assign",
     "available_inits",
     "cluster_report",

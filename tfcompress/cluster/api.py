@@ -13,6 +13,7 @@ from tfcompress import _flavor
 from tfcompress._layers import rebuild
 from tfcompress._report import Entry, Report, attach, wrapper_report
 from tfcompress.cluster.init import CentroidInitialization
+from tfcompress.errors import TFCompressError
 
 if TYPE_CHECKING:
     import keras
@@ -23,6 +24,10 @@ _TFMOT_INITS = {
     "density": "DENSITY_BASED",
     "random": "RANDOM",
 }
+
+
+class NothingToClusterError(TFCompressError, ValueError):
+    """No weight of the model can be clustered with the given options."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +133,10 @@ def cluster_weights(
     from tfcompress.cluster.layers import check_number_of_clusters
 
     check_number_of_clusters(number_of_clusters)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0. Received: seed={seed!r}")
+    if isinstance(skip_layers, str):
+        skip_layers = [skip_layers]  # one layer name
     if cluster_centroids_init is not None:
         init = cluster_centroids_init
     init = CentroidInitialization.resolve(init)
@@ -242,6 +251,21 @@ def _cluster_keras3(model, options, skip, seed):
             f"{sorted(unknown)}. Its layers are: {[la.name for la in leaves]}"
         )
     plan, clustered_rows, skipped = _plan(model, options, skip)
+    if not plan:
+        k = options["number_of_clusters"]
+        if skipped:
+            raise NothingToClusterError(
+                f"Model '{model.name}': number_of_clusters={k} leaves every layer "
+                f"unclustered ({'; '.join(f'{n}: {r}' for n, r in skipped)}). Lower "
+                "number_of_clusters below the kernel sizes, or skip fewer layers. "
+                f"Received: number_of_clusters={k}"
+            )
+        raise NothingToClusterError(
+            f"Model '{model.name}' has no layer whose weights can be clustered (Dense, "
+            "EinsumDense, convolutions, Embedding, RNN cells, attention; or a layer with "
+            "get_clusterable_weights()). Received: layers "
+            f"{[type(layer).__name__ for layer in leaves]}"
+        )
     originals = {}
 
     def clone_function(layer):

@@ -55,6 +55,12 @@ def to_c_array(
         make_interpreter(path, use_xnnpack=False)
         data = read_model_file(path)
     header_path = _io.check_output_path(header_path, what="C header")
+    if os.path.exists(header_path) and os.path.samefile(path, header_path):
+        raise ValueError(
+            f"The C header path '{header_path}' is the .tflite file itself (or a link to it): "
+            "writing the header would destroy the model. Choose another path, e.g. "
+            f"'model_data.h'. Received: header_path={header_path!r}"
+        )
     name = variable_name or "g_" + _identifier(os.path.splitext(os.path.basename(path))[0])
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(

@@ -46,8 +46,16 @@ def benchmark(
     >>> result.median_ms
     >>> print(result.profile.summary())
     """
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be at least 1. Received: num_threads={num_threads}")
+    for name, value, least in (
+        ("num_threads", num_threads, 1),
+        ("runs", runs, 1),
+        ("warmup", warmup, 0),
+        ("sequence_length", sequence_length, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(
+                f"{name} must be an int of at least {least}. Received: {name}={value!r}"
+            )
     runner = load_runner(path, num_threads=num_threads)
     inputs = runner.example_inputs(sequence_length=sequence_length)
     if profile:

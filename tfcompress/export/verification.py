@@ -246,7 +246,7 @@ def verify(
         collapsed=collapsed,
     )
     if labels is not None:
-        label_classes = labels_to_classes(labels)
+        label_classes = labels_to_classes(labels, actual)
         keras_accuracy = float(np.mean(classes == label_classes))
         result = dataclasses.replace(
             result,

@@ -41,7 +41,23 @@ class RecipeError(TFCompressError, ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are never a useful number in a recipe (`learning_rate: .inf` trained
+    # to NaN weights and failed minutes later with a converter error).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, data: Any) -> Any:
+        # YAML's `true` would pass as the number 1 (`epochs: true` trained one epoch).
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name) if isinstance(name, str) else None
+                if isinstance(value, bool) and field is not None:
+                    if field.annotation not in (bool, Optional[bool], Any):
+                        raise ValueError(
+                            f"{name}: expected a number or text, not the boolean {value!r}"
+                        )
+        return data
 
 
 class FactorySpec(_Strict):
@@ -110,6 +126,17 @@ class DistillStage(_Training):
     temperature: float = Field(default=4.0, gt=0)
 
 
+def _known_pattern(pattern: str) -> str:
+    from tfcompress.prune import patterns
+
+    parts = pattern.split("x")
+    if len(parts) == 2 and all(p.isdigit() for p in parts):  # "1x4": a (1, 4) block
+        patterns.parse((int(parts[0]), int(parts[1])))
+    else:
+        patterns.parse(pattern)  # its error says what a pattern looks like
+    return pattern
+
+
 class PruneStage(_Training):
     """Magnitude pruning to `final_sparsity`, then strip the wrappers."""
 
@@ -118,7 +145,7 @@ class PruneStage(_Training):
     initial_sparsity: float = Field(default=0.0, ge=0, lt=1)
     schedule: Literal["polynomial", "constant"] = "polynomial"
     scope: Literal["layer", "global"] = "layer"
-    pattern: str = "unstructured"
+    pattern: Annotated[str, AfterValidator(_known_pattern)] = "unstructured"
 
 
 class RemoveUnitsStage(_Training):
@@ -291,7 +318,7 @@ class Recipe(_Strict):
     """A whole compression job."""
 
     name: str = "recipe"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32)
     model: ModelSpec
     data: DataSpec
     stages: list[_stage_union()] = Field(min_length=1)  # type: ignore[valid-type]

@@ -388,26 +388,21 @@ def _annotate_schemes(model, layers):
 @stage("cluster")
 def cluster_stage(ctx, spec):
     from tfcompress import cluster
+    from tfcompress.pipeline.recipe import RecipeError
 
     # After pruning, the zeros stay zeros (tfmot's sparsity-preserving clustering).
-    clustered = cluster.cluster_weights(
-        ctx.model,
-        number_of_clusters=spec.number_of_clusters,
-        init=spec.init,
-        preserve_sparsity="prune" in ctx.history,
-    )
+    try:
+        clustered = cluster.cluster_weights(
+            ctx.model,
+            number_of_clusters=spec.number_of_clusters,
+            init=spec.init,
+            preserve_sparsity="prune" in ctx.history,
+        )
+    except cluster.NothingToClusterError as e:  # e.g. number_of_clusters above every kernel
+        raise RecipeError(f"cluster stage: {e}") from None
     report = getattr(clustered, "cluster_report", None)
     if report is not None:
         ctx.record["cluster_report"] = str(report)
-        if not report.clustered:
-            from tfcompress.pipeline.recipe import RecipeError
-
-            raise RecipeError(
-                f"cluster stage: number_of_clusters={spec.number_of_clusters} leaves every "
-                f"layer unclustered ({'; '.join(f'{n}: {r}' for n, r in report.skipped)}). "
-                "Lower number_of_clusters below the kernel sizes. "
-                f"Received: number_of_clusters={spec.number_of_clusters}"
-            )
     compile_for_labels(clustered, spec.learning_rate)
     fit(ctx, clustered, spec)
     return cluster.strip_clustering(clustered)
@@ -444,9 +439,14 @@ def prune_stage(ctx, spec):
             end_step=end_step,
             frequency=frequency,
         )
-    pruned = prune.prune_low_magnitude(
-        ctx.model, schedule, pattern=_pattern(spec.pattern), scope=spec.scope
-    )
+    try:
+        pruned = prune.prune_low_magnitude(
+            ctx.model, schedule, pattern=_pattern(spec.pattern), scope=spec.scope
+        )
+    except ValueError as e:  # the stage's options do not fit this model (pattern, layers)
+        from tfcompress.pipeline.recipe import RecipeError
+
+        raise RecipeError(f"prune stage: {e}") from None
     compile_for_labels(pruned, spec.learning_rate)
     fit(ctx, pruned, spec, callbacks=[prune.UpdatePruningStep()])
     stripped = prune.strip_pruning(pruned)

@@ -209,8 +209,9 @@ def prune_low_magnitude(
         opts["schedule"] = schedules_lib.get(opts["schedule"])
         opts["pattern"] = patterns.parse(opts["pattern"])
         for sub, spec in _registry.prunable_targets(by_name[name]):
-            shape = tuple(spec.variable(sub).shape)
-            patterns.check_shape(opts["pattern"], shape, spec.nm_axis, sub.name)
+            variable = spec.variable(sub)
+            patterns.check_shape(opts["pattern"], tuple(variable.shape), spec.nm_axis, sub.name)
+            _check_finite(name, variable)
         options[name] = opts
     _log_plan(plan, verbose)
 
@@ -378,6 +379,18 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     stripped = _clone(model, unwrap)
     _copy_weights(model, stripped, mask=True)
     return stripped
+
+
+def _check_finite(name, variable):
+    # A NaN has no magnitude to rank: the mask would be arbitrary and training stays NaN.
+    value = np.asarray(variable)
+    bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+    if bad:
+        raise ValueError(
+            f"Layer '{name}' has {bad} NaN or infinite weights, which have no magnitude to "
+            "prune by. Fix the training that produced them (lower learning rate, clip "
+            f"gradients) first. Received: {bad} non-finite of {value.size} weights"
+        )
 
 
 def _is_dense(layer):
