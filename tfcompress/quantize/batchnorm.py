@@ -337,6 +337,7 @@ class QuantizeBatchNorm(_FreezeDelay, Wrapper):
             # Per channel, as DepthwiseConv2D's (1, 1, C, 1) kernel is quantized.
             flat = tf.reshape(scale, (1, 1, -1))
             kernel = tf.reshape(_ops.fake_quant_symmetric(flat, 8, True), (1, 1, -1, 1))
+            shift = self._int32_shift(shift, scale, training)
             x = tf.cast(inputs, "float32")
             rank = len(x.shape)
             x4 = x if rank == 4 else tf.reshape(x, _as_4d(x))
@@ -348,6 +349,24 @@ class QuantizeBatchNorm(_FreezeDelay, Wrapper):
         if self.output_quantizer is None:
             return out
         return self.output_quantizer(out, training=training)
+
+    def _int32_shift(self, shift, scale, training):
+        # The depthwise op's bias, rounded as the converter stores it (quantize/bias.py);
+        # its weight scales from the float `scale` (a second reader of the FakeQuant
+        # output would keep the op float).
+        from tfcompress.quantize import bias
+
+        input_scale = None if training else bias.input_scale(self)
+        if input_scale is None:
+            return shift
+        return bias.round_onto_int32_grid(shift, input_scale * tf.abs(scale) / 127.0)
+
+    def compute_output_spec(self, *args, **kwargs):
+        from tfcompress.quantize import bias
+
+        if args:
+            bias.record_input_grid(self, args[0])
+        return super().compute_output_spec(*args, **kwargs)
 
     def compute_output_shape(self, input_shape):
         return input_shape

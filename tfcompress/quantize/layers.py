@@ -360,6 +360,9 @@ class QuantizeWrapper(Wrapper):
         MatMul -> Reshape -> BiasAdd keeps the bias apart, in float); the
         output is reshaped back after its fake-quant.
         """
+        from tfcompress.quantize import bias
+
+        replace = bias.with_rounded_bias(self, replace, training)  # the file's int32 bias
         trainable = [replace.get(id(v), v) for v in self.layer.trainable_variables]
         non_trainable = [replace.get(id(v), v.value) for v in self.layer.non_trainable_variables]
         restore = None
@@ -379,6 +382,10 @@ class QuantizeWrapper(Wrapper):
         return outputs if restore is None else tf.reshape(outputs, restore)
 
     def compute_output_spec(self, *args, **kwargs):
+        if self.weight_scheme is not None and args:
+            from tfcompress.quantize import bias
+
+            bias.record_input_grid(self, args[0])
         kwargs.pop("training", None)
         if not self.layer._call_has_mask_arg:
             kwargs.pop("mask", None)
@@ -526,7 +533,16 @@ class QuantizeSeparableConv(Wrapper):
         x = self.intermediate_quantizer(x, training=training)
         y = keras.ops.conv(x, keras.ops.cast(pw, dtype), strides=1, padding="valid")
         if layer.use_bias:
-            y = y + keras.ops.cast(layer.bias, dtype)
+            b = layer.bias
+            if not training:  # the int32 bias of the 1x1 CONV_2D (quantize/bias.py)
+                from tfcompress.quantize import bias
+
+                step = bias.quantizer_scale(self.intermediate_quantizer)
+                # From the float kernel: a second reader of the FakeQuant keeps it float.
+                pw_float = tf.convert_to_tensor(layer.pointwise_kernel)
+                step = step * bias.weight_scales(pw_float, "per_channel")
+                b = bias.round_onto_int32_grid(tf.convert_to_tensor(b), step)
+            y = y + keras.ops.cast(b, dtype)
         if layer.activation is not None:
             y = layer.activation(y)
         y = self.output_quantizer(y, training=training)
