@@ -115,11 +115,12 @@ def test_save_load_clustered(clustered, digits, tmp_path):
 
 def test_skip_layers_and_small_kernels():
     model = testing.tiny_mlp(input_dim=2, hidden=(3,), num_classes=2)
-    out = cluster.cluster_weights(model, number_of_clusters=8, skip_layers=("logits",))
-    assert dict(out.cluster_report.skipped) == {
-        "hidden0": "only 6 weights for 8 clusters",
-        "logits": "skip_layers",
-    }
+    out = cluster.cluster_weights(model, number_of_clusters=4, skip_layers=("logits",))
+    assert dict(out.cluster_report.skipped) == {"logits": "skip_layers"}
+    # Nothing left to cluster is an error naming each reason, not a silent no-op.
+    with pytest.raises(cluster.NothingToClusterError) as e:
+        cluster.cluster_weights(model, number_of_clusters=8, skip_layers=("logits",))
+    assert "hidden0: only 6 weights for 8 clusters; logits: skip_layers" in str(e.value)
 
 
 def test_tf_keras_goes_to_tfmot(digits):
