@@ -15,7 +15,8 @@ fake-quantizing versions of their `call`:
   softmax probabilities and the attention context fake-quantized, so the two
   attention matmuls become int8 BATCH_MATMUL; the probabilities on int8
   SOFTMAX's fixed 1/256 grid, and a masked score on the scores grid's minimum,
-  where the int8 SELECT puts Keras's -1e9;
+  where the int8 SELECT puts Keras's -1e9 (with a mask, that grid reaches at
+  least `MASKED_SCORE_SPAN` below its top, so masked tokens get no attention);
 - `LayerNormalization` (inside a composite, or wrapped on its own): input (the
   residual sum), mean and output fake-quantized: the converter computes the
   mean with an int8 MEAN, the rest of the normalisation stays float;
@@ -48,6 +49,9 @@ _FUSED = ("relu", "relu6")
 #: rounds the probabilities twice.
 _FIXED_RANGES = {"probs": (0.0, 255.0 / 256.0)}
 _STATE = "_tfcompress_qat_state"
+#: How far below the top of the attention scores' int8 grid its minimum (where the
+#: file's SELECT puts a masked score) reaches at least: `exp(-16)` ~ 1e-7.
+MASKED_SCORE_SPAN = 16.0
 
 
 def _activation_name(layer):
@@ -283,34 +287,58 @@ def _compute_attention(
     query = state.quantize(self, "query_scaled", query)
     key = state.ensure(self, "key", key)
     value = state.ensure(self, "value", value)
-    scores = state.quantize(self, "scores", ops.einsum(self._dot_product_equation, key, query))
-    probs = state.quantize(self, "probs", _masked_softmax(self, state, scores, attention_mask))
+    raw = ops.einsum(self._dot_product_equation, key, query)
+    scores = state.quantize(self, "scores", raw)
+    grid = None
+    if attention_mask is not None:
+        scores, grid = _on_masked_scores_grid(self, state, raw, scores)
+    probs = state.quantize(self, "probs", _masked_softmax(self, scores, attention_mask, grid))
     final = self._dropout_layer(probs, training=training) if self._dropout > 0.0 else probs
     context = ops.einsum(self._combine_equation, final, value)
     return state.quantize(self, "context", context), probs
 
 
-def _masked_softmax(layer, state, scores, mask):
-    """`MultiHeadAttention._masked_softmax` as the int8 file computes it.
+def _on_masked_scores_grid(layer, state, raw, scores):
+    """Masked attention scores on a grid reaching `MASKED_SCORE_SPAN` below its top.
 
     Keras masks with `where(mask, scores, -1e9)`; in the int8 file that
     SELECT runs on the scores' grid, so a masked score becomes the grid's
-    minimum, not -1e9, and keeps a share of the softmax's sum (Keras then
-    zeroes the masked probabilities, so the kept ones sum to less than 1).
-    The QAT model computes the same, so that it trains with it.
+    minimum. On the scores' own range (a few units wide in a small model)
+    that minimum is close to the real scores and masked tokens kept a large
+    share of the softmax (a tiny BERT's real tokens got about half of the
+    attention on heavily padded inputs). So the grid's minimum is lowered to
+    at most `max - MASKED_SCORE_SPAN`: a masked score then weighs at most
+    `exp(-MASKED_SCORE_SPAN)` of a score at the range's top.
+
+    Returns:
+        `(scores, (grid min, grid max))`: the scores fake-quantized on that
+        grid (as the file's int8 scores tensor holds them), or the unchanged
+        `scores` and `None` while calibrating.
     """
-    if mask is None:
-        return layer._masked_softmax(scores, None)
     quantizer = state.wrapper._quantizer_for[f"{id(layer)}/scores"]
     if quantizer._collector is not None:  # calibrating: float semantics
+        return scores, None
+    hi = quantizer.range_max
+    lo = tf.minimum(quantizer.range_min, hi - MASKED_SCORE_SPAN)
+    y = fake_quant_activation(tf.cast(raw, "float32"), lo, hi)
+    return state.mark(ops.cast(y, raw.dtype)), (lo, hi)
+
+
+def _masked_softmax(layer, scores, mask, grid):
+    """`MultiHeadAttention._masked_softmax` as the int8 file computes it.
+
+    A masked score becomes the scores grid's minimum (`grid[0]`, far below
+    the real scores: `_on_masked_scores_grid`), where the file's int8 SELECT
+    puts Keras's -1e9; Keras then zeroes the masked probabilities. The QAT
+    model computes the same, so that it trains with it.
+    """
+    if mask is None or grid is None:
         return layer._masked_softmax(scores, mask)
     for _ in range(len(scores.shape) - len(mask.shape)):  # as _masked_softmax expands it
         mask = ops.expand_dims(mask, axis=-len(layer._attention_axes) * 2 - 1)
     if keras.backend.standardize_dtype(mask.dtype) != "bool":
         mask = ops.greater(mask, ops.cast(0.5, mask.dtype))
-    lowest = fake_quant_activation(
-        tf.constant(-1e9, "float32"), quantizer.range_min, quantizer.range_max
-    )
+    lowest = fake_quant_activation(tf.constant(-1e9, "float32"), *grid)
     probs = layer._softmax(ops.where(mask, scores, ops.cast(lowest, scores.dtype)))
     return ops.where(mask, probs, ops.cast(0.0, probs.dtype))
 
