@@ -114,6 +114,11 @@ def test_layer_norm_of_a_functional_model_gets_its_mean_range_too(tmp_path):
     x[:, :3] *= 0.01  # three tokens whose values span a few steps of the grid
     qat = quantize.quantize_model(model, representative_data=x[:32])
     assert "ln" in {entry[0] for entry in qat.quantize_report.quantized}
+    # Its ranges are int8, its gamma and beta stay float: the report says no weights.
+    entries = {entry[0]: entry for entry in qat.quantize_report.quantized}
+    assert entries["ln"] == ("ln", "LayerNormalization", None)
+    assert entries["embed"] == ("embed", "Dense", "int8")
+    assert "quantized ln (LayerNormalization, weights -)" in str(qat.quantize_report)
     path = tmp_path / "ln_int8.tflite"
     export.to_tflite(qat, path, mode="int8")
     check = export.verify(path, qat, x[32:])

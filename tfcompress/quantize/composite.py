@@ -456,6 +456,20 @@ def inner_targets(layer: keras.layers.Layer) -> list[tuple[keras.layers.Layer, s
     return found
 
 
+def weights_in_report(layer: keras.layers.Layer, scheme: str | None) -> str | None:
+    """The weight scheme a QAT report names for `layer`: `None` when nothing is stored int8.
+
+    A `LayerNormalization` (alone, or a composite holding only norms) is
+    wrapped for its activation ranges, but its gamma and beta stay float.
+    """
+    if scheme is None or not isinstance(layer, keras.layers.Layer):
+        return scheme
+    kinds = {kind for _, kind in inner_targets(layer)}
+    if kinds and not kinds & {"dense", "conv", "table"}:
+        return None
+    return scheme
+
+
 def is_composite(layer: keras.layers.Layer) -> bool:
     """Whether `layer` holds Dense / EinsumDense layers that `QuantizeComposite` can hook."""
     return any(kind in ("dense", "conv") for _, kind in inner_targets(layer))

@@ -10,7 +10,7 @@ from tfcompress import _flavor
 from tfcompress._graph import check_graph_model
 from tfcompress._report import Entry, Report, attach, wrapper_report
 from tfcompress.quantize import annotate, batchnorm, fusion, registry, roles
-from tfcompress.quantize.composite import _activation_name
+from tfcompress.quantize.composite import _activation_name, weights_in_report
 from tfcompress.quantize.config import QuantizeConfig
 from tfcompress.quantize.errors import AlreadyQuantizedError, UnsupportedLayerError
 
@@ -163,7 +163,7 @@ def quantize_model(
     qat = _clone(functional, plans, config, shared)
     report = QuantizeReport(
         quantized=tuple(
-            (layer.name, type(layer).__name__, plans[layer.name].scheme)
+            (layer.name, type(layer).__name__, weights_in_report(layer, plans[layer.name].scheme))
             for layer in functional.layers
             if plans[layer.name].role.quantized
         ),
