@@ -1,5 +1,7 @@
 """A base for the layer wrappers of every engine (pruning, quantization, clustering)."""
 
+import contextlib
+
 import keras
 
 
@@ -161,7 +163,7 @@ def rebuild(layer):
     'd'
     """
 
-    config = layer.get_config()
+    config = layer_config(layer)
     try:
         return layer.__class__.from_config(config)
     except (TypeError, ValueError) as first:
@@ -174,9 +176,122 @@ def rebuild(layer):
             raise _rebuild_error(layer, second) from first
 
 
+def layer_config(layer):
+    """`layer.get_config()`, or a `TypeError` that names the layer when it fails.
+
+    A `get_config` can fail on its own (keras-hub 0.32's
+    `LlamaTransformerDecoder` reads `self.rope_scaling_factor`, which its
+    `__init__` never sets); the bare `AttributeError` would not say which of
+    a model's layers it came from.
+
+    Args:
+        layer: a Keras 3 layer.
+
+    Returns:
+        Its config dict.
+
+    Raises:
+        TypeError: `get_config` raised; the message names the layer, its
+            class and the original error.
+
+    Example:
+
+    >>> import keras
+    >>> layer_config(keras.layers.Dense(3))["units"]
+    3
+    """
+    try:
+        return layer.get_config()
+    except Exception as e:  # noqa: BLE001  (any failure of user or library code)
+        raise TypeError(
+            f"Layer '{layer.name}' ({type(layer).__module__}.{type(layer).__name__}) cannot "
+            "report its config: its get_config() fails, so it can be neither copied nor "
+            "saved. Fix that layer's get_config (or upgrade the library it comes from). "
+            f"Received: {type(e).__name__}: {str(e)[:200]}"
+        ) from e
+
+
 def _rebuild_error(layer, error):
     return TypeError(
         f"Layer '{layer.name}' ({type(layer).__module__}.{type(layer).__name__}) cannot be "
         "rebuilt from its get_config(): fix its get_config/from_config pair, or leave it out "
         f"of the model you compress. Received: {type(error).__name__}: {str(error)[:200]}"
     )
+
+
+def copy_weights(new, original):
+    """`new.set_weights(original.get_weights())`, first building what `new` lacks.
+
+    A layer that creates a sublayer in `__init__` and builds it only when
+    its own `call` runs (keras-hub's DeBERTa `RelativeEmbedding` and its
+    `LayerNormalization`) has fewer weights in a copy traced symbolically
+    (Keras then uses `compute_output_shape` and never runs `call`) than in
+    the original. Such sublayers are built here from the shapes their
+    counterparts in `original` were built with.
+
+    Args:
+        new: a copy of `original` (same class and config), built or not.
+        original: the layer whose weights to copy.
+
+    Example:
+
+    >>> import keras
+    >>> a, b = keras.layers.Dense(2), keras.layers.Dense(2)
+    >>> a.build((None, 3)); b.build((None, 3))
+    >>> copy_weights(b, a)
+    """
+    if new is original:
+        return
+    if len(new.weights) != len(original.weights):
+        pairs = zip(
+            new._flatten_layers(include_self=True, recursive=True),
+            original._flatten_layers(include_self=True, recursive=True),
+        )
+        for fresh, source in pairs:
+            if not fresh.built and source.built and source.get_build_config():
+                fresh.build_from_config(source.get_build_config())
+    new.set_weights(original.get_weights())
+
+
+#: Compute dtypes of mixed precision policies, which TFLite kernels and fake-quant lack.
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+@contextlib.contextmanager
+def float32_compute(model):
+    """Run the mixed precision layers of `model` in float32 while the block runs.
+
+    Under a `mixed_float16` / `mixed_bfloat16` policy the graph computes in
+    half precision, which the TFLite builtin kernels (float16 `BiasAdd`,
+    `Relu`, ...) and int8 fake-quantization do not take. Inside the block
+    every such layer has a float32 policy (its variables are float32
+    already), so a trace or a `get_config` sees a float32 model; the
+    policies are put back afterwards.
+
+    Args:
+        model: a Keras 3 model or layer.
+
+    Yields:
+        The names of the layers switched to float32 (empty without mixed
+        precision).
+
+    Example:
+
+    >>> with float32_compute(model) as switched:
+    ...     converted = converter.convert()
+    """
+    changed = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        policy = getattr(layer, "dtype_policy", None)
+        if (
+            isinstance(policy, keras.DTypePolicy)
+            and policy.compute_dtype in HALF_DTYPES
+            and policy.quantization_mode is None
+        ):
+            changed.append((layer, policy))
+            layer.dtype_policy = "float32"
+    try:
+        yield [layer.name for layer, _ in changed]
+    finally:
+        for layer, policy in changed:
+            layer.dtype_policy = policy

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tfcompress._layers import copy_weights
+
 if TYPE_CHECKING:
     import keras
 
@@ -94,8 +96,7 @@ class Role:
         self, new: keras.layers.Layer, original: keras.layers.Layer, plan: _Plan
     ) -> None:
         """Copy the float weights of `original` into `new` (after the clone)."""
-        if new is not original:
-            new.set_weights(original.get_weights())
+        copy_weights(new, original)
 
 
 class PassthroughRole(Role):

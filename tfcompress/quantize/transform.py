@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from tfcompress import _flavor
 from tfcompress._graph import check_graph_model
+from tfcompress._layers import copy_weights, float32_compute, layer_config
 from tfcompress._report import Entry, Report, attach, wrapper_report
 from tfcompress.quantize import annotate, batchnorm, fusion, registry, roles
 from tfcompress.quantize.composite import _activation_name, weights_in_report
@@ -155,12 +156,15 @@ def quantize_model(
             )
         qat = _tfmot.quantize_model(model, config)
         return attach(qat, wrapper_report("quantize_model", model, qat, "tfmot QAT"))
-    functional = _as_functional(model)
-    _check_not_quantized(functional)
-    shared: dict[str, tuple[str, str, str]] = {}
-    functional = _inline_nested(functional, shared)
-    plans = _plan(functional, config, only_annotated)
-    qat = _clone(functional, plans, config, shared)
+    # A mixed precision model gets a float32 QAT copy: fake-quant ranges and the
+    # int8 converter need float32 (the copy's layers take their policy from get_config).
+    with float32_compute(model):
+        functional = _as_functional(model)
+        _check_not_quantized(functional)
+        shared: dict[str, tuple[str, str, str]] = {}
+        functional = _inline_nested(functional, shared)
+        plans = _plan(functional, config, only_annotated)
+        qat = _clone(functional, plans, config, shared)
     report = QuantizeReport(
         quantized=tuple(
             (layer.name, type(layer).__name__, weights_in_report(layer, plans[layer.name].scheme))
@@ -307,7 +311,14 @@ def copy_layer(layer, shared, overrides=None, rebuild=False):
     """
     if overrides is None and not rebuild and not layer.weights:
         return layer
-    config = layer.get_config()
+    try:
+        config = layer_config(layer)
+    except TypeError as e:  # its get_config fails: nothing to rebuild it from
+        if overrides:
+            raise
+        reason = f"get_config failed ({e.__cause__!r:.120}); shared with the input model"
+        shared[layer.name] = (layer.name, type(layer).__name__, reason)
+        return layer
     config.update(overrides or {})
     try:
         new = layer.__class__.from_config(config)
@@ -400,8 +411,7 @@ def _inline_nested(model, shared):
     outputs = model._run_through_graph(inputs, operation_fn=operation_fn)
     flat = keras.Model(inputs, outputs, name=model.name)
     for new, original in copies.values():
-        if new is not original:
-            new.set_weights(original.get_weights())
+        copy_weights(new, original)
     return flat
 
 
