@@ -251,3 +251,42 @@ def test_quantize_scope_with_custom_objects_loads_keras3(tmp_path):
     with quantize.quantize_scope({"Scaled": Scaled}):
         loaded = keras.models.load_model(tmp_path / "s.keras")
     assert isinstance(loaded.get_layer("scaled"), Scaled)
+
+
+def test_tf_keras_model_with_a_pruning_policy_goes_to_tfmot():
+    import tf_keras
+
+    inputs = tf_keras.Input((16, 16, 3))
+    x = tf_keras.layers.ZeroPadding2D(1)(inputs)
+    x = tf_keras.layers.Conv2D(8, 3, strides=2)(x)
+    x = tf_keras.layers.Conv2D(8, 1, name="pw")(x)
+    x = tf_keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(2)(tf_keras.layers.Flatten()(x)))
+    for policy in (
+        prune.PruneForLatencyOnXNNPack(),
+        tfmot.sparsity.keras.PruneForLatencyOnXNNPack(),
+    ):
+        pruned = prune.prune_low_magnitude(model, pruning_policy=policy)
+        assert [la.name for la in pruned.layers if la.name.startswith("prune_low")] == [
+            "prune_low_magnitude_pw"
+        ]
+
+
+def test_quantize_apply_without_annotations_is_refused():
+    with pytest.raises(ValueError, match="has no annotated layer"):
+        quantize.quantize_apply(_mlp())  # tfmot refuses it too: it would quantize nothing
+
+
+@pytest.mark.parametrize(
+    "package, name, advice",
+    [
+        (quantize, "fix_input_output_range", "int8_io=True"),
+        (quantize, "QuantizeWrapperV2", "QuantizeWrapper"),
+        (quantize, "QuantizeRegistry", "register_layer"),
+        (cluster, "ClusteringAlgorithm", "get_clusterable_weights"),
+    ],
+)
+def test_tfmot_names_without_a_counterpart_say_what_to_use(package, name, advice):
+    with pytest.raises(AttributeError, match=rf"has no '{name}' \(a tfmot name\): .*{advice}"):
+        getattr(package, name)
+    assert not hasattr(package, "no_such_name")

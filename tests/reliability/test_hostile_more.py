@@ -147,3 +147,19 @@ def test_benchmark_counts_are_checked_by_name(files):
     folder, _, _ = files
     with pytest.raises(ValueError, match="Received: runs=0"):  # was blamed on the file
         export.benchmark(str(folder / "m.tflite"), runs=0)
+
+
+def test_a_model_still_wrapped_for_training_is_refused_by_the_other_verbs():
+    """Quantizing a pruned model before strip_pruning kept every layer in float, silently."""
+    from tfcompress import quantize
+
+    pruned = prune.prune_low_magnitude(_mlp(), skip=None)
+    clustered = cluster.cluster_weights(_mlp(), 4)
+    with pytest.raises(ValueError, match=r"call tfcompress.prune.strip_pruning\(model\) first"):
+        quantize.quantize_model(pruned)
+    with pytest.raises(ValueError, match=r"call tfcompress.prune.strip_pruning\(model\) first"):
+        cluster.cluster_weights(pruned, 4)
+    with pytest.raises(ValueError, match=r"tfcompress.cluster.strip_clustering\(model\) first"):
+        prune.prune_low_magnitude(clustered)
+    with pytest.raises(ValueError, match=r"tfcompress.cluster.strip_clustering\(model\) first"):
+        quantize.quantize_model(clustered)

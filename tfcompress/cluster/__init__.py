@@ -50,3 +50,19 @@ __all__ = [
     "register_init",
     "strip_clustering",
 ]
+
+#: tfmot names with no counterpart here, and what to use instead (see docs/tfmot.md).
+_TFMOT_ONLY = {
+    "ClusteringAlgorithm": "custom clustering algorithms are not supported; a layer names "
+    "the weights to cluster with get_clusterable_weights() (subclass ClusterableLayer), "
+    "and new centroid initialisations plug in with register_init",
+    "clusterable_layer": "use tfcompress.cluster.ClusterableLayer",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _TFMOT_ONLY:
+        raise AttributeError(
+            f"tfcompress.cluster has no {name!r} (a tfmot name): {_TFMOT_ONLY[name]}."
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -244,6 +244,15 @@ def _cluster_keras3(model, options, skip, seed):
     leaves = flat_layers(model)
     if any(isinstance(layer, ClusterWeights) for layer in leaves):
         raise ValueError(f"Model '{model.name}' is already clustered; strip_clustering it first.")
+    for layer in leaves:
+        strip = getattr(layer, "_tfcompress_strip_with", None)
+        if strip:
+            raise ValueError(
+                f"Layer '{layer.name}' of model '{model.name}' is still a "
+                f"{type(layer).__name__} training wrapper: call {strip}(model) first, then "
+                "cluster the plain model (preserve_sparsity=True keeps a pruned model's "
+                f"zeros). Received: {type(layer).__name__}"
+            )
     unknown = skip - {layer.name for layer in leaves}
     if unknown:
         raise ValueError(

@@ -63,6 +63,9 @@ class ClusterWeights(Wrapper):
     >>> layer = ClusterWeights(keras.layers.Dense(8), number_of_clusters=16)
     """
 
+    #: How to get the plain model back: other verbs refuse a model still wrapped by this.
+    _tfcompress_strip_with = "tfcompress.cluster.strip_clustering"
+
     def __init__(
         self,
         layer: keras.layers.Layer,

@@ -121,6 +121,28 @@ def prune(model, plan, schedule, pattern, overrides):
     return tf_keras.models.clone_model(copy, clone_function=wrap)
 
 
+def prune_with_policy(model, policy, schedule, pattern):
+    """tfmot's own `prune_low_magnitude(model, pruning_policy=...)` on a copy of `model`."""
+    from tfcompress.prune import patterns
+    from tfcompress.prune.policy import PruneForLatencyOnXNNPack
+
+    sk = sparsity()
+    if isinstance(policy, PruneForLatencyOnXNNPack):
+        policy = sk.PruneForLatencyOnXNNPack()
+    if not isinstance(policy, sk.PruningPolicy):
+        raise TypeError(
+            f"Model '{model.name}' is a tf_keras model, pruned by tfmot: its pruning_policy "
+            "must be a tfmot PruningPolicy (tfmot.sparsity.keras.PruneForLatencyOnXNNPack()) "
+            f"or tfcompress.prune.PruneForLatencyOnXNNPack(). Received: pruning_policy={policy!r}"
+        )
+    return sk.prune_low_magnitude(
+        _copy(model),
+        pruning_schedule=to_tfmot_schedule(schedule),
+        pruning_policy=policy,
+        **_pattern_kwargs(patterns.parse(pattern), model.name),
+    )
+
+
 def _wrappers(model):
     wrapper = _wrapper_class()
     found = []

@@ -10,7 +10,7 @@ import numpy as np
 
 from tfcompress import _flavor
 from tfcompress._layers import rebuild
-from tfcompress._report import Entry, Report, attach
+from tfcompress._report import Entry, Report, attach, wrapper_report
 from tfcompress.prune import _registry, patterns
 from tfcompress.prune import plan as plan_lib
 from tfcompress.prune import schedules as schedules_lib
@@ -134,12 +134,6 @@ def prune_low_magnitude(
     _flavor.check_built(model, what="pruning")
     if policy is not None and flavor != _flavor.TF_KERAS:
         layers, skip = _apply_policy(model, policy, layers, skip)
-    elif policy is not None:
-        raise NotImplementedError(
-            f"Model '{model.name}' is a tf_keras model: call tfmot's prune_low_magnitude "
-            "directly for pruning_policy=, or convert the model to Keras 3. "
-            f"Received: pruning_policy={policy!r}"
-        )
     schedule = schedules_lib.ConstantSparsity(0.5, 0) if schedule is None else schedule
     schedule = schedules_lib.get(schedule)
     pattern = patterns.parse(pattern)
@@ -153,6 +147,11 @@ def prune_low_magnitude(
     if flavor == _flavor.TF_KERAS:
         from tfcompress.prune import _tfmot
 
+        if policy is not None:  # tfmot applies its own policy to its own graphs
+            pruned = _tfmot.prune_with_policy(model, policy, schedule, pattern)
+            return attach(
+                pruned, wrapper_report("prune_low_magnitude", model, pruned, "tfmot pruning")
+            )
         if scope != "layer" or importance != "magnitude":
             raise NotImplementedError(
                 f"Model '{model.name}' is a tf_keras model, pruned by tfmot, which only has "
@@ -172,6 +171,14 @@ def prune_low_magnitude(
         _log_plan(plan, verbose)
         return attach(_tfmot.prune(model, plan, schedule, pattern, overrides), _report(model, plan))
 
+    for layer in plan_lib.flat_layers(model):
+        strip = getattr(layer, "_tfcompress_strip_with", None)
+        if strip and not isinstance(layer, PruneLowMagnitude):
+            raise ValueError(
+                f"Layer '{layer.name}' of model '{model.name}' is still a "
+                f"{type(layer).__name__} training wrapper: call {strip}(model) first, then "
+                f"prune the plain model. Received: {type(layer).__name__}"
+            )
     if any(isinstance(layer, PruneLowMagnitude) for layer in plan_lib.flat_layers(model)):
         raise ValueError(
             f"Model '{model.name}' is already wrapped for pruning. Call "

@@ -95,6 +95,9 @@ class PruneLowMagnitude(Wrapper):
     ...                             pruning_schedule=ConstantSparsity(0.5, 0))
     """
 
+    #: How to get the plain model back: other verbs refuse a model still wrapped by this.
+    _tfcompress_strip_with = "tfcompress.prune.strip_pruning"
+
     def __init__(
         self,
         layer: keras.layers.Layer,

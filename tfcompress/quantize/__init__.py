@@ -74,3 +74,31 @@ __all__ = [
     "schemes",
     "storage_report",
 ]
+
+#: tfmot names with no counterpart here, and what to use instead (see docs/tfmot.md).
+_TFMOT_ONLY = {
+    "fix_input_output_range": "integer inputs and outputs are an export option: "
+    "tfcompress.export.to_tflite(qat, path, mode='int8', int8_io=True)",
+    "remove_input_range": "the input's range is set at export: "
+    "tfcompress.export.to_tflite(qat, path, mode='int8')",
+    "QuantizeWrapperV2": "use tfcompress.quantize.QuantizeWrapper",
+    "QuantizeScheme": "a scheme is a QuantizeConfig (weight_scheme=, preserve_sparsity=, "
+    "preserve_clusters=); new weight grids plug in with register_scheme",
+    "QuantizeRegistry": "teach a layer with register_layer(cls, LayerHandler(...))",
+    "QuantizeLayoutTransform": "teach a layer with register_layer(cls, LayerHandler(...))",
+    "default_8bit": "quantize_model(model) is the default 8-bit scheme; tfmot's scheme objects "
+    "are accepted by quantize_apply(model, scheme)",
+    "collab_opts": "use QuantizeConfig(preserve_sparsity=True) (PQAT) or "
+    "QuantizeConfig(preserve_clusters=True) (CQAT); tfmot's scheme objects are accepted too",
+    "experimental": "use QuantizeConfig(weight_scheme='int4') for n-bit weights; tfmot's "
+    "DefaultNBitQuantizeScheme is accepted by quantize_apply(model, scheme)",
+    "graph_transformations": "teach a layer with register_layer(cls, LayerHandler(...))",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _TFMOT_ONLY:
+        raise AttributeError(
+            f"tfcompress.quantize has no {name!r} (a tfmot name): {_TFMOT_ONLY[name]}."
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

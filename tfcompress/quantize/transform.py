@@ -258,6 +258,15 @@ def quantize_apply(
         extra = {} if config is None else {"scheme": config}
         return _tfmot.tfmot_quantize().quantize_apply(model, **extra, **kwargs)
     only = not annotate.is_annotated_model(model)
+    from tfcompress._graph import flat_layers
+
+    if only and not any(annotate.annotation_of(layer) for layer in flat_layers(model)):
+        # As in tfmot: quantizing nothing is a mistake, not a float model.
+        raise ValueError(
+            f"Model '{model.name}' has no annotated layer, so quantize_apply would quantize "
+            "nothing. Annotate layers with quantize_annotate_layer, the whole model with "
+            "quantize_annotate_model, or call quantize_model(model). Received: no annotations"
+        )
     return quantize_model(model, config, only_annotated=only, **kwargs)
 
 
@@ -427,6 +436,17 @@ def _check_not_quantized(model):
             f"Model '{model.name}' already has fake-quant layers (it is a QAT model). Train or "
             "export it as it is; to start again, quantize the original float model."
         )
+    from tfcompress._graph import flat_layers
+
+    for layer in flat_layers(model):
+        strip = getattr(layer, "_tfcompress_strip_with", None)
+        if strip:  # a pruning / clustering wrapper: QAT would keep it in float, silently
+            raise ValueError(
+                f"Layer '{layer.name}' of model '{model.name}' is still a "
+                f"{type(layer).__name__} training wrapper: call {strip}(model) first; "
+                "QuantizeConfig(preserve_sparsity=True) / (preserve_clusters=True) then keeps "
+                f"its zeros / shared values through QAT. Received: {type(layer).__name__}"
+            )
     for layer in model.layers:
         mode = getattr(layer, "quantization_mode", None)
         if mode:
