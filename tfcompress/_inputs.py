@@ -42,6 +42,9 @@ def input_specs(model: "keras.Model") -> list[InputSpec]:
 
     A model called on a dict (keras-hub tasks) gives its dict keys as names.
     """
+    called = _first_call_specs(model)
+    if called is not None:
+        return called
     structure = getattr(model, "input", None)
     if isinstance(structure, dict):
         items = list(structure.items())
@@ -54,6 +57,30 @@ def input_specs(model: "keras.Model") -> list[InputSpec]:
         dtype = getattr(tensor.dtype, "name", tensor.dtype)
         name = key or tensor.name.split(":")[0]
         specs.append(InputSpec(name=name, shape=shape, dtype=str(dtype)))
+    return specs
+
+
+def _first_call_specs(model):
+    """The inputs of a subclassed Keras 3 model, from the shapes of its first call.
+
+    It has no input tensors; Keras records the shapes it was built with, and
+    `model.export` signs the SavedModel with them too. `None` for other models
+    and for nested input structures.
+    """
+    from tfcompress._graph import is_graph_model
+
+    shapes = getattr(model, "_build_shapes_dict", None)
+    if not shapes or not isinstance(shapes, dict) or is_graph_model(model):
+        return None
+    specs = []
+    for key, shape in shapes.items():
+        if not isinstance(shape, (tuple, list)) or not all(
+            d is None or isinstance(d, int) for d in shape
+        ):
+            return None
+        name = key[: -len("_shape")] if key.endswith("_shape") else key
+        dtype = str(getattr(model, "input_dtype", None) or "float32")
+        specs.append(InputSpec(name=name, shape=(None, *shape[1:]), dtype=dtype))
     return specs
 
 

@@ -257,17 +257,23 @@ def to_tflite(
     if representative_data is not None:
         calibration = calib.calibration_set(representative_data, specs, max_calibration_samples)
 
-    data, route = _convert(
-        model,
-        flavor,
-        export_mode,
-        calibration,
-        int8_io,
-        verbose,
-        quantization_aware,
-        fixed,
-        isolate,
-    )
+    from tfcompress._layers import float32_compute
+
+    # Mixed precision layers trace in float32: TFLite has no float16 BiasAdd, Relu, ...
+    with float32_compute(model) as half:
+        data, route = _convert(
+            model,
+            flavor,
+            export_mode,
+            calibration,
+            int8_io,
+            verbose,
+            quantization_aware,
+            fixed,
+            isolate,
+        )
+    if half:
+        notes.append(f"{len(half)} mixed precision layers exported with float32 compute")
     _io.atomic_write_bytes(path, data)
     return ExportResult(
         path=path,
@@ -381,7 +387,7 @@ def _convert(
         # representative dataset and refuse layers kept in float on purpose.
         from tfcompress.quantize import configure_converter as configure
 
-    failures = []
+    failures, culprits = [], []
     for route in _routes(flavor, fixed, isolate):
         with tempfile.TemporaryDirectory(prefix=f"tfcompress-export-{os.getpid()}-") as tmp:
             as_dict = calib.takes_dict(model) or (
@@ -411,13 +417,27 @@ def _convert(
                     return converter.convert(), route
             except Exception as e:  # the converter raises many unrelated types
                 failures.append(f"{route}: {type(e).__name__}: {_last_lines(str(e))}")
+                culprits += [c for c in _failing_layers(str(e), model) if c not in culprits]
             finally:
                 shutil.rmtree(os.path.join(tmp, "saved_model"), ignore_errors=True)
+    where = ", ".join(f"'{layer.name}' ({type(layer).__name__})" for layer in culprits[:3])
+    dynamic = fixed is None and any(None in s.shape[1:] for s in calib.input_specs(model))
+    hint = (
+        " Some ops convert only with static shapes (a StridedSlice adding an axis to "
+        "a [batch, length, length] mask): pass batch_size=1 and sequence_length=N, or "
+        "input_shape=."
+        if dynamic and any("'tf.StridedSlice' op is neither" in f for f in failures)
+        else ""
+    )
     raise ConversionError(
         f"The TFLite converter could not convert model '{model.name}' in mode "
-        f"{export_mode.name!r}. Tried: " + " | ".join(failures) + ". If a layer is named "
+        f"{export_mode.name!r}"
+        + (f": the ops it refused are in layer {where}" if culprits else "")
+        + ". Tried: "
+        + " | ".join(failures)
+        + ". If a layer is named "
         "above, keep it out of the quantized part or try mode='float32' to see whether "
-        "the model converts at all."
+        "the model converts at all." + hint
     )
 
 
@@ -448,6 +468,32 @@ def _save_model(model, flavor, tmp, tf, fixed=None):
     else:
         model.export(saved, format="tf_saved_model", verbose=False, input_signature=signature)
     return saved
+
+
+def _failing_layers(text, model):
+    """The layers of `model` whose ops the converter's errors point at, in order.
+
+    Each error carries the TensorFlow op's name scope (`model/backbone_1/
+    layer_0_1/FFT2D`); its deepest part that names a layer of the model (with
+    or without the `_1` TensorFlow appends) is the layer to report.
+    """
+    from tfcompress._graph import all_layers
+
+    layers = {layer.name: layer for layer in all_layers(model)}
+    found = []
+    for line in text.splitlines():
+        if "error:" not in line:
+            continue
+        for scope in re.findall(r'"([^"@]+/[^"@]+)(?:@[^"]*)?"', line):
+            hit = None
+            for part in scope.split("/"):
+                for name in (part, re.sub(r"_\d+$", "", part)):
+                    if name in layers:
+                        hit = layers[name]
+                        break
+            if hit is not None and hit not in found:
+                found.append(hit)
+    return found
 
 
 def _last_lines(text, n=3):
