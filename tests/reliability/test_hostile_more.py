@@ -163,3 +163,32 @@ def test_a_model_still_wrapped_for_training_is_refused_by_the_other_verbs():
         prune.prune_low_magnitude(clustered)
     with pytest.raises(ValueError, match=r"tfcompress.cluster.strip_clustering\(model\) first"):
         quantize.quantize_model(clustered)
+
+
+def test_export_onto_a_model_or_data_file_is_refused(files, tmp_path):
+    """Python has no `-o` check: a .tflite or header written over a .keras / .npz / .tflite."""
+    folder, model, _ = files
+    for name in ("m.keras", "d.npz"):
+        target = tmp_path / name
+        target.write_bytes((folder / name).read_bytes())
+        with pytest.raises(FileExistsError, match="would destroy it"):
+            export.to_tflite(model, str(target), mode="float32")
+        with pytest.raises(FileExistsError, match="would destroy it"):
+            export.to_c_array(str(folder / "m.tflite"), str(target))
+        assert target.read_bytes() == (folder / name).read_bytes()
+    other = tmp_path / "other.tflite"
+    other.write_bytes((folder / "m.tflite").read_bytes())
+    with pytest.raises(FileExistsError, match="holds a TFLite model"):
+        export.to_c_array(str(folder / "m.tflite"), str(other))
+    export.to_tflite(model, str(other), mode="float32")  # a .tflite over a .tflite is fine
+
+
+def test_cli_refuses_outputs_over_other_models_before_converting(files, tmp_path, capsys):
+    folder, _, _ = files
+    other = tmp_path / "other.keras"
+    other.write_bytes((folder / "m.keras").read_bytes())
+    out = tmp_path / "x.tflite"
+    argv = ["export", str(folder / "m.keras"), "-o", str(out), "--c-header", str(other)]
+    assert cli.main(argv) == 2
+    assert "writing the C header there would destroy it" in one_error_line(capsys)
+    assert not out.exists() and other.read_bytes() == (folder / "m.keras").read_bytes()

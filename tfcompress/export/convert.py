@@ -19,7 +19,7 @@ from tfcompress import _inputs as calib
 from tfcompress._io import gzip_size  # noqa: F401  (its old home: `export.convert.gzip_size`)
 from tfcompress._report import Entry, Report
 from tfcompress.errors import CalibrationDataError, ConversionError
-from tfcompress.export import _isolated, shapes
+from tfcompress.export import _guard, _isolated, shapes
 from tfcompress.export.modes import get_mode
 from tfcompress.export.shapes import static_specs
 from tfcompress.export.target import check_target, export_for_target
@@ -196,6 +196,7 @@ def to_tflite(
     flavor = _flavor.flavor_of(model)
     _flavor.check_built(model, what="export to TFLite")
     path = _io.check_output_path(path, what="TFLite file")
+    _guard.refuse_overwriting(path, "TFLite file", allow=(_guard.TFLITE,))
     if int8_io and export_mode.io_dtype is None:
         raise ValueError(
             f"int8_io=True needs a full-integer mode ('int8' or 'int16x8'); mode {mode!r} keeps "
@@ -422,11 +423,13 @@ def _convert(
                 shutil.rmtree(os.path.join(tmp, "saved_model"), ignore_errors=True)
     where = ", ".join(f"'{layer.name}' ({type(layer).__name__})" for layer in culprits[:3])
     dynamic = fixed is None and any(None in s.shape[1:] for s in calib.input_specs(model))
+    # Measured: the attention of keras-hub Llama, Mistral, RoFormerV2 (a StridedSlice
+    # adding an axis to the mask) and DeBERTaV3 (Abs/Sign of relative positions)
+    # converts with static shapes only.
     hint = (
-        " Some ops convert only with static shapes (a StridedSlice adding an axis to "
-        "a [batch, length, length] mask): pass batch_size=1 and sequence_length=N, or "
-        "input_shape=."
-        if dynamic and any("'tf.StridedSlice' op is neither" in f for f in failures)
+        " Ops refused with dynamic shapes often convert with static ones: pass "
+        "batch_size=1 and sequence_length=N, or input_shape=."
+        if dynamic and any("op is neither a custom op nor a flex op" in f for f in failures)
         else ""
     )
     raise ConversionError(
