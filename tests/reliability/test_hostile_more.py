@@ -192,3 +192,16 @@ def test_cli_refuses_outputs_over_other_models_before_converting(files, tmp_path
     assert cli.main(argv) == 2
     assert "writing the C header there would destroy it" in one_error_line(capsys)
     assert not out.exists() and other.read_bytes() == (folder / "m.keras").read_bytes()
+
+
+def test_sst2_tsv_that_is_not_utf8_names_the_file(tmp_path, monkeypatch):
+    (tmp_path / "train.tsv").write_bytes("sentence\tlabel\ncaf\xe9 noir\t1\n".encode("latin-1"))
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\nok\t1\n")
+    monkeypatch.setenv("TFCOMPRESS_SST2_DIR", str(tmp_path))
+    recipe = {
+        "data": {"embedded": "sst2"},
+        "model": {"factory": "tfcompress.testing:digits_cnn"},
+        "stages": [{"type": "train", "epochs": 1}],
+    }
+    with pytest.raises(pipeline.data.DataError, match=r"train.tsv is not UTF-8 text \(byte 18"):
+        pipeline.run(recipe, str(tmp_path / "out"), progress=lambda m: None)

@@ -250,6 +250,15 @@ def _download(target_dir):
 
 def _read_tsv(path):
     """Reads one SST-2 TSV file into (object array of str, int32 array)."""
+    try:
+        return _read_utf8_tsv(path)
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {e.start}: {e.reason}). Save it as UTF-8."
+        ) from None
+
+
+def _read_utf8_tsv(path):
     with open(path, encoding="utf-8-sig") as f:
         header = f.readline()
         if not header:
