@@ -233,6 +233,10 @@ def copy_weights(new, original):
         new: a copy of `original` (same class and config), built or not.
         original: the layer whose weights to copy.
 
+    Raises:
+        TypeError: `new` still has other weights than `original` (a
+            `get_config` that leaves out an argument); the layer is named.
+
     Example:
 
     >>> import keras
@@ -243,14 +247,29 @@ def copy_weights(new, original):
     if new is original:
         return
     if len(new.weights) != len(original.weights):
-        pairs = zip(
-            new._flatten_layers(include_self=True, recursive=True),
-            original._flatten_layers(include_self=True, recursive=True),
+        _build_like(new, original)
+    if len(new.weights) != len(original.weights):
+        raise TypeError(
+            f"Layer '{original.name}' ({type(original).__module__}.{type(original).__name__}) "
+            f"rebuilt from its get_config() has {len(new.weights)} weights, the original "
+            f"{len(original.weights)}: its config does not describe it (keras-hub 0.32's MiT "
+            "encoder drops sr_ratio), so it cannot be copied. Fix its get_config, or leave "
+            "it out of the model you compress. "
+            f"Received: {[w.path for w in original.weights][:4]}..."
         )
-        for fresh, source in pairs:
-            if not fresh.built and source.built and source.get_build_config():
-                fresh.build_from_config(source.get_build_config())
     new.set_weights(original.get_weights())
+
+
+def _build_like(fresh, source):
+    # Parents first: a build() may create the sublayers (keras-hub MiT's attention
+    # makes its spatial-reduction conv there), so children pair up only afterwards.
+    if not fresh.built and source.built and source.get_build_config():
+        fresh.build_from_config(source.get_build_config())
+    children = fresh._flatten_layers(include_self=False, recursive=False)
+    originals = source._flatten_layers(include_self=False, recursive=False)
+    if len(children) == len(originals):
+        for child, original in zip(children, originals):
+            _build_like(child, original)
 
 
 #: Compute dtypes of mixed precision policies, which TFLite kernels and fake-quant lack.

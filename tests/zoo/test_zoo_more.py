@@ -7,8 +7,10 @@ model that reproduces what a swept architecture failed on before its fix.
 - a subclassed model called once: export refused it as "not built";
 - converter errors (FNet's FFT, the dynamic-shape StridedSlice of Llama / Mistral /
   RoFormer attention masks): they did not say which layer;
-- a layer whose `get_config` itself fails (keras-hub 0.32 `LlamaTransformerDecoder`):
-  a bare AttributeError without the layer's name.
+- a layer whose `get_config` itself fails (keras-hub 0.32 `LlamaTransformerDecoder`,
+  `DeiTEncoder`): a bare AttributeError without the layer's name;
+- a layer whose config leaves out an argument that makes weights (keras-hub 0.32 MiT
+  encoder, `sr_ratio`): a `set_weights` length error without the layer's name.
 """
 
 import keras
@@ -163,3 +165,28 @@ def test_layer_whose_get_config_fails():
     assert "get_config failed" in shared["broken"] and "AttributeError" in shared["broken"]
     x = np.ones((2, 4), "float32")
     assert qat.predict(x, verbose=0).shape == (2, 2)
+
+
+class Pooled(L.Layer):
+    """Its get_config leaves out `extra`, which adds a Dense: a copy has fewer weights."""
+
+    def __init__(self, extra=False, **kwargs):
+        super().__init__(**kwargs)
+        self.extra = L.Dense(4, name="extra_dense") if extra else None
+
+    def call(self, inputs):
+        return inputs if self.extra is None else self.extra(inputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("extra", None)  # as MiT's drops sr_ratio
+        return config
+
+
+def test_layer_whose_config_leaves_out_weights():
+    inputs = keras.Input((4,))
+    h = Pooled(extra=True, name="pooled")(L.Dense(4, name="first")(inputs))
+    model = keras.Model(inputs, L.Dense(2, name="logits")(h))
+    model.predict(np.ones((1, 4), "float32"), verbose=0)
+    with pytest.raises(TypeError, match=r"Layer 'pooled' .*has 0 weights, the original 2"):
+        quantize.quantize_model(model)
