@@ -205,3 +205,30 @@ def test_sst2_tsv_that_is_not_utf8_names_the_file(tmp_path, monkeypatch):
     }
     with pytest.raises(pipeline.data.DataError, match=r"train.tsv is not UTF-8 text \(byte 18"):
         pipeline.run(recipe, str(tmp_path / "out"), progress=lambda m: None)
+
+
+@pytest.mark.parametrize(
+    "stage, message",
+    [
+        ("{type: train, epochs: 1}", "train stage: model 'frozen' has no trainable weights"),
+        ("{type: remove_units, fraction: 0.5}", "remove_units stage: remove_units found no layer"),
+        ("{type: cluster, number_of_clusters: 4}", "cluster stage: Model 'frozen' has no layer"),
+    ],
+    ids=["train", "remove_units", "cluster"],
+)
+def test_stages_that_cannot_act_on_the_model_are_recipe_errors(tmp_path, capsys, stage, message):
+    """A model with no trainable weights trained 'successfully' (exit 0) and changed nothing;
+    remove_units with nothing to shrink was exit 1."""
+    frozen = keras.Sequential(
+        [keras.Input((8,)), keras.layers.ReLU(), keras.layers.Activation("softmax")], name="frozen"
+    )
+    frozen.save(tmp_path / "frozen.keras")
+    x = np.random.default_rng(0).normal(size=(12, 8)).astype("float32")
+    y = np.arange(12) % 3
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    (tmp_path / "r.yaml").write_text(
+        f"data: {{npz: {tmp_path / 'd.npz'}}}\nmodel: {{path: {tmp_path / 'frozen.keras'}}}\n"
+        f"stages: [{stage}]\n"
+    )
+    assert cli.main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")]) == 2
+    assert message in one_error_line(capsys)

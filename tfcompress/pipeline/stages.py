@@ -237,6 +237,15 @@ def _head(x, n=2):
 
 @stage("train")
 def train_stage(ctx, spec):
+    if not ctx.model.trainable_weights:
+        from tfcompress.pipeline.recipe import RecipeError
+
+        raise RecipeError(
+            f"train stage: model '{ctx.model.name}' has no trainable weights (its layers are "
+            "frozen or hold no weights), so training would change nothing. Set "
+            "layer.trainable = True on the layers to train, or remove the stage. "
+            "Received: 0 trainable weights"
+        )
     model = compile_for_labels(ctx.model, spec.learning_rate)
     return fit(ctx, model, spec)
 
@@ -322,7 +331,14 @@ def distill_stage(ctx, spec):
     ctx.record["teacher_accuracy"] = float(
         (teacher.predict(ctx.data.x_test, verbose=0).argmax(-1) == ctx.data.y_test).mean()
     )
-    trainer = distill.distiller(student, teacher, alpha=spec.alpha, temperature=spec.temperature)
+    try:
+        trainer = distill.distiller(
+            student, teacher, alpha=spec.alpha, temperature=spec.temperature
+        )
+    except ValueError as e:  # the student does not fit the teacher (inputs, logits)
+        from tfcompress.pipeline.recipe import RecipeError
+
+        raise RecipeError(f"distill stage: {e}") from None
     trainer.compile(
         optimizer=keras.optimizers.Adam(spec.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -458,7 +474,12 @@ def prune_stage(ctx, spec):
 def remove_units_stage(ctx, spec):
     from tfcompress import prune
 
-    smaller = prune.remove_units(ctx.model, spec.fraction)
+    try:
+        smaller = prune.remove_units(ctx.model, spec.fraction)
+    except ValueError as e:  # no layer of this model can shrink
+        from tfcompress.pipeline.recipe import RecipeError
+
+        raise RecipeError(f"remove_units stage: {e}") from None
     ctx.record["parameters_before"] = int(ctx.model.count_params())
     compile_for_labels(smaller, spec.learning_rate)
     return fit(ctx, smaller, spec)

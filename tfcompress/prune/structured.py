@@ -160,9 +160,10 @@ def remove_units(
     if not plan:
         raise NoPrunableLayersError(
             f"remove_units found no layer of '{model.name}' to shrink. "
-            + "; ".join(f"{n}: {r}" for n, r in skipped)
-            + ". Eligible are Dense/Conv1D/Conv2D layers whose output reaches one Dense or "
-            "Conv layer through BatchNormalization, activations, pooling or Flatten."
+            + "".join(f"{n}: {r}; " for n, r in skipped)
+            + "Eligible are Dense/Conv1D/Conv2D layers whose output reaches one Dense or "
+            "Conv layer through BatchNormalization, activations, pooling or Flatten. "
+            f"Received: layers {[type(layer).__name__ for layer in model.layers]}"
         )
     report = Report(
         "remove_units",
