@@ -9,6 +9,7 @@ n-bit, `quantized_layer_name_prefix`, tfmot-style `QuantizeConfig` subclasses, a
 """
 
 import os
+import types
 
 import keras
 import numpy as np
@@ -240,6 +241,27 @@ def test_tfmot_style_quantize_config_on_a_keras3_layer(config, quantized):
 def test_tfmot_style_quantize_config_with_4bit_activations_is_refused():
     with pytest.raises(ValueError, match="quantizes activations to 4 bits"):
         _annotated(_config(8, activation_bits=4))
+
+
+def test_tfmot_style_custom_quantizer_is_refused():
+    """The guide's FixedRangeQuantizer: its algorithm would be ignored, so it is refused."""
+
+    class FixedRangeQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
+        def build(self, tensor_shape, name, layer):
+            return {}
+
+        def __call__(self, inputs, training, weights, **kwargs):
+            return inputs
+
+        def get_config(self):
+            return {}
+
+    fixed = types.SimpleNamespace(
+        LastValueQuantizer=lambda **kw: FixedRangeQuantizer(),
+        MovingAverageQuantizer=lambda **kw: FixedRangeQuantizer(),
+    )
+    with pytest.raises(ValueError, match="uses the custom quantizer FixedRangeQuantizer"):
+        _annotated(_config(8, quantizers=fixed))
 
 
 def test_quantize_scope_with_custom_objects_loads_keras3(tmp_path):

@@ -118,6 +118,15 @@ def _from_tfmot_config(layer, config):
         ) from None
     if not weights and not activations and not outputs:
         return {"quantize": False, "weight_scheme": None}
+    for q in weights + activations + outputs:
+        if not _known_quantizer(q):
+            raise ValueError(
+                f"The {what} uses the custom quantizer {type(q).__name__}: tfcompress sets "
+                "ranges itself (weights' min/max, activations' moving average), so a custom "
+                "quantization algorithm would be ignored. Use tfmot's or "
+                "tfcompress.quantize.quantizers' LastValueQuantizer / MovingAverageQuantizer / "
+                f"AllValuesQuantizer. Received: {type(q).__module__}.{type(q).__name__}"
+            )
     for q in activations + outputs:
         if getattr(q, "num_bits", 8) != 8:
             raise ValueError(
@@ -134,6 +143,22 @@ def _from_tfmot_config(layer, config):
             f"weight_scheme='int4') instead. Received: num_bits={sorted(bits)}"
         )
     return {"quantize": True, "weight_scheme": _BITS_TO_SCHEME[bits.pop()] if bits else None}
+
+
+def _known_quantizer(q):
+    """tfmot's built-in quantizers, or ours: the ones whose meaning is their bit width."""
+    from tfcompress.quantize.quantizers import Quantizer
+
+    if isinstance(q, Quantizer):
+        return True
+    if not type(q).__module__.startswith("tensorflow_model_optimization"):
+        return False
+    import tensorflow_model_optimization as tfmot
+
+    known = tfmot.quantization.keras.quantizers
+    return isinstance(
+        q, (known.LastValueQuantizer, known.MovingAverageQuantizer, known.AllValuesQuantizer)
+    )
 
 
 def quantize_annotate_model(to_annotate: keras.Model) -> keras.Model:
