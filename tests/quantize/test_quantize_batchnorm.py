@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfcompress import quantize
 from tfcompress.quantize import QuantizeConfig
@@ -147,3 +148,85 @@ def test_check_collapse_warns_on_constant_outputs_only(digits):
         assert quantize.check_collapse(constant, digits.x_test[:64]) < 1e-6
     varying = keras.Model(inp, L.Dense(10)(flat))
     assert quantize.output_spread(varying, digits.x_test[:64]) > 1e-2
+
+
+def _numpy_moments(z):
+    axes = tuple(range(z.ndim - 1))
+    return z.mean(axes), z.var(axes)
+
+
+@pytest.mark.parametrize(
+    "layer, granularity, shape",
+    [
+        (lambda: L.Conv2D(6, 3, padding="same"), "per_channel", (4, 7, 7, 3)),
+        (lambda: L.DepthwiseConv2D(3, depth_multiplier=2), "depthwise", (4, 7, 7, 3)),
+        (lambda: L.Dense(5), "per_tensor", (16, 3)),
+    ],
+    ids=["conv2d", "depthwise", "dense"],
+)
+def test_batch_statistics_phase_is_batchnorm_of_the_one_folded_conv(layer, granularity, shape):
+    """One conv per step: y = conv(x, fq(W * s)), s = gamma / sigma_moving; BN of y / s + b."""
+    rng = np.random.default_rng(0)
+    w = FoldedBatchNormWrapper(
+        layer(),
+        L.BatchNormalization(momentum=0.9),
+        weight_scheme="int8",
+        granularity=granularity,
+        freeze_bn_delay=10,
+    )
+    w.build(shape)
+    c = w.batchnorm.gamma.shape[0]
+    gamma = rng.uniform(0.5, 2.0, c).astype("float32")
+    gamma[1] = 0.0  # such a channel outputs beta and keeps its moving statistics
+    w.batchnorm.set_weights(
+        [gamma, rng.normal(size=c), rng.normal(size=c), rng.uniform(0.5, 2.0, c)]
+    )
+    w.layer.bias.assign(rng.normal(size=c).astype("float32"))
+    _, beta, moving_mean, moving_var = (v.numpy().copy() for v in w.batchnorm.weights)
+    x = rng.normal(size=shape).astype("float32")
+
+    kernel, _ = w.folded()
+    factor = gamma / np.sqrt(moving_var + w.batchnorm.epsilon)
+    qkernel = w.quantize_weight(kernel)
+    zero_bias = np.zeros(c, "float32")
+    y = w.layer.stateless_call([qkernel, zero_bias], [], x)[0].numpy()
+    live = factor != 0
+    z = np.where(live, y / np.where(live, factor, 1.0), 0.0) + w.layer.bias.numpy()
+    mean, var = _numpy_moments(z)
+    expected = (z - mean) / np.sqrt(var + w.batchnorm.epsilon) * gamma + beta
+    # The output range is set by this first training batch, so a fake-quant of
+    # `expected` within its own min/max is what the wrapper must return.
+    lo, hi = min(expected.min(), 0.0), max(expected.max(), 0.0)
+    expected = tf.quantization.fake_quant_with_min_max_vars(expected, lo, hi).numpy()
+
+    out = w(x, training=True).numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+    np.testing.assert_allclose(out[..., 1], beta[1], atol=(hi - lo) / 255)
+    new_mean = np.where(live, 0.9 * moving_mean + 0.1 * mean, moving_mean)
+    new_var = np.where(live, 0.9 * moving_var + 0.1 * var, moving_var)
+    np.testing.assert_allclose(w.batchnorm.moving_mean.numpy(), new_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(w.batchnorm.moving_variance.numpy(), new_var, rtol=1e-5)
+
+    # Inference (what the int8 file computes): the folded fake-quant kernel and
+    # bias of the updated moving statistics, in one conv.
+    kernel, bias = w.folded()
+    folded = w.layer.stateless_call([w.quantize_weight(kernel), bias], [], x)[0]
+    inference = w.output_quantizer(folded, training=False).numpy()
+    np.testing.assert_allclose(w(x, training=False).numpy(), inference, atol=1e-6)
+
+
+def test_unfolded_batchnorm_trains_as_keras_batchnorm():
+    rng = np.random.default_rng(1)
+    x = rng.normal(1.0, 2.0, size=(8, 5, 5, 4)).astype("float32")
+    reference = L.BatchNormalization(momentum=0.9)
+    reference.build(x.shape)
+    weights = [rng.uniform(0.5, 2, 4), rng.normal(size=4), rng.normal(size=4), rng.uniform(1, 2, 4)]
+    reference.set_weights(weights)
+    q = QuantizeBatchNorm(
+        L.BatchNormalization(momentum=0.9), freeze_bn_delay=5, quantize_output=False
+    )
+    q.build(x.shape)
+    q.layer.set_weights(weights)
+    np.testing.assert_allclose(q(x, training=True), reference(x, training=True), atol=1e-5)
+    for ours, theirs in zip(q.layer.weights, reference.weights, strict=True):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6)

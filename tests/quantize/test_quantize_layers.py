@@ -69,6 +69,20 @@ def test_activation_quantizer_rounds_to_256_levels_and_passes_gradients():
     assert np.all(grad[inside] == 1.0) and np.all(grad[x.numpy() > 2.6] == 0.0)
 
 
+def test_training_gradient_is_straight_through_only():
+    """No gradient reaches x through the batch min/max (tfmot's and PyTorch's observers)."""
+    q = ActivationQuantizer(ema_decay=0.9)
+    q.build(None)
+    q.set_range(-1.0, 1.0)
+    x = tf.constant(np.linspace(-4, 4, 101, dtype="float32"))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = q(x, training=True)  # range moves to [-1.3, 1.3]; the ends of x lie outside
+    grad = tape.gradient(y, x).numpy()
+    inside = np.abs(x.numpy()) <= 1.3
+    np.testing.assert_array_equal(grad, inside.astype("float32"))
+
+
 def test_kernel_gradient_flows_straight_through():
     keras.utils.set_random_seed(0)
     w = QuantizeWrapper(

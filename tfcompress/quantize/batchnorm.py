@@ -9,8 +9,11 @@ Two layers, and the planning that picks between them:
   FULLY_CONNECTED). Until `freeze_bn_delay` training steps have passed, the
   batch statistics normalise the output (the folded conv's output rescaled
   by `sigma_moving / sigma_batch`, as in Jacob et al. 2018 / tfmot) and the
-  moving statistics keep updating; after it they are frozen. Freezing at
-  step 0 on an untrained network can make the QAT model's outputs constant.
+  moving statistics keep updating; after it they are frozen. The batch
+  statistics come from that one folded convolution, divided back by
+  `gamma / sigma_moving` per channel (PyTorch's QAT ConvBn does the same), so
+  a training step runs each convolution once. Freezing at step 0 on an
+  untrained network can make the QAT model's outputs constant.
 - `QuantizeBatchNorm`: a BatchNormalization that cannot be folded (after a
   Concatenate or an Add, as in DenseNet's pre-activation blocks). At
   inference it is a 1x1 depthwise convolution with the per-channel scale
@@ -119,6 +122,50 @@ def _bn_terms(bn):
     return (gamma, beta, tf.cast(bn.moving_mean, "float32"), tf.cast(bn.moving_variance, "float32"))
 
 
+# tf.nn.fused_batch_norm raises a smaller epsilon to this (cuDNN's minimum).
+_FUSED_MIN_EPSILON = 1.001e-5
+
+
+def batch_normalize(
+    x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: float
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Training-mode batch normalisation over every axis but the last.
+
+    One fused kernel (`FusedBatchNormV3`, forward and gradient), where Keras 3's
+    BatchNormalization composes moments and arithmetic: the batch-statistics
+    phase of QAT costs about what a plain BatchNormalization does.
+
+    Args:
+        x: the tensor, channels on the last axis (rank 2 to 4).
+        gamma: per-channel scale (float32).
+        beta: per-channel shift (float32).
+        epsilon: added to the variance.
+
+    Returns:
+        `(normalised x in x's dtype, batch mean, biased batch variance)`, the
+        statistics in float32, as `tf.nn.moments` gives them.
+
+    Example:
+
+    >>> y, mean, variance = batch_normalize(x, tf.ones(8), tf.zeros(8), 1e-3)
+    """
+    rank = len(x.shape)
+    if epsilon < _FUSED_MIN_EPSILON or not 2 <= rank <= 4:
+        axes = list(range(rank - 1))
+        mean, variance = tf.nn.moments(tf.cast(x, "float32"), axes)
+        out = tf.nn.batch_normalization(tf.cast(x, "float32"), mean, variance, beta, gamma, epsilon)
+        return tf.cast(out, x.dtype), mean, variance
+    shape = tf.shape(x)
+    x4 = x if rank == 4 else tf.reshape(x, _as_4d(x))
+    out, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        x4, gamma, beta, epsilon=epsilon, is_training=True
+    )
+    # The op returns the Bessel-corrected variance; moments (and Keras) use the biased one.
+    n = tf.cast(tf.size(x) // tf.shape(x)[-1], "float32")
+    variance = variance * (n - 1.0) / tf.maximum(n, 1.0)
+    return (out if rank == 4 else tf.reshape(out, shape)), mean, variance
+
+
 def _update_moving(bn, mean, variance):
     m = bn.momentum
     bn.moving_mean.assign(bn.moving_mean * m + tf.cast(mean, bn.moving_mean.dtype) * (1 - m))
@@ -221,17 +268,23 @@ class FoldedBatchNormWrapper(_FreezeDelay, QuantizeWrapper):
 
     def folded(self) -> tuple[tf.Tensor, tf.Tensor]:
         """`(kernel, bias)` tensors of the folded op with the moving statistics (float)."""
+        kernel, bias, _ = self._fold()
+        return kernel, bias
+
+    def _fold(self):
+        """Folded kernel and bias, and the factor `gamma / sigma_moving` per channel."""
         gamma, beta, mean, var = _bn_terms(self.batchnorm)
         factor = gamma * tf.math.rsqrt(var + self.batchnorm.epsilon)
         kernel = tf.cast(self.layer.kernel, "float32")
         bias = tf.cast(self.layer.bias, "float32") if self.layer.use_bias else 0.0
-        return kernel * _factor_for_kernel(self.layer, factor, tf), (bias - mean) * factor + beta
+        kernel = kernel * _factor_for_kernel(self.layer, factor, tf)
+        return kernel, (bias - mean) * factor + beta, factor
 
     def call(self, inputs, training=None, mask=None, **kwargs):
         from keras.src.backend.common.variables import AutocastScope
 
         with AutocastScope(None):
-            kernel, bias = self.folded()
+            kernel, bias, factor = self._fold()
             qkernel = self.quantize_weight(kernel)
         kvar, bvar = self.layer.kernel, self.layer.bias
 
@@ -239,26 +292,36 @@ class FoldedBatchNormWrapper(_FreezeDelay, QuantizeWrapper):
             return self.run_with(inputs, {id(kvar): qkernel, id(bvar): bias}, training)
 
         def batch_stats():
-            # Batch statistics of the float conv; the folded (moving-statistics)
-            # fake-quant conv is rescaled to them, so its weights quantize as at export.
-            gamma, beta, _, moving_var = _bn_terms(self.batchnorm)
-            raw = tf.cast(self.layer(inputs), "float32")
-            mean, variance = tf.nn.moments(raw, list(range(len(raw.shape) - 1)))
-            eps = self.batchnorm.epsilon
-            inv_batch = tf.math.rsqrt(variance + eps)
-            conv_bias = tf.cast(self.layer.bias, "float32")
-            correction = tf.sqrt(moving_var + eps) * inv_batch
-            shift = beta + (conv_bias - mean) * gamma * inv_batch
-            _update_moving(self.batchnorm, mean, variance)
-            dtype = self.layer.compute_dtype
+            # One convolution, as PyTorch's QAT ConvBn (`_forward_approximate`):
+            # y = conv(x, fake_quant(W * factor)) with the moving statistics'
+            # factor = gamma / sigma_moving, so the weights quantize as at export.
+            # The float conv's batch moments are those of y / factor (per
+            # channel: mean / factor, variance / factor^2) and y is rescaled to
+            # them. A channel with factor 0 (gamma 0) outputs beta whatever the
+            # statistics, and keeps its moving statistics.
             return self.run_with(
                 inputs,
                 {id(kvar): qkernel, id(bvar): tf.zeros_like(bias)},
                 training,
-                scale=(tf.cast(correction, dtype), tf.cast(shift, dtype)),
+                transform=lambda y: self._normalise_with_batch_stats(y, factor),
             )
 
         return self._run_frozen_or_not(training, batch_stats, frozen)
+
+    def _normalise_with_batch_stats(self, y, factor):
+        """`y = conv(x, fake_quant(W * factor))` batch-normalised; moving statistics updated."""
+        gamma, beta, moving_mean, moving_var = _bn_terms(self.batchnorm)
+        # The float conv's output less its bias (which the batch mean cancels).
+        z = y * tf.cast(tf.math.reciprocal_no_nan(factor), y.dtype)
+        out, mean, variance = batch_normalize(z, gamma, beta, self.batchnorm.epsilon)
+        live = tf.not_equal(factor, 0.0)
+        conv_bias = tf.cast(self.layer.bias, "float32")
+        _update_moving(
+            self.batchnorm,
+            tf.where(live, mean + conv_bias, moving_mean),
+            tf.where(live, variance, moving_var),
+        )
+        return out
 
     def get_config(self):
         config = super().get_config()
@@ -328,7 +391,14 @@ class QuantizeBatchNorm(_FreezeDelay, Wrapper):
 
     def call(self, inputs, training=None, mask=None):
         def batch_stats():
-            return self.layer(inputs, training=True)
+            # Statistics across replicas, or a frozen layer (Keras then uses the
+            # moving statistics): Keras' own layer.
+            if self.layer.synchronized or not self.layer.trainable:
+                return self.layer(inputs, training=True)
+            gamma, beta, _, _ = _bn_terms(self.layer)
+            out, mean, variance = batch_normalize(inputs, gamma, beta, self.layer.epsilon)
+            _update_moving(self.layer, mean, variance)
+            return out
 
         def frozen():
             from tfcompress.quantize import _ops

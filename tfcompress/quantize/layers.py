@@ -6,6 +6,7 @@ model saves and loads as `.keras`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -72,8 +73,10 @@ class ActivationQuantizer(keras.layers.Layer):
         if training:
             decay = self.ema_decay
             seen = self.range_set > 0
-            batch_lo = tf.reduce_min(x)
-            batch_hi = tf.reduce_max(x)
+            # No gradient through the batch range (as tfmot and PyTorch observers):
+            # backpropagating into reduce_min/max costs full passes over x per step.
+            batch_lo = tf.stop_gradient(tf.reduce_min(x))
+            batch_hi = tf.stop_gradient(tf.reduce_max(x))
             lo = tf.minimum(tf.where(seen, decay * lo + (1 - decay) * batch_lo, batch_lo), 0.0)
             hi = tf.maximum(tf.where(seen, decay * hi + (1 - decay) * batch_hi, batch_hi), 0.0)
             self.range_min.assign(lo)
@@ -342,7 +345,7 @@ class QuantizeWrapper(Wrapper):
         inputs: Any,
         replace: dict[int, Any],
         training: bool | None = None,
-        scale: tuple[Any, Any] | None = None,
+        transform: Callable[[Any], Any] | None = None,
         call_kwargs: dict[str, Any] | None = None,
     ) -> Any:
         """Run the wrapped layer with variables replaced, then the output fake-quant.
@@ -351,8 +354,9 @@ class QuantizeWrapper(Wrapper):
             inputs: the layer's input.
             replace: `{id(variable): tensor}` to compute with instead.
             training: passed to the output quantizer.
-            scale: optional per-channel factor applied before the output
-                fake-quant (`outputs * scale[0] + scale[1]`).
+            transform: optional function of the layer's outputs applied
+                before the output fake-quant (the batch-statistics rescaling
+                of a folded BatchNormalization).
             call_kwargs: call arguments of the wrapped layer.
 
         A `Dense` on an input of rank > 2 runs on the input flattened to 2-D,
@@ -376,8 +380,8 @@ class QuantizeWrapper(Wrapper):
         outputs, _ = self.layer.stateless_call(
             trainable, non_trainable, inputs, **(call_kwargs or {})
         )
-        if scale is not None:
-            outputs = outputs * scale[0] + scale[1]
+        if transform is not None:
+            outputs = transform(outputs)
         outputs = self.quantize_output_of(outputs, training)
         return outputs if restore is None else tf.reshape(outputs, restore)
 
