@@ -102,3 +102,30 @@ def test_a_layer_called_on_two_grids_keeps_its_float_bias():
     assert bias.input_scale(dense) is not None
     dense(b)
     assert bias.input_scale(dense) is None
+
+
+def test_average_pooling_rounds_onto_its_input_grid(tmp_path):
+    # int8 AVERAGE_POOL_2D keeps its input's scale and rounds each average onto it
+    # (NASNet's cells): the QAT model's pooled values sit on that grid too.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
+    x = L.AveragePooling2D(3, strides=1, padding="same", name="pool")(x)
+    outputs = L.Dense(4, name="logits")(L.Flatten(name="flat")(x))
+    x = np.random.default_rng(1).uniform(0, 1, (32, 8, 8, 3)).astype("float32")
+    qat = quantize.quantize_model(keras.Model(inputs, outputs), representative_data=x)
+    qat.save(tmp_path / "qat.keras")
+    qat = keras.saving.load_model(tmp_path / "qat.keras")
+    path = tmp_path / "int8.tflite"
+    export.to_tflite(qat, path, mode="int8")
+    ops = export.inspect(path).ops
+    (pool,) = [op for op in ops if op.name == "AVERAGE_POOL_2D"]
+    assert pool.compute_dtype == "int8"
+    lo, hi = (float(v) for v in bias.input_range(qat.get_layer("quant_pool")))
+    scale = (hi - lo) / 255.0
+    probe = keras.Model(qat.input, qat.get_layer("quant_pool").output)
+    steps = (probe.predict(x, verbose=0) - lo) / scale
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)  # on the grid
+    assert np.mean(np.abs(steps - np.round(steps)) > 0.01) == 0
+    check = export.verify(path, qat, x)
+    assert check.top1_agreement == 1.0 and check.cosine > 0.999, str(check)

@@ -51,14 +51,26 @@ def record_input_grid(layer: keras.layers.Layer, inputs: Any) -> None:
     object.__setattr__(layer, _ATTR, grid)
 
 
-def input_scale(layer: keras.layers.Layer) -> tf.Tensor | None:
-    """The scale of `layer`'s int8 input, as the converter derives it; `None` if unknown."""
+def input_range(layer: keras.layers.Layer) -> tuple[tf.Tensor, tf.Tensor] | None:
+    """`(min, max)` of the range `layer`'s int8 input was quantized in; `None` if unknown."""
     grid = layer.__dict__.get(_ATTR)
     if grid is None or isinstance(grid, str):
         return None
     if isinstance(grid, tuple):
-        return tf.constant((grid[1] - grid[0]) / 255.0, tf.float32)
-    return quantizer_scale(grid)
+        return tf.constant(grid[0], tf.float32), tf.constant(grid[1], tf.float32)
+    if grid._collector is not None:  # calibrating: the range is being measured
+        return None
+    return tf.cast(grid.range_min, tf.float32), tf.cast(grid.range_max, tf.float32)
+
+
+def input_scale(layer: keras.layers.Layer) -> tf.Tensor | None:
+    """The scale of `layer`'s int8 input, as the converter derives it; `None` if unknown."""
+    grid = input_range(layer)
+    if grid is None:
+        return None
+    lo, hi = grid
+    # As `fake_quant_activation` (and the converter reading it) spans the range.
+    return (tf.maximum(hi, lo + 1e-6) - lo) / 255.0
 
 
 def quantizer_scale(quantizer: ActivationQuantizer) -> tf.Tensor:
@@ -158,7 +170,10 @@ def _grid_of(tensor, depth=0):
 
 def _keeps_scale(op):
     from tfcompress.quantize import registry
+    from tfcompress.quantize.pooling import QuantizeAveragePooling
 
+    if isinstance(op, QuantizeAveragePooling):  # rounds onto its input's grid
+        return True
     if isinstance(op, keras.layers.Layer):
         handler = registry.handler_for(op)
         return handler is not None and handler.role == "passthrough"

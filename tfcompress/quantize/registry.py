@@ -101,7 +101,8 @@ def _register_defaults() -> None:
     import keras
     from keras.src.applications.convnext import LayerScale
 
-    from tfcompress.quantize import batchnorm  # noqa: F401  (registers the BatchNorm roles)
+    # Imported for the roles they register (BatchNorm, average pooling).
+    from tfcompress.quantize import batchnorm, pooling  # noqa: F401
 
     L = keras.layers
     register_layer(L.Conv2D, LayerHandler("weights", "per_channel"))
@@ -180,9 +181,9 @@ def _register_defaults() -> None:
         L.RepeatVector,
     ):
         register_layer(cls, LayerHandler("passthrough"))
-    # TFLite's int8 AVERAGE_POOL_2D keeps its input scale.
+    # TFLite's int8 AVERAGE_POOL_2D keeps its input scale, and rounds onto it (pooling.py).
     for cls in (L.AveragePooling1D, L.AveragePooling2D):
-        register_layer(cls, LayerHandler("passthrough"))
+        register_layer(cls, LayerHandler("average_pooling"))
 
 
 _KERAS_HUB_REGISTERED = False

@@ -1,0 +1,84 @@
+"""Average pooling in QAT: rounded onto its input's grid, as int8 AVERAGE_POOL_2D is.
+
+TFLite's int8 AVERAGE_POOL_2D keeps its input's scale and zero point, and
+rounds each average onto that grid. A float average of grid values is off
+the grid by up to half a step; NASNet's cells average-pool and add, so that
+half step reached the output on every cell. `QuantizeAveragePooling` computes
+the float average and fake-quantizes it within the range that made its input
+(found as for the int32 bias, `bias.record_input_grid`), so the QAT model
+rounds where the file does. No range of its own: the converter would add a
+requantize after the pooling.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tfcompress._layers import Wrapper
+from tfcompress.quantize import _ops, bias, roles
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantizeAveragePooling(Wrapper):
+    """An `AveragePooling1D/2D` whose output is rounded onto its input's int8 grid.
+
+    Args:
+        layer: the `keras.layers.AveragePooling1D` or `AveragePooling2D`.
+        **kwargs: base `Layer` arguments.
+
+    Example:
+
+    >>> q = QuantizeAveragePooling(keras.layers.AveragePooling2D(3, strides=1, padding="same"))
+    """
+
+    def __init__(self, layer: keras.layers.Layer, **kwargs: Any) -> None:
+        super().__init__(layer, **kwargs)
+        if not isinstance(layer, (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D)):
+            raise TypeError(
+                "QuantizeAveragePooling wraps AveragePooling1D or AveragePooling2D. "
+                f"Received: layer={layer!r}"
+            )
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        y = self.layer(inputs)
+        grid = bias.input_range(self)
+        if grid is None:
+            return y
+        lo, hi = grid
+        rounded = tf.cast(_ops.fake_quant_activation(tf.cast(y, "float32"), lo, hi), y.dtype)
+        # Before any range was measured (lo == hi == 0) the average passes unrounded.
+        return tf.where(hi > lo, rounded, y)
+
+    def compute_output_spec(self, *args, **kwargs):
+        if args:
+            bias.record_input_grid(self, args[0])
+        kwargs.pop("training", None)
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+
+class AveragePoolingRole(roles.PassthroughRole):
+    """Keeps its input's scale (outputs carry a range when the input does), rounded onto it."""
+
+    name = "average_pooling"
+
+    def build(self, layer: keras.layers.Layer, plan: Any, ctx: Any) -> keras.layers.Layer:
+        return QuantizeAveragePooling(ctx.copy_layer(layer), name=ctx.unique(f"quant_{layer.name}"))
+
+    def copy_weights(
+        self, new: keras.layers.Layer, original: keras.layers.Layer, plan: Any
+    ) -> None:
+        pass  # no weights
+
+
+roles.register_role(AveragePoolingRole())
