@@ -190,3 +190,19 @@ def test_layer_whose_config_leaves_out_weights():
     model.predict(np.ones((1, 4), "float32"), verbose=0)
     with pytest.raises(TypeError, match=r"Layer 'pooled' .*has 0 weights, the original 2"):
         quantize.quantize_model(model)
+
+
+def test_tied_lm_head_whose_lookup_runs_inside_another_layer(tmp_path):
+    # keras-hub OPT: tokens are looked up inside TokenAndPositionEmbedding, and only the
+    # tied LM head (reverse=True) calls the ReversibleEmbedding as a layer of the graph.
+    import keras_hub
+
+    keras.utils.set_random_seed(3)
+    tokens = keras.Input((6,), dtype="int32", name="token_ids")
+    embed = keras_hub.layers.TokenAndPositionEmbedding(16, 6, 8, name="embeddings")
+    h = L.Dense(8, activation="relu", name="mlp")(embed(tokens))
+    model = keras.Model(tokens, embed.token_embedding(h, reverse=True), name="tied")
+    x = np.random.default_rng(3).integers(1, 16, (16, 6)).astype("int32")
+    qat = _fit(quantize.quantize_model(model), x, np.roll(x, -1, axis=1))
+    path = export.to_tflite(qat, tmp_path / "tied.tflite", mode="int8").path
+    assert export.verify(path, qat, x).cosine > 0.99

@@ -116,7 +116,8 @@ def activation_quantizers(model: keras.Model) -> list[tuple[str, ActivationQuant
         elif isinstance(layer, QuantizeComposite):
             found.extend(layer.used_quantizers())
         elif isinstance(layer, QuantizeWrapper) and layer.output_quantizer is not None:
-            found.append((f"{layer.name}/output", layer.output_quantizer))
+            if layer.reverse_quantizer is None or layer._forward_calls:  # else not in the graph
+                found.append((f"{layer.name}/output", layer.output_quantizer))
         else:  # other wrappers (separable conv, BatchNorm): the quantizers they own
             flatten = getattr(layer, "_flatten_layers", None)
             inner = flatten(include_self=False, recursive=True) if flatten else []

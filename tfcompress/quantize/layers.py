@@ -192,6 +192,10 @@ class QuantizeWrapper(Wrapper):
             if quantize_output and "reverse" in _call_arguments(layer)
             else None
         )
+        # Traced calls other than reverse=True: 0 when the model only runs the tied LM
+        # head through this wrapper (keras-hub OPT looks tokens up inside its
+        # TokenAndPositionEmbedding), whose output range then never sees data.
+        self._forward_calls = 0
 
     def build(self, input_shape=None):
         if not self.layer.built:
@@ -284,6 +288,8 @@ class QuantizeWrapper(Wrapper):
             kwargs["mask"] = mask
         if self.layer._call_has_training_arg:
             kwargs["training"] = training
+        if not kwargs.get("reverse"):
+            self._forward_calls += 1
         if self.weight_scheme is None:
             if kwargs.get("reverse") and self.reverse_quantizer is not None:
                 return self.reverse_quantizer(self._call_masked(inputs, kwargs), training=training)
