@@ -241,7 +241,103 @@ def _fidelity(family):
             tiny_int8_accuracy=report.fidelity.tflite_accuracy,
             tiny_int8_share=report.int8_share,
         )
+    try:
+        row.update(_tfmot_fidelity(family, train, test))
+    except Exception as e:  # tfmot refusing a twin is a result, not a failed row
+        traceback.print_exc()
+        row["tfmot_tiny"] = f"fails: {_error(e)}"
     return row
+
+
+def _tiny_tf_keras_twin(family):
+    """The tf_keras twin of `testing.zoo_model(family)` (same builders and sizes), or None."""
+    import tf_keras
+
+    common = dict(weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None)
+    if family == "mobilenet_v2":
+        return tf_keras.applications.MobileNetV2(alpha=0.35, **common)
+    if family == "mobilenet_v3_small":
+        return tf_keras.applications.MobileNetV3Small(alpha=0.75, dropout_rate=0.0, **common)
+    from tf_keras.src.applications import convnext, densenet, efficientnet, nasnet, resnet
+
+    if family == "efficientnet_b0":
+        return efficientnet.EfficientNet(
+            0.25, 0.1, 32, dropout_rate=0.0, drop_connect_rate=0.0, **common
+        )
+    if family == "resnet50":
+
+        def stack_fn(x):
+            x = resnet.stack1(x, 16, 1, stride1=1, name="conv2")
+            x = resnet.stack1(x, 32, 1, name="conv3")
+            return resnet.stack1(x, 64, 1, name="conv4")
+
+        return resnet.ResNet(stack_fn, False, True, **common)
+    if family == "densenet121":
+        return densenet.DenseNet([1, 1, 1, 1], **common)
+    if family == "nasnet_mobile":
+        return nasnet.NASNet(
+            penultimate_filters=96,
+            num_blocks=1,
+            stem_block_filters=8,
+            skip_reduction=False,
+            **common,
+        )
+    if family == "convnext_tiny":
+        return convnext.ConvNeXt([1, 1, 1, 1], [16, 32, 64, 128], **common)
+    return None  # LSTM: tfmot has no QAT for it; keras-hub models have no tf_keras twin
+
+
+def _tfmot_fidelity(family, train, test):
+    """tfmot on the tiny tf_keras twin, trained as the zoo test trains ours.
+
+    Pruned 50% by tfmot while trained 3 epochs (Adam 3e-3), stripped, BatchNorm
+    statistics recomputed on 256 samples (momentum 0, one training-mode pass),
+    tfmot `quantize_model`, one QAT epoch (Adam 1e-4), int8 file; then the file
+    against its tfmot QAT model on the same held-out samples.
+    """
+    import numpy as np
+
+    twin = _tiny_tf_keras_twin(family)
+    if twin is None:
+        return {"tfmot_tiny": "no twin"}
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    from tfcompress import export
+
+    (x, y), (x_test, y_test) = train, test
+    tf_keras.utils.set_random_seed(0)
+    loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    sparsity = tfmot.sparsity.keras
+    pruned = sparsity.prune_low_magnitude(
+        twin, pruning_schedule=sparsity.ConstantSparsity(0.5, begin_step=0, frequency=10)
+    )
+    pruned.compile(optimizer=tf_keras.optimizers.Adam(3e-3), loss=loss)
+    pruned.fit(x, y, epochs=3, batch_size=32, callbacks=[sparsity.UpdatePruningStep()], verbose=0)
+    stripped = sparsity.strip_pruning(pruned)
+    norms = [
+        layer for layer in stripped.layers if isinstance(layer, tf_keras.layers.BatchNormalization)
+    ]
+    for layer in norms:  # as testing.recalibrate_batchnorm does for Keras 3
+        layer.momentum = 0.0
+    stripped(x[:256], training=True)
+    accuracy = float(np.mean(np.argmax(stripped.predict(x_test, verbose=0), -1) == y_test))
+    try:
+        qat = tfmot.quantization.keras.quantize_model(stripped)
+    except Exception as e:  # tfmot refuses many of these models: that is a result
+        return {"tfmot_tiny": f"fails: {_error(e)}", "tfmot_tiny_float_accuracy": accuracy}
+    qat.compile(optimizer=tf_keras.optimizers.Adam(1e-4), loss=loss)
+    qat.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, f"{family}_tfmot_int8.tflite")
+        export.to_tflite(qat, path, mode="int8")
+        check = export.verify(path, qat, (x_test, y_test))
+    return {
+        "tfmot_tiny": "ok",
+        "tfmot_tiny_float_accuracy": accuracy,
+        "tfmot_tiny_cosine": check.cosine,
+        "tfmot_tiny_agreement": check.top1_agreement,
+    }
 
 
 def _load():
@@ -284,6 +380,7 @@ def _table(results):
         "tiny: cosine",
         "tiny: top-1 agr.",
         "tiny: acc. float / int8",
+        "tiny tfmot: cosine / top-1 agr.",
         "mode",
     ]
     rows, notes = [], []
@@ -310,6 +407,7 @@ def _table(results):
                 _fmt(r.get("tiny_float_accuracy"), "pct")
                 + " / "
                 + _fmt(r.get("tiny_int8_accuracy"), "pct"),
+                _tfmot_cell(r),
                 f"{r.get('mode')} {r.get('date', '')}".strip(),
             ]
         )
@@ -323,9 +421,18 @@ def _table(results):
                 f"- {family}: float compute ops in the QAT int8 file: {shown}"
                 + (f" and {more} more" if more > 0 else "")
             )
+        if str(r.get("tfmot_tiny", "")).startswith("fails"):
+            notes.append(f"- {family} (tiny, tfmot twin): {r['tfmot_tiny'][:300]}")
         for failure in r.get("tiny_failures", [])[:3]:
             notes.append(f"- {family} (tiny): {failure[:300]}")
     return _common.markdown_table(headers, rows), notes
+
+
+def _tfmot_cell(r):
+    if r.get("tfmot_tiny") != "ok":
+        return "–" if r.get("tfmot_tiny") is None else r["tfmot_tiny"].split(":")[0]
+    cosine, agreement = r.get("tfmot_tiny_cosine"), r.get("tfmot_tiny_agreement")
+    return f"{_fmt(cosine, 'cos')} / {_fmt(agreement, 'pct')}"
 
 
 def _write_section(results, write):
@@ -341,7 +448,10 @@ def _write_section(results, write):
         "family as in the zoo test: trained 3 epochs on real data while pruned 50% (1,024 digits "
         "upsampled to 32x32; 4,096 SST-2 phrases at sequence 16), QAT fine-tuned one "
         "epoch; the int8 file against its QAT model on 128 held-out samples "
-        "(`tfcompress.testing.check_model`); accuracy float = the pruned float model."
+        "(`tfcompress.testing.check_model`); accuracy float = the pruned float model. "
+        "`tiny tfmot:` the same for tfmot on the tf_keras twin of the tiny config (same "
+        "builder and sizes, same data and training: tfmot pruning, BatchNorm statistics "
+        "recomputed, tfmot QAT), where tfmot accepts it."
         " `mode` says which run wrote the row (`quick` uses fewer repetitions).\n\n"
         + table
         + ("\n\n" + "\n".join(notes) if notes else "")
