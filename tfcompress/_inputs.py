@@ -67,10 +67,13 @@ def _first_call_specs(model):
     `model.export` signs the SavedModel with them too. `None` for other models
     and for nested input structures.
     """
-    from tfcompress._graph import is_graph_model
-
+    try:
+        if model.inputs:  # functional and Sequential models
+            return None
+    except (AttributeError, ValueError):
+        pass
     shapes = getattr(model, "_build_shapes_dict", None)
-    if not shapes or not isinstance(shapes, dict) or is_graph_model(model):
+    if not shapes or not isinstance(shapes, dict):
         return None
     specs = []
     for key, shape in shapes.items():
