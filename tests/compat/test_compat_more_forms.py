@@ -312,3 +312,43 @@ def test_tfmot_names_without_a_counterpart_say_what_to_use(package, name, advice
     with pytest.raises(AttributeError, match=rf"has no '{name}' \(a tfmot name\): .*{advice}"):
         getattr(package, name)
     assert not hasattr(package, "no_such_name")
+
+
+def _subclassed(wrapped, with_training):
+    class Model(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden = wrapped
+            self.head = keras.layers.Dense(2)
+
+        if with_training:
+
+            def call(self, inputs, training=None):
+                return self.head(self.hidden(inputs))
+
+        else:
+
+            def call(self, inputs):
+                return self.head(self.hidden(inputs))
+
+    return Model()
+
+
+def test_layer_forms_inside_a_subclassed_model(data):
+    """tfmot's `self.dense = prune_low_magnitude(Dense(...))` / `cluster_weights(Dense(...))`
+    in a subclassed model's __init__: the layers are built inside fit()'s traced step."""
+    schedule = prune.ConstantSparsity(0.5, 0, frequency=1)
+    model = _subclassed(prune.prune_low_magnitude(keras.layers.Dense(32), schedule), True)
+    _fit(model, data, [prune.UpdatePruningStep()])
+    assert prune.sparsity_report(model).layers[0].sparsity == pytest.approx(0.5)
+    clustered = _subclassed(cluster.cluster_weights(keras.layers.Dense(32), 4), False)
+    _fit(clustered, data)  # every centroid stayed 0: the whole kernel was one value
+    assert len(np.unique(clustered.hidden.clustered_kernel().numpy())) == 4
+
+
+def test_subclassed_model_whose_call_drops_training_is_named(data):
+    """Keras calls the inner layers with training=None then: nothing was pruned, silently."""
+    schedule = prune.ConstantSparsity(0.5, 0, frequency=1)
+    model = _subclassed(prune.prune_low_magnitude(keras.layers.Dense(32), schedule), False)
+    with pytest.raises(prune.errors.PruningStepNotCountedError, match="training=None"):
+        _fit(model, data, [prune.UpdatePruningStep()])

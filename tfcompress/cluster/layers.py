@@ -140,8 +140,9 @@ class ClusterWeights(Wrapper):
             self.layer.build(input_shape)
         self._targets = self._find_targets()
         self.centroid_vars, self.index_vars, self.mask_vars, self._offsets = [], [], [], []
+        self._initial_cache: dict[int, tuple] = {}
         composite = len(self._targets) > 1 or self._targets[0].layer is not self.layer
-        for target in self._targets:
+        for i, target in enumerate(self._targets):
             variable = target.variable
             variable.trainable = False  # replaced by centroids[indices] while clustering
             shape = tuple(variable.shape)
@@ -150,11 +151,17 @@ class ClusterWeights(Wrapper):
             centroid_shape = (
                 (shape[-1], self.number_of_clusters) if per_channel else (self.number_of_clusters,)
             )
+            # Per channel, channel c's centroids sit at c * k .. c * k + k - 1 of the flat table.
+            self._offsets.append(
+                np.arange(shape[-1], dtype="int32") * self.number_of_clusters
+                if per_channel
+                else None
+            )
             self.centroid_vars.append(
                 self.add_weight(
                     name=f"{prefix}cluster_centroids",
                     shape=centroid_shape,
-                    initializer="zeros",
+                    initializer=self._initializer(i, 0, "zeros"),
                     trainable=True,
                 )
             )
@@ -163,7 +170,7 @@ class ClusterWeights(Wrapper):
                     name=f"{prefix}cluster_indices",
                     shape=shape,
                     dtype="int32",
-                    initializer="zeros",
+                    initializer=self._initializer(i, 1, "zeros"),
                     trainable=False,
                 )
             )
@@ -172,21 +179,32 @@ class ClusterWeights(Wrapper):
                     self.add_weight(
                         name=f"{prefix}sparsity_mask",
                         shape=shape,
-                        initializer="ones",
+                        initializer=self._initializer(i, 2, "ones"),
                         trainable=False,
                     )
                 )
-            # Per channel, channel c's centroids sit at c * k .. c * k + k - 1 of the flat table.
-            self._offsets.append(
-                np.arange(shape[-1], dtype="int32") * self.number_of_clusters
-                if per_channel
-                else None
-            )
         self.built = True
-        if self._initialize_on_build and tf.executing_eagerly():
-            # A layer wrapped by hand (tfmot's cluster_weights(layer)) starts from its
-            # initial weights; cluster_weights(model) initializes again after copying.
-            self.initialize()
+
+    def _initializer(self, i, part, default):
+        """The initial centroids (0), indices (1) or mask (2) of the `i`-th clustered weight.
+
+        A layer wrapped by hand (tfmot's `cluster_weights(layer)`) starts from the
+        clustering of its initial weights; `cluster_weights(model)` initializes again
+        after copying the model's weights. An initializer, not an assignment after
+        `build`: a subclassed model builds its layers inside `fit()`'s traced step,
+        where Keras creates the variables later and an assignment would be lost (every
+        centroid stayed 0).
+        """
+        if not self._initialize_on_build:
+            return default
+        cache = self._initial_cache
+
+        def initialize(shape, dtype=None):
+            if i not in cache:
+                cache[i] = self._initial_values(i, seed=0)
+            return keras.ops.convert_to_tensor(cache[i][part], dtype=dtype)
+
+        return initialize
 
     # -- state --------------------------------------------------------------------------------
 
@@ -225,24 +243,27 @@ class ClusterWeights(Wrapper):
                 (copied into the layer first); the layer's own by default.
         """
         for i, target in enumerate(self._targets):
-            variable = target.variable
             if kernel is not None and i == 0:
-                variable.assign(np.asarray(kernel))
-            value = np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
-            keep = value != 0 if self.preserve_sparsity else np.ones(value.shape, bool)
-            if self._offsets[i] is not None:
-                centroids = np.zeros(self.centroid_vars[i].shape, np.float32)
-                indices = np.zeros(value.shape, np.int32)
-                for c in range(value.shape[-1]):
-                    centroids[c], indices[..., c] = self._cluster(
-                        value[..., c], keep[..., c], seed + c
-                    )
-            else:
-                centroids, indices = self._cluster(value, keep, seed)
+                target.variable.assign(np.asarray(kernel))
+            centroids, indices, keep = self._initial_values(i, seed)
             self.centroid_vars[i].assign(centroids)
             self.index_vars[i].assign(indices)
             if self.preserve_sparsity:
-                self.mask_vars[i].assign(keep.astype(np.float32))
+                self.mask_vars[i].assign(keep)
+
+    def _initial_values(self, i, seed):
+        """`(centroids, indices, float mask)` that cluster the `i`-th weight's current value."""
+        value = np.asarray(keras.ops.convert_to_numpy(self._targets[i].variable), np.float32)
+        keep = value != 0 if self.preserve_sparsity else np.ones(value.shape, bool)
+        if self._offsets[i] is not None:
+            shape = (value.shape[-1], self.number_of_clusters)
+            centroids = np.zeros(shape, np.float32)
+            indices = np.zeros(value.shape, np.int32)
+            for c in range(value.shape[-1]):
+                centroids[c], indices[..., c] = self._cluster(value[..., c], keep[..., c], seed + c)
+        else:
+            centroids, indices = self._cluster(value, keep, seed)
+        return centroids, indices, keep.astype(np.float32)
 
     def _cluster(self, value, keep, seed):
         k = self.number_of_clusters

@@ -74,6 +74,8 @@ class UpdatePruningStep(_TFKerasCompatible, keras.callbacks.Callback):
         self._wrappers: list[PruneLowMagnitude] = []
         self._global: list[PruneLowMagnitude] = []
         self.step = 0
+        self._started_at = 0
+        self._checked = True  # until on_train_begin finds wrappers to check
 
     def set_model(self, model: keras.Model) -> None:
         if _flavor.is_tf_keras_model(model):
@@ -96,11 +98,35 @@ class UpdatePruningStep(_TFKerasCompatible, keras.callbacks.Callback):
         # Each wrapper counts its own steps in the training graph. Start them at 0
         # (a fresh model holds -1), or resume from the largest saved count (a
         # second fit(), or a model reloaded mid-pruning).
-        self.step = max(0, *(int(w.pruning_step.numpy()) for w in self._wrappers))
+        built = [w for w in self._wrappers if hasattr(w, "pruning_step")]
+        self.step = max([0, *(int(w.pruning_step.numpy()) for w in built)])
         for w in self._wrappers:
             w._step_callback_attached = True
-            w.pruning_step.assign(self.step)
+            if hasattr(w, "pruning_step"):
+                w.pruning_step.assign(self.step)
+            else:  # built on the first batch (a subclassed model): it starts there
+                w._pending_step = self.step
         self._global = [w for w in self._wrappers if w.scope == "global"]
+        self._started_at = self.step
+        self._checked = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._tfmot is not None or self._checked or not self._wrappers:
+            return
+        self._checked = True  # once per fit(): a variable read, not per batch
+        stuck = [w.name for w in self._wrappers if int(w.pruning_step.numpy()) <= self._started_at]
+        if stuck:
+            from tfcompress.prune.errors import PruningStepNotCountedError
+
+            # A subclassed model whose call() has no `training` argument: Keras then calls
+            # the layers inside it with training=None, and nothing would be pruned.
+            raise PruningStepNotCountedError(
+                f"Pruning layers {stuck} counted no training step in the first batch of fit(): "
+                "they were called without training=True, so nothing would be pruned. In a "
+                "subclassed model, accept `training` in call() (def call(self, inputs, "
+                "training=None)) so Keras passes it on. Received: pruning_step="
+                f"{self._started_at} after 1 training batch"
+            )
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._tfmot is not None:

@@ -7,6 +7,10 @@ class MissingPruningStepError(TFCompressError, RuntimeError):
     """A pruning model was trained without the `UpdatePruningStep` callback."""
 
 
+class PruningStepNotCountedError(TFCompressError, RuntimeError):
+    """A pruning wrapper was called without `training=True` during `fit()`."""
+
+
 class NoPrunableLayersError(TFCompressError, ValueError):
     """Nothing in the model can be pruned with the given options."""
 

@@ -183,7 +183,9 @@ class PruneLowMagnitude(Wrapper):
         self.pruning_step = self.add_weight(
             name="pruning_step",
             shape=(),
-            initializer=keras.initializers.Constant(-1),
+            # -1 (no UpdatePruningStep yet), or the step the callback started before this
+            # layer was built (a subclassed model builds its layers on the first batch).
+            initializer=keras.initializers.Constant(getattr(self, "_pending_step", -1)),
             trainable=False,
             dtype="int64",
             aggregation="only_first_replica",
