@@ -137,15 +137,15 @@ def test_conversion_errors_name_the_layer(tmp_path):
         export.to_tflite(model, tmp_path / "fft.tflite")
 
     # An attention mask [batch, length, length] given a head axis: the converter lowers
-    # this StridedSlice only with static shapes, and the error says how to get them.
+    # this StridedSlice only with a static length, and the error says how to get one.
     tokens = keras.Input((None,), dtype="int32", name="token_ids")
     h = L.Embedding(10, 4, name="embedding")(tokens)
     scores = L.Lambda(lambda t: tf.einsum("bid,bjd->bij", t, t)[:, None, :, :], name="mask")(h)
     model = keras.Model(tokens, L.Flatten()(scores[:, :, :1, :1]), name="masked")
     with pytest.raises(ConversionError, match=r"layer 'mask'.*sequence_length=N"):
         export.to_tflite(model, tmp_path / "dynamic.tflite")
-    fixed = export.to_tflite(model, tmp_path / "static.tflite", batch_size=1, sequence_length=5)
-    ids = np.arange(5, dtype="int32")[None]
+    fixed = export.to_tflite(model, tmp_path / "static.tflite", sequence_length=5)
+    ids = np.arange(10, dtype="int32").reshape(2, 5)
     assert export.verify(fixed.path, model, ids).cosine > 0.999
 
 

@@ -423,12 +423,12 @@ def _convert(
                 shutil.rmtree(os.path.join(tmp, "saved_model"), ignore_errors=True)
     where = ", ".join(f"'{layer.name}' ({type(layer).__name__})" for layer in culprits[:3])
     dynamic = fixed is None and any(None in s.shape[1:] for s in calib.input_specs(model))
-    # Measured: the attention of keras-hub Llama, Mistral, RoFormerV2 (a StridedSlice
-    # adding an axis to the mask) and DeBERTaV3 (Abs/Sign of relative positions)
-    # converts with static shapes only.
+    # Measured: the attention of keras-hub Llama, Mistral, Gemma, Qwen2, Phi-3, RoFormerV2
+    # (a StridedSlice adding an axis to the mask) and DeBERTaV3 (Abs/Sign of relative
+    # positions) converts only with a static sequence length.
     hint = (
         " Ops refused with dynamic shapes often convert with static ones: pass "
-        "batch_size=1 and sequence_length=N, or input_shape=."
+        "sequence_length=N (the batch may stay dynamic), or input_shape=."
         if dynamic and any("op is neither a custom op nor a flex op" in f for f in failures)
         else ""
     )
