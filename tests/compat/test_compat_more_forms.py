@@ -352,3 +352,19 @@ def test_subclassed_model_whose_call_drops_training_is_named(data):
     model = _subclassed(prune.prune_low_magnitude(keras.layers.Dense(32), schedule), False)
     with pytest.raises(prune.errors.PruningStepNotCountedError, match="training=None"):
         _fit(model, data, [prune.UpdatePruningStep()])
+
+
+def test_strip_a_subclassed_models_layers_one_by_one(data):
+    schedule = prune.ConstantSparsity(0.5, 0, frequency=1)
+    model = _subclassed(prune.prune_low_magnitude(keras.layers.Dense(32), schedule), True)
+    _fit(model, data, [prune.UpdatePruningStep()])
+    with pytest.raises(TypeError, match=r"self.dense = strip_pruning\(self.dense\)"):
+        prune.strip_pruning(model)
+    plain = prune.strip_pruning(model.hidden)
+    assert type(plain) is keras.layers.Dense
+    assert np.mean(plain.kernel.numpy() == 0) == pytest.approx(0.5)
+    np.testing.assert_allclose(plain(data[0]).numpy(), model.hidden(data[0]).numpy(), atol=1e-6)
+    clustered = _subclassed(cluster.cluster_weights(keras.layers.Dense(32), 4), True)
+    clustered(data[0][:2])
+    with pytest.raises(TypeError, match=r"strip_clustering\(self.dense\)"):
+        cluster.strip_clustering(clustered)

@@ -353,7 +353,18 @@ def strip_clustering(model: keras.Model | keras.layers.Layer) -> keras.Model | k
         import tensorflow_model_optimization as tfmot
 
         return tfmot.clustering.keras.strip_clustering(model)
+    import keras
+    from keras.src.models.functional import Functional
+
     from tfcompress._graph import flat_layers
+
+    if not isinstance(model, (Functional, keras.Sequential)):
+        raise TypeError(
+            f"Model '{model.name}' ({type(model).__name__}) is a subclassed model, which cannot "
+            "be copied layer by layer. Strip each clustered layer instead: "
+            "self.dense = strip_clustering(self.dense) gives the plain layer. "
+            f"Received: a {type(model).__name__}"
+        )
 
     originals = {}
 

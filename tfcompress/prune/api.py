@@ -356,12 +356,14 @@ def _tfmot_pattern(pattern, block_size, block_pooling_type, sparsity_m_by_n):
     return pattern
 
 
-def strip_pruning(model: keras.Model) -> keras.Model:
+def strip_pruning(model: keras.Model | keras.layers.Layer) -> keras.Model | keras.layers.Layer:
     """Return a plain copy of a pruned model, with the zeros baked into the weights.
 
     Args:
         model: a model returned by `prune_low_magnitude` (and trained), of
             either flavour. A model without pruning wrappers is copied as is.
+            One `PruneLowMagnitude` layer gives a plain copy of its layer with
+            the zeros in its weights (for a subclassed model's layers).
 
     Returns:
         A new model of the same flavour, without wrappers, masks or step
@@ -373,12 +375,14 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     >>> round(sparsity_report(small).sparsity, 2)
     0.8
     """
+    if isinstance(model, PruneLowMagnitude):
+        return _stripped_layer(model)
     flavor = _flavor.flavor_of(model)
     if flavor == _flavor.TF_KERAS:
         from tfcompress.prune import _tfmot
 
         return _tfmot.strip(model)
-    _check_cloneable(model)
+    _check_cloneable(model, strip=True)
 
     def unwrap(layer, clone):
         return clone.layer if isinstance(clone, PruneLowMagnitude) else clone
@@ -430,10 +434,28 @@ def _check_overrides(overrides):
     return dict(overrides)
 
 
-def _check_cloneable(model):
+def _stripped_layer(wrapper):
+    """A plain copy of a wrapper's layer, with the masks multiplied into its weights."""
+    inner = wrapper.layer
+    new = rebuild(inner)
+    if inner.built and not new.built:
+        new.build_from_config(inner.get_build_config())
+    masked = {id(w): np.asarray(w) * np.asarray(m) for w, m in wrapper.pruned_weights}
+    new.set_weights([masked.get(id(w), np.asarray(w)) for w in inner.weights])
+    return new
+
+
+def _check_cloneable(model, strip=False):
     import keras
     from keras.src.models.functional import Functional
 
+    if strip and not isinstance(model, (Functional, keras.Sequential)):
+        raise UnsupportedPruningModelError(
+            f"Model '{model.name}' ({type(model).__name__}) is a subclassed model, which cannot "
+            "be copied layer by layer. Strip each pruned layer instead: "
+            "self.dense = strip_pruning(self.dense) gives the plain layer with its zeros. "
+            f"Received: a {type(model).__name__}"
+        )
     if not isinstance(model, (Functional, keras.Sequential)):
         raise UnsupportedPruningModelError(
             f"Model '{model.name}' ({type(model).__name__}) is a subclassed model: its layers "
