@@ -119,8 +119,9 @@ def build_inner_from_call(layer, args, kwargs):
 
     Keras builds a wrapper from the shape of its first input only, which is
     not enough for layers such as `MultiHeadAttention` (`build(query_shape,
-    value_shape)`): calling the inner layer once on the same (symbolic or
-    eager) inputs lets it build itself from all of them.
+    value_shape)`), nor for layers that build their sublayers in `call()`:
+    calling the inner layer once on the same (symbolic or eager) inputs lets
+    it build itself from all of them.
 
     Args:
         layer: the wrapped layer.
@@ -134,7 +135,9 @@ def build_inner_from_call(layer, args, kwargs):
         for v in list(args[1:]) + list(kwargs.values())
         if hasattr(v, "shape") and hasattr(v, "dtype")
     ]
-    if tensors:
+    # A layer holding sublayers may build them only in its call() (keras-hub MiT's
+    # OverlappingPatchingAndEmbedding has no build()): a call builds it as the model did.
+    if tensors or layer._flatten_layers(include_self=False, recursive=False):
         layer(*args, **kwargs)
 
 

@@ -206,3 +206,34 @@ def test_tied_lm_head_whose_lookup_runs_inside_another_layer(tmp_path):
     qat = _fit(quantize.quantize_model(model), x, np.roll(x, -1, axis=1))
     path = export.to_tflite(qat, tmp_path / "tied.tflite", mode="int8").path
     assert export.verify(path, qat, x).cosine > 0.99
+
+
+class PatchEmbed(L.Layer):
+    """Its Conv2D and LayerNormalization are made in __init__ and built in call(), as in
+    keras-hub MiT's OverlappingPatchingAndEmbedding (no build() of its own)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.proj = L.Conv2D(8, 3, strides=2, padding="same", name="proj")
+        self.norm = L.LayerNormalization(name="norm")
+
+    def call(self, inputs):
+        return self.norm(self.proj(inputs))
+
+
+def test_prunes_and_clusters_sublayers_built_in_call():
+    from tfcompress import cluster
+
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((8, 8, 3))
+    h = L.Conv2D(4, 3, padding="same", name="stem")(inputs)
+    h = L.GlobalAveragePooling2D()(PatchEmbed(name="patch_embed")(h))
+    model = keras.Model(inputs, L.Dense(3, name="logits")(h))
+    x, y = _images(), np.arange(16) % 3
+    pruned = prune.prune_low_magnitude(model, prune.ConstantSparsity(0.5, 0, frequency=1))
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[prune.UpdatePruningStep()])
+    kernel = prune.strip_pruning(pruned).get_layer("patch_embed").proj.kernel.numpy()
+    assert np.mean(kernel == 0) == pytest.approx(0.5, abs=0.02)
+    clustered = cluster.cluster_weights(model, 4)
+    assert len(clustered.predict(x, verbose=0)) == 16
