@@ -249,6 +249,30 @@ def copy_weights(new, original):
     """
     if new is original:
         return
+    build_like(new, original)
+    new.set_weights(original.get_weights())
+
+
+def build_like(new, original):
+    """Build the sublayers `new` lacks, so that it has the weights of `original`.
+
+    What `copy_weights` does before copying, for callers that copy other
+    values (masked weights).
+
+    Args:
+        new: a copy of `original` (same class and config), built or not.
+        original: the built layer it copies.
+
+    Raises:
+        TypeError: `new` still has other weights than `original`; the layer is named.
+
+    Example:
+
+    >>> import keras
+    >>> a, b = keras.layers.Dense(2), keras.layers.Dense(2)
+    >>> a.build((None, 3)); b.build((None, 3))
+    >>> build_like(b, a)
+    """
     if len(new.weights) != len(original.weights):
         _build_like(new, original)
     if len(new.weights) != len(original.weights):
@@ -260,7 +284,6 @@ def copy_weights(new, original):
             "it out of the model you compress. "
             f"Received: {[w.path for w in original.weights][:4]}..."
         )
-    new.set_weights(original.get_weights())
 
 
 def _build_like(fresh, source):

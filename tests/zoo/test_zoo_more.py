@@ -188,8 +188,15 @@ def test_layer_whose_config_leaves_out_weights():
     h = Pooled(extra=True, name="pooled")(L.Dense(4, name="first")(inputs))
     model = keras.Model(inputs, L.Dense(2, name="logits")(h))
     model.predict(np.ones((1, 4), "float32"), verbose=0)
+    from tfcompress import cluster
+
     with pytest.raises(TypeError, match=r"Layer 'pooled' .*has 0 weights, the original 2"):
         quantize.quantize_model(model)
+    # Pruning and clustering wrap the copy, which has no Dense left: named too.
+    with pytest.raises(ValueError, match=r"Layer 'pooled' \(Pooled\) is not prunable"):
+        prune.prune_low_magnitude(model)
+    with pytest.raises(ValueError, match=r"Layer 'pooled' \(Pooled\) has no weight clustering"):
+        cluster.cluster_weights(model, 4)
 
 
 def test_tied_lm_head_whose_lookup_runs_inside_another_layer(tmp_path):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tfcompress import _flavor
-from tfcompress._layers import rebuild
+from tfcompress._layers import copy_weights, rebuild
 from tfcompress._report import Entry, Report, attach, wrapper_report
 from tfcompress.cluster.init import CentroidInitialization
 from tfcompress.errors import TFCompressError
@@ -291,10 +291,10 @@ def _cluster_keras3(model, options, skip, seed):
         if original is None:
             continue
         if isinstance(new, ClusterWeights):
-            new.layer.set_weights(original.get_weights())
+            copy_weights(new.layer, original)
             new.initialize(seed=seed + i)
         else:
-            new.set_weights(original.get_weights())
+            copy_weights(new, original)
     clustered.cluster_report = ClusterReport(
         clustered=tuple(clustered_rows),
         skipped=tuple(skipped),

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tfcompress import _flavor
-from tfcompress._layers import rebuild
+from tfcompress._layers import build_like, rebuild
 from tfcompress._report import Entry, Report, attach, wrapper_report
 from tfcompress.prune import _registry, patterns
 from tfcompress.prune import plan as plan_lib
@@ -518,6 +518,7 @@ def _copy_weights(source, target, mask):
         if mask and isinstance(src, PruneLowMagnitude):
             masked = {id(w): np.asarray(w) * np.asarray(m) for w, m in src.pruned_weights}
             values = [masked.get(id(w), v) for w, v in zip(leaf(src).weights, values, strict=False)]
+        build_like(inner, leaf(src))
         inner.set_weights(values)
         if isinstance(src, PruneLowMagnitude) and isinstance(layer, PruneLowMagnitude):
             layer.set_weights(src.get_weights())
