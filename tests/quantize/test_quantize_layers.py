@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcompress.quantize import ActivationQuantizer, QuantizeWrapper
+from tfcompress.quantize import ActivationQuantizer, QuantizeWrapper, _ops
 
 
 def test_activation_quantizer_config_round_trip():
@@ -81,6 +81,32 @@ def test_training_gradient_is_straight_through_only():
     grad = tape.gradient(y, x).numpy()
     inside = np.abs(x.numpy()) <= 1.3
     np.testing.assert_array_equal(grad, inside.astype("float32"))
+
+
+def test_training_step_kernel_is_the_inference_kernel():
+    """Per-channel weights: elementwise ops in a training step, TF's fake-quant op otherwise."""
+    rng = np.random.default_rng(0)
+    w = QuantizeWrapper(keras.layers.Conv2D(32, 3), weight_scheme="int8", granularity="per_channel")
+    w.build((None, 8, 8, 16))
+    w.layer.kernel.assign(rng.normal(size=(3, 3, 16, 32)) * rng.uniform(0.01, 2.0, 32))
+    x = tf.constant(rng.normal(size=(2, 8, 8, 16)).astype("float32"))
+    inference = w.quantized_kernel().numpy()
+    scale = np.abs(w.layer.kernel.numpy()).max(axis=(0, 1, 2)) / 127
+    np.testing.assert_allclose(np.round(inference / scale), inference / scale, atol=1e-3)
+
+    with tf.GradientTape() as tape:
+        with _ops.training_kernels(True):
+            training = w.quantized_kernel()
+        loss = tf.reduce_sum(training * 3.0)
+    np.testing.assert_allclose(training.numpy(), inference, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(tape.gradient(loss, w.layer.kernel).numpy(), 3.0)
+    y_train = w(x, training=True).numpy()  # the whole wrapper, both paths
+    np.testing.assert_allclose(w(x, training=False).numpy(), y_train, atol=1e-5)
+    graph = tf.function(lambda: w(x, training=True)).get_concrete_function().graph
+    ops = {op.type for op in graph.get_operations()}
+    assert "FakeQuantWithMinMaxVarsPerChannel" not in ops
+    graph = tf.function(lambda: w(x, training=False)).get_concrete_function().graph
+    assert "FakeQuantWithMinMaxVarsPerChannel" in {op.type for op in graph.get_operations()}
 
 
 def test_kernel_gradient_flows_straight_through():

@@ -5,9 +5,33 @@ gradient (identity inside the range, zero outside) and are what the converter
 reads to build an int8 graph without representative data.
 """
 
+import contextlib
+import contextvars
+
 import tensorflow as tf
 
 _EPS = 1e-8
+
+# Set while a wrapper fake-quantizes its kernel for a training step (`training_kernels`).
+_TRAINING = contextvars.ContextVar("tfcompress_training_kernels", default=False)
+
+
+@contextlib.contextmanager
+def training_kernels(training):
+    """Within: per-channel weight fake-quant runs as elementwise ops (a training step).
+
+    TensorFlow's per-channel fake-quant kernels walk one strided channel at a
+    time: on ResNet50 their forward and gradient took more time than the
+    convolutions. A training step computes the same values with elementwise
+    ops and a straight-through gradient; inference, and so the graph the
+    converter reads, keeps `fake_quant_with_min_max_vars_per_channel`.
+    `training` must be the Python `True` for the fast path.
+    """
+    token = _TRAINING.set(training is True)
+    try:
+        yield
+    finally:
+        _TRAINING.reset(token)
 
 
 def symmetric_range(w, per_channel):
@@ -28,6 +52,8 @@ def fake_quant_symmetric(w, num_bits, per_channel):
         `w` rounded to `2**num_bits - 1` levels in `[-max|w|, max|w|]`.
     """
     m = symmetric_range(w, per_channel)
+    if per_channel and _TRAINING.get() and w.dtype == tf.float32:
+        return _symmetric_grid_ste(w, m, num_bits)
     if per_channel:
         return tf.quantization.fake_quant_with_min_max_vars_per_channel(
             w, -m, m, num_bits=num_bits, narrow_range=True
@@ -35,6 +61,31 @@ def fake_quant_symmetric(w, num_bits, per_channel):
     return tf.quantization.fake_quant_with_min_max_vars(
         w, -m, m, num_bits=num_bits, narrow_range=True
     )
+
+
+def _symmetric_grid_ste(w, m, num_bits):
+    """`fake_quant_with_min_max_vars_per_channel(w, -m, m, num_bits, narrow_range=True)`.
+
+    The same nudged grid and rounding (`floor(x + 0.5)` of the shifted value),
+    as elementwise ops over the whole tensor; the gradient is the identity
+    (every `|w| <= m`, the range being max |w| per channel).
+    """
+    quant_min, quant_max = 1.0, float(2**num_bits - 1)
+
+    @tf.custom_gradient
+    def ste(w, m):
+        scale = (m + m) / (quant_max - quant_min)
+        zero_point = tf.round(quant_min + m / scale)
+        nudged_min = (quant_min - zero_point) * scale
+        clamped = tf.clip_by_value(w, nudged_min, (quant_max - zero_point) * scale)
+        level = tf.floor((clamped - nudged_min) / scale + 0.5) + (quant_min - zero_point)
+
+        def grad(dy):
+            return dy, tf.zeros_like(m)
+
+        return level * scale, grad
+
+    return ste(w, m)
 
 
 def binarize(w):

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcompress._layers import Wrapper
-from tfcompress.quantize import roles
+from tfcompress.quantize import _ops, roles
 from tfcompress.quantize.layers import ActivationQuantizer, QuantizeWrapper
 
 
@@ -283,7 +283,7 @@ class FoldedBatchNormWrapper(_FreezeDelay, QuantizeWrapper):
     def call(self, inputs, training=None, mask=None, **kwargs):
         from keras.src.backend.common.variables import AutocastScope
 
-        with AutocastScope(None):
+        with AutocastScope(None), _ops.training_kernels(training):
             kernel, bias, factor = self._fold()
             qkernel = self.quantize_weight(kernel)
         kvar, bvar = self.layer.kernel, self.layer.bias
@@ -401,8 +401,6 @@ class QuantizeBatchNorm(_FreezeDelay, Wrapper):
             return out
 
         def frozen():
-            from tfcompress.quantize import _ops
-
             scale, shift = self.scale_and_shift()
             # Per channel, as DepthwiseConv2D's (1, 1, C, 1) kernel is quantized.
             flat = tf.reshape(scale, (1, 1, -1))

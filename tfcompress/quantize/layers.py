@@ -298,9 +298,9 @@ class QuantizeWrapper(Wrapper):
                 return self.quantize_output_of(tf.cast(y, inputs.dtype), training)
             return self.quantize_output_of(self._call_masked(inputs, kwargs), training)
         kernel = getattr(self.layer, self.kernel_attr)
-        return self.run_with(
-            inputs, {id(kernel): self.quantized_kernel()}, training, call_kwargs=kwargs
-        )
+        with _ops.training_kernels(training):
+            qkernel = self.quantized_kernel()
+        return self.run_with(inputs, {id(kernel): qkernel}, training, call_kwargs=kwargs)
 
     def _call_masked(self, inputs, kwargs):
         if not self._masked and not self._tables:
@@ -526,7 +526,8 @@ class QuantizeSeparableConv(Wrapper):
 
     def call(self, inputs, training=None):
         layer = self.layer
-        dw, pw = self.quantized_kernels()
+        with _ops.training_kernels(training):
+            dw, pw = self.quantized_kernels()
         dtype = layer.compute_dtype
         one_d = len(layer.depthwise_kernel.shape) == 3
         x = inputs[:, None] if one_d else inputs
