@@ -8,6 +8,12 @@ the float average and fake-quantizes it within the range that made its input
 (found as for the int32 bias, `bias.record_input_grid`), so the QAT model
 rounds where the file does. No range of its own: the converter would add a
 requantize after the pooling.
+
+Not mirrored: ties. The kernel averages the stored int8 values (zero point
+included) and rounds an exact half away from zero, so below the zero point a
+window of 2, 4 or 6 values rounds down where fake-quant rounds up (up to 12%
+of one NASNet pooling's values, at borders). Computing that in the QAT model
+takes ops the converter leaves in float around the AVERAGE_POOL_2D.
 """
 
 from __future__ import annotations
