@@ -341,9 +341,18 @@ def test_layer_forms_inside_a_subclassed_model(data):
     model = _subclassed(prune.prune_low_magnitude(keras.layers.Dense(32), schedule), True)
     _fit(model, data, [prune.UpdatePruningStep()])
     assert prune.sparsity_report(model).layers[0].sparsity == pytest.approx(0.5)
+    # Such a model cannot be copied layer by layer: its layers are stripped one by one.
+    with pytest.raises(TypeError, match=r"self.dense = strip_pruning\(self.dense\)"):
+        prune.strip_pruning(model)
+    plain = prune.strip_pruning(model.hidden)
+    assert type(plain) is keras.layers.Dense
+    assert np.mean(plain.kernel.numpy() == 0) == pytest.approx(0.5)
+    np.testing.assert_allclose(plain(data[0]).numpy(), model.hidden(data[0]).numpy(), atol=1e-6)
     clustered = _subclassed(cluster.cluster_weights(keras.layers.Dense(32), 4), False)
     _fit(clustered, data)  # every centroid stayed 0: the whole kernel was one value
     assert len(np.unique(clustered.hidden.clustered_kernel().numpy())) == 4
+    with pytest.raises(TypeError, match=r"strip_clustering\(self.dense\)"):
+        cluster.strip_clustering(clustered)
 
 
 def test_subclassed_model_whose_call_drops_training_is_named(data):
@@ -352,19 +361,3 @@ def test_subclassed_model_whose_call_drops_training_is_named(data):
     model = _subclassed(prune.prune_low_magnitude(keras.layers.Dense(32), schedule), False)
     with pytest.raises(prune.errors.PruningStepNotCountedError, match="training=None"):
         _fit(model, data, [prune.UpdatePruningStep()])
-
-
-def test_strip_a_subclassed_models_layers_one_by_one(data):
-    schedule = prune.ConstantSparsity(0.5, 0, frequency=1)
-    model = _subclassed(prune.prune_low_magnitude(keras.layers.Dense(32), schedule), True)
-    _fit(model, data, [prune.UpdatePruningStep()])
-    with pytest.raises(TypeError, match=r"self.dense = strip_pruning\(self.dense\)"):
-        prune.strip_pruning(model)
-    plain = prune.strip_pruning(model.hidden)
-    assert type(plain) is keras.layers.Dense
-    assert np.mean(plain.kernel.numpy() == 0) == pytest.approx(0.5)
-    np.testing.assert_allclose(plain(data[0]).numpy(), model.hidden(data[0]).numpy(), atol=1e-6)
-    clustered = _subclassed(cluster.cluster_weights(keras.layers.Dense(32), 4), True)
-    clustered(data[0][:2])
-    with pytest.raises(TypeError, match=r"strip_clustering\(self.dense\)"):
-        cluster.strip_clustering(clustered)
