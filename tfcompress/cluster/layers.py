@@ -140,7 +140,7 @@ class ClusterWeights(Wrapper):
             self.layer.build(input_shape)
         self._targets = self._find_targets()
         self.centroid_vars, self.index_vars, self.mask_vars, self._offsets = [], [], [], []
-        self._initial_cache: dict[int, tuple] = {}
+        self._initial_cache = {}  # weight index -> (centroids, indices, mask)
         composite = len(self._targets) > 1 or self._targets[0].layer is not self.layer
         for i, target in enumerate(self._targets):
             variable = target.variable
