@@ -35,6 +35,11 @@ def check_output_path(path: str | os.PathLike, what: str = "output file") -> str
     Returns:
         `path` as an absolute `str`.
     """
+    if not isinstance(path, (str, os.PathLike)) or (isinstance(path, str) and not path):
+        raise TypeError(
+            f"The {what} path must be a file name (a str or os.PathLike), "
+            f"e.g. 'model.tflite'. Received: path={path!r}"
+        )
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
     if os.path.isdir(path):

@@ -35,6 +35,12 @@ def test_path_is_a_folder(trained_cnn, tmp_path):
         export.to_tflite(trained_cnn, tmp_path)
 
 
+@pytest.mark.parametrize("path", [None, "", 3])
+def test_path_is_not_a_file_name(trained_cnn, path):
+    with pytest.raises(TypeError, match="must be a file name.*Received: path="):
+        export.to_tflite(trained_cnn, path)
+
+
 def test_unknown_mode(trained_cnn, no_leftovers):
     folder, check = no_leftovers
     with pytest.raises(ValueError, match="Unknown export mode 'int3'.*float32, float16"):
