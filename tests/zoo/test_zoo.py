@@ -3,9 +3,10 @@ pruned, through strip -> QAT -> int8 export -> verify -> .keras round trip (issu
 
 Each family asserts: every CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED of the int8
 file computes in int8 or belongs to a layer the QAT report names as kept in float; the
-int8 file matches its QAT model with cosine >= 0.99 and top-1 agreement >= 99% (or the
-family's floor in AGREEMENT_FLOORS, with why); the outputs carry signal (better than
-the majority class) and have not collapsed.
+int8 file matches its QAT model with cosine >= 0.99 and top-1 agreement >= 99% (issue
+18's target; the QAT model rounds where the int8 kernels round, the int32 bias and
+average pooling included, see docs/quantize.md), NASNet's floor below; the outputs carry
+signal (better than the majority class) and have not collapsed.
 """
 
 import numpy as np
@@ -13,31 +14,19 @@ import pytest
 
 from tfcompress import testing
 
-N_TEST = 128
+#: Held-out samples: one top-1 flip is 0.4% of them (99% allows two).
+N_TEST = 256
 #: Training samples: digits images, or SST-2 phrases (short fragments: more are needed).
 N_TRAIN = {"image": 1024, "text": 4096}
 TEXT = ("lstm", "bert", "roberta", "distilbert", "gpt2")
-
-#: Top-1 agreement of the int8 file with its QAT model: 99% (issue 18's target) unless a
-#: family has a lower floor here, with the measurement that explains it. Every family
-#: must still reach cosine >= 0.99 (issue 17's target). The floors sit below what these
-#: families measure today so the test fails on a regression, not on tie noise.
-#:
-#: Since QAT rounds where the int8 kernels round (fused ReLU, Concatenate inputs,
-#: LOGISTIC/TANH grids: docs/quantize.md), each layer matches the file but for ties
-#: (< 1% of values off by one step). These deep, briefly trained nets amplify ties: the
-#: SAME int8 file run by LiteRT's XNNPACK and by its builtin kernels agrees on only 93.8%
-#: (mobilenet_v2), 95.3% (efficientnet_b0, nasnet_mobile) of top-1, so 99% against any
-#: float simulation is out of reach on them. Open in issue 18 (bias rounding to int32 and
-#: AveragePooling2D's requantization are not mirrored yet).
-AGREEMENT_FLOORS = {
-    # measured 94.53%, cosine 0.9938 (was 86.72%, 0.9681); kernels vs kernels 93.75%
-    "mobilenet_v2": 0.90,
-    # measured 97.66-98.44%, cosine 0.9961 (was 95.31%, 0.9934); kernels vs kernels 95.3%
-    "efficientnet_b0": 0.95,
-    # measured 94.53-95.31%, cosine 0.9968 (was 95.31%, 0.9947); kernels vs kernels 95.3%
-    "nasnet_mobile": 0.90,
-}
+#: Top-1 agreement of the int8 file with its QAT model is 99% (issue 18's target) for
+#: every family but this one. NASNet (measured 96.9-97.7%, cosine 0.997, relative error
+#: 0.07, on 128 samples) averages windows of 4 and 6 values at borders: int8
+#: AVERAGE_POOL_2D rounds a tie of the stored average half away from zero (down below the
+#: zero point), the QAT model's fake-quant rounds it up; up to 12% of one pooling's values
+#: differ by a step (the exact rule would leave float ops in the file). Its floor sits
+#: below the measurement so the test catches regressions, not ties.
+AGREEMENT_FLOORS = {"nasnet_mobile": 0.94}
 
 
 @pytest.mark.slow
