@@ -160,3 +160,26 @@ def test_an_op_read_only_by_a_concatenate_rounds_onto_its_range(tmp_path):
     assert qat.get_layer("quant_add").output_quantizer is None
     assert qat.get_layer("quant_c").output_quantizer is not None
     assert _off_by_a_step(qat, path, x[64:]) < 0.01
+
+
+def test_average_pool_after_a_shared_max_pool_keeps_its_siblings_int8(tmp_path):
+    # InceptionV3's mixed blocks: one MaxPooling2D output feeds 1x1 convs and an
+    # AveragePooling2D. Rounding the average onto its input's grid put a fake-quant
+    # on that edge alone, and the converter left the three sibling convs in float.
+    inputs = keras.Input((12, 12, 3))
+    x = L.Conv2D(8, 3, activation="relu", name="stem")(inputs)
+    x = L.MaxPooling2D(3, strides=2, name="pool")(x)
+    b1 = L.Conv2D(4, 1, activation="relu", name="b1")(x)
+    b3 = L.Conv2D(4, 1, activation="relu", name="b3")(x)
+    bp = L.AveragePooling2D(3, strides=1, padding="same", name="avg")(x)
+    bp = L.Conv2D(4, 1, activation="relu", name="bp")(bp)
+    x = L.Concatenate(name="mixed")([b1, b3, bp])
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, L.Dense(5, name="logits")(x), name="inception_like")
+    x = np.random.default_rng(0).uniform(0, 1, (64, 12, 12, 3)).astype("float32")
+    _, path, info = _export(model, x, tmp_path)
+    compute = [op for op in info.ops if op.name in ("CONV_2D", "FULLY_CONNECTED")]
+    assert len(compute) == 5
+    assert all(op.compute_dtype == "int8" for op in compute), [
+        (op.name, op.compute_dtype) for op in compute
+    ]

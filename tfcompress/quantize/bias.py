@@ -34,17 +34,22 @@ _AMBIGUOUS = "ambiguous"
 _FIXED = {"sigmoid": (0.0, 255.0 / 256.0), "tanh": (-1.0, 127.0 / 128.0)}
 
 
-def record_input_grid(layer: keras.layers.Layer, inputs: Any) -> None:
+def record_input_grid(layer: keras.layers.Layer, inputs: Any, through_shared: bool = True) -> None:
     """Remember which range quantizes `layer`'s input (called on symbolic inputs).
 
     Args:
         layer: a QAT wrapper with a bias to round.
         inputs: what the layer was called on; only a single `KerasTensor`
             is followed (anything else records nothing).
+        through_shared: follow scale-keeping layers (MaxPooling2D, Reshape, ...)
+            back to the range even when their output has other consumers.
+            `False` for a layer that fake-quantizes its own output: the
+            converter would move that fake-quant onto the shared tensor's edge
+            and leave the other consumers in float.
     """
     if not isinstance(inputs, keras.KerasTensor):
         return
-    grid = _grid_of(inputs)
+    grid = _grid_of(inputs, through_shared=through_shared)
     previous = layer.__dict__.get(_ATTR)
     if previous is not None and previous is not grid:
         grid = _AMBIGUOUS  # a shared layer called on two grids: no rounding
@@ -145,7 +150,7 @@ def _float_kernel(wrapper):
     return kernel * wrapper.sparsity_mask if wrapper.preserve_sparsity else kernel
 
 
-def _grid_of(tensor, depth=0):
+def _grid_of(tensor, depth=0, through_shared=True):
     """The quantizer (or fixed grid) whose range the int8 `tensor` carries, or `None`."""
     history = getattr(tensor, "_keras_history", None)
     if history is None or depth > 64:
@@ -161,11 +166,13 @@ def _grid_of(tensor, depth=0):
         return _FIXED[fixed]
     if not _keeps_scale(op):
         return None
+    if not through_shared and len(getattr(op, "_outbound_nodes", [])) > 1:
+        return None
     nodes = getattr(op, "_inbound_nodes", [])
     if history.node_index >= len(nodes):
         return None
     inputs = [t for t in nodes[history.node_index].input_tensors if _is_float(t)]
-    return _grid_of(inputs[0], depth + 1) if len(inputs) == 1 else None
+    return _grid_of(inputs[0], depth + 1, through_shared) if len(inputs) == 1 else None
 
 
 def _keeps_scale(op):

@@ -65,7 +65,7 @@ class QuantizeAveragePooling(Wrapper):
 
     def compute_output_spec(self, *args, **kwargs):
         if args:
-            bias.record_input_grid(self, args[0])
+            bias.record_input_grid(self, args[0], through_shared=False)
         kwargs.pop("training", None)
         return self.layer.compute_output_spec(*args, **kwargs)
 
