@@ -347,6 +347,24 @@ def _load():
     return {}
 
 
+def _save_row(family, row):
+    """Merge one family's row into the results file; returns all rows.
+
+    Read under a lock just before writing, so two zoo runs at once (different
+    families) do not drop each other's rows.
+    """
+    import fcntl
+
+    from tfcompress._io import atomic_write_text
+
+    with open(RESULTS + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = _load()
+        results[family] = row
+        atomic_write_text(RESULTS, json.dumps(results, indent=1, sort_keys=True))
+    return results
+
+
 def _fmt(value, kind):
     if value is None:
         return "–"
@@ -483,9 +501,7 @@ def run(quick=False, write=True, families=None):
         row["seconds"] = round(time.perf_counter() - start)
         results[family] = row
         if write:
-            from tfcompress._io import atomic_write_text
-
-            atomic_write_text(RESULTS, json.dumps(results, indent=1, sort_keys=True))
+            results = _save_row(family, row)
             # The table after every family: a run cut short keeps what it measured.
             _write_section(results, write)
     if not write:
