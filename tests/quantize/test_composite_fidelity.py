@@ -178,3 +178,29 @@ def _attention_on_real_tokens(path, x):
         keep = x["padding_mask"][i].astype(bool)
         shares.append(probs[..., keep, :][..., keep].sum(-1).ravel())  # (heads * real queries)
     return np.concatenate(shares)
+
+
+@pytest.mark.slow
+def test_roberta_token_and_position_tables_are_int8_in_the_file(tmp_path):
+    # keras-hub's TokenAndPositionEmbedding (RoBERTa, DistilBERT): with one range on the
+    # sum, the converter kept the token table float32 (a float GATHER: 35.1 MB at full
+    # size against 11.75 MB dynamic range); each table now gets its own int8 grid.
+    model = testing.zoo_model("roberta")
+    x = testing.zoo_inputs(model, "roberta", 32)
+    qat = quantize.quantize_model(model, representative_data=x)
+    path = tmp_path / "roberta_int8.tflite"
+    int8_bytes = export.to_tflite(qat, path, mode="int8").bytes
+    dynamic_bytes = export.to_tflite(model, tmp_path / "roberta_dr.tflite", mode="dynamic").bytes
+    ops, tensors = _ops(path)
+    gathers = [op for op in ops if op["op_name"] == "GATHER"]
+    assert gathers and all(tensors[op["inputs"][0]]["dtype"] == np.int8 for op in gathers)
+    embedding = model.get_layer("roberta_backbone").get_layer("embeddings")
+    for table in (embedding.token_embedding.embeddings, embedding.position_embedding.weights[0]):
+        stored = [t for t in tensors.values() if tuple(t["shape"]) == tuple(table.shape)]
+        assert stored and all(t["dtype"] == np.int8 for t in stored), table.path
+    # The token table costs one byte an entry as in the dynamic-range file; the rest of
+    # the difference is the tiny model's per-tensor quantization parameters (7.9 KB
+    # measured). A float32 token table added three bytes an entry (59 KB over).
+    assert int8_bytes - dynamic_bytes < int(np.prod(embedding.token_embedding.embeddings.shape))
+    check = export.verify(path, qat, x)
+    assert check.top1_agreement >= 0.99 and check.cosine >= 0.999, check

@@ -78,6 +78,8 @@ def _kind(layer):
         return "norm"
     if isinstance(layer, L.Embedding) and type(layer).call is L.Embedding.call:
         return "table"  # ViT's position embedding: an int8 constant in the file
+    if _is_hub_table(layer):
+        return "table"  # TokenAndPositionEmbedding's tables: int8 GATHER / constant
     if (
         isinstance(layer, L.Conv2D)
         and type(layer).call is L.Conv2D.call
@@ -86,6 +88,29 @@ def _kind(layer):
     ):
         return "conv"  # ViT's patch embedding
     return None
+
+
+def _hub_tables():
+    """`ReversibleEmbedding` (Keras's and keras-hub's) and keras-hub's `PositionEmbedding`."""
+    found = [getattr(keras.layers, "ReversibleEmbedding", None)]
+    try:
+        from keras_hub.layers import PositionEmbedding, ReversibleEmbedding
+    except ImportError:
+        pass
+    else:
+        found += [ReversibleEmbedding, PositionEmbedding]
+    return tuple(cls for cls in found if cls is not None)
+
+
+def _is_hub_table(layer):
+    """A keras-hub table layer whose `call` is keras-hub's own (a subclass's stays float)."""
+    return any(isinstance(layer, cls) and type(layer).call is cls.call for cls in _hub_tables())
+
+
+def _table_of(layer):
+    """The looked-up table: `embeddings`, or PositionEmbedding's `position_embeddings`."""
+    table = getattr(layer, "embeddings", None)
+    return table if table is not None else layer.position_embeddings
 
 
 _SLOTS = {
@@ -343,17 +368,32 @@ def _masked_softmax(layer, scores, mask, grid):
     return ops.where(mask, probs, ops.cast(0.0, probs.dtype))
 
 
-def _table_call(self, inputs):
-    y = super(type(self), self).call(inputs)
+def _table_call(self, inputs, *args, **kwargs):
     state = _state(self)
-    if state is None:
-        return y
+    # ReversibleEmbedding(x, reverse=True) is a tied LM head's matmul: left float.
+    if state is None or kwargs.get("reverse", args[0] if args else False) is True:
+        return super(type(self), self).call(inputs, *args, **kwargs)
+    table = _table_of(self)
+    kept = state.wrapper.kept_table(self)  # PQAT / CQAT: the table with its zeros / clusters
+    if kept is None:
+        y = super(type(self), self).call(inputs, *args, **kwargs)
+    else:
+        with keras.StatelessScope(state_mapping=[(table, kept)]):
+            y = super(type(self), self).call(inputs, *args, **kwargs)
+        table = kept
     # The converter stores a looked-up table that meets int8 ops (ViT's position
-    # embeddings, folded into a constant) as int8 over the table's own range.
-    table = tf.cast(tf.convert_to_tensor(self.embeddings), "float32")
+    # embeddings, folded into a constant; TokenAndPositionEmbedding's token table
+    # read by a GATHER) as int8 over the table's own range.
+    table = tf.cast(tf.convert_to_tensor(table), "float32")
     lo = tf.stop_gradient(tf.minimum(tf.reduce_min(table), 0.0))
     hi = tf.stop_gradient(tf.maximum(tf.reduce_max(table), 0.0))
-    return state.mark(ops.cast(fake_quant_activation(tf.cast(y, "float32"), lo, hi), y.dtype))
+    mask = getattr(y, "_keras_mask", None)
+    out = ops.cast(fake_quant_activation(tf.cast(y, "float32"), lo, hi), y.dtype)
+    if mask is not None:  # ReversibleEmbedding(mask_zero=True): the sum takes its mask
+        from keras.src.backend import set_keras_mask
+
+        set_keras_mask(out, mask)
+    return state.mark(out)
 
 
 def _conv_call(self, inputs):
@@ -535,7 +575,8 @@ class QuantizeComposite(Wrapper):
             self.layer.build(input_shape)
         targets = inner_targets(self.layer)
         # A LayerNormalization on its own is wrapped too: its mean needs a range.
-        if not any(kind in ("dense", "conv", "norm") for _, kind in targets):
+        # TokenAndPositionEmbedding: only tables, each stored int8 over its own range.
+        if not any(kind in ("dense", "conv", "norm", "table") for _, kind in targets):
             raise ValueError(
                 f"QuantizeComposite found no Dense or EinsumDense layer inside "
                 f"'{self.layer.name}' ({type(self.layer).__name__}) after building it; there is "
@@ -581,6 +622,15 @@ class QuantizeComposite(Wrapper):
                 )
                 self.cluster_ids.append(ids)
                 ids_for[id(sub)] = ids
+            if kind == "table" and self.preserve_sparsity:
+                mask = self.add_weight(
+                    name=f"{sub_path.replace('/', '__')}__table_sparsity_mask",
+                    shape=tuple(_table_of(sub).shape),
+                    initializer="ones",
+                    trainable=False,
+                )
+                self.sparsity_masks.append(mask)
+                mask_for[id(sub)] = mask
             sub.__class__ = _hooked_class(type(sub), kind)
             object.__setattr__(sub, _STATE, state)
         object.__setattr__(self, "_state", state)
@@ -667,6 +717,14 @@ class QuantizeComposite(Wrapper):
             w = tf.gather(means, ids)
         return w
 
+    def kept_table(self, layer: keras.layers.Layer) -> tf.Tensor | None:
+        """An inner table times its sparsity mask (PQAT), or `None` when it has none."""
+        mask = self._mask_for.get(id(layer))
+        if mask is None:
+            return None
+        table = _table_of(layer)
+        return table * ops.cast(mask, table.dtype)
+
     def quantized_kernels(self) -> list[tuple[keras.layers.Layer, tf.Tensor]]:
         """`(inner layer, fake-quantized kernel)` as the wrapped layer computes with them."""
         state = _State(self)
@@ -690,12 +748,12 @@ class QuantizeComposite(Wrapper):
                 ids.assign(inverse.astype("int32"))
 
     def set_sparsity_masks(self) -> None:
-        """Set each inner kernel's sparsity mask from its zeros (`preserve_sparsity`)."""
-        for sub, _ in self.kernels():
+        """Set each inner kernel's and table's sparsity mask from its zeros (PQAT)."""
+        for sub, kind in self._targets:
             mask = self._mask_for.get(id(sub))
             if mask is not None:
-                kernel = keras.ops.convert_to_numpy(sub.kernel)
-                mask.assign((kernel != 0).astype("float32"))
+                weight = _table_of(sub) if kind == "table" else sub.kernel
+                mask.assign((keras.ops.convert_to_numpy(weight) != 0).astype("float32"))
 
     def get_config(self):
         config = super().get_config()

@@ -208,8 +208,9 @@ def _register_keras_hub() -> None:
     except ImportError:
         pass
     register_layer(layers.PositionEmbedding, LayerHandler("output"))
-    # token + position tables summed: one output range (int8 GATHERs at that scale).
-    register_layer(layers.TokenAndPositionEmbedding, LayerHandler("output"))
+    # token + position tables summed: each table int8 over its own range (an int8
+    # GATHER, an int8 constant: QuantizeComposite's "table" hook), the sum its own range.
+    register_layer(layers.TokenAndPositionEmbedding, LayerHandler("composite"))
 
 
 _register_defaults()
