@@ -631,6 +631,16 @@ class QuantizeComposite(Wrapper):
                 )
                 self.sparsity_masks.append(mask)
                 mask_for[id(sub)] = mask
+            if kind == "table" and self.preserve_clusters:
+                ids = self.add_weight(
+                    name=f"{sub_path.replace('/', '__')}__table_cluster_ids",
+                    shape=tuple(_table_of(sub).shape),
+                    dtype="int32",
+                    initializer="zeros",
+                    trainable=False,
+                )
+                self.cluster_ids.append(ids)
+                ids_for[id(sub)] = ids
             sub.__class__ = _hooked_class(type(sub), kind)
             object.__setattr__(sub, _STATE, state)
         object.__setattr__(self, "_state", state)
@@ -718,12 +728,18 @@ class QuantizeComposite(Wrapper):
         return w
 
     def kept_table(self, layer: keras.layers.Layer) -> tf.Tensor | None:
-        """An inner table times its sparsity mask (PQAT), or `None` when it has none."""
-        mask = self._mask_for.get(id(layer))
-        if mask is None:
+        """An inner table with its zeros (PQAT) and clusters (CQAT) kept, else `None`."""
+        from tfcompress.quantize.layers import _keep_table_clusters
+
+        mask, ids = self._mask_for.get(id(layer)), self._ids_for.get(id(layer))
+        if mask is None and ids is None:
             return None
         table = _table_of(layer)
-        return table * ops.cast(mask, table.dtype)
+        if mask is not None:
+            table = table * ops.cast(mask, table.dtype)
+        if ids is not None:  # ids -1: an unclustered table, training freely
+            table = _keep_table_clusters(table, ids, self.preserve_clusters)
+        return table
 
     def quantized_kernels(self) -> list[tuple[keras.layers.Layer, tf.Tensor]]:
         """`(inner layer, fake-quantized kernel)` as the wrapped layer computes with them."""
@@ -739,13 +755,22 @@ class QuantizeComposite(Wrapper):
         return out
 
     def set_cluster_ids(self) -> None:
-        """Set each inner kernel's cluster ids from its distinct values (`preserve_clusters`)."""
-        for sub, _ in self.kernels():
+        """Set each inner kernel's and table's cluster ids from its values (`preserve_clusters`).
+
+        A table with more distinct values than `preserve_clusters` is not
+        clustered: its ids are -1 and it trains freely.
+        """
+        for sub, kind in self._targets:
             ids = self._ids_for.get(id(sub))
             if ids is not None:
-                kernel = keras.ops.convert_to_numpy(sub.kernel)
-                inverse = np.unique(kernel, return_inverse=True)[1].reshape(kernel.shape)
-                ids.assign(inverse.astype("int32"))
+                weight = keras.ops.convert_to_numpy(
+                    _table_of(sub) if kind == "table" else sub.kernel
+                )
+                values, inverse = np.unique(weight, return_inverse=True)
+                inverse = inverse.reshape(weight.shape).astype("int32")
+                if kind == "table" and len(values) > self.preserve_clusters:
+                    inverse = -np.ones_like(inverse)
+                ids.assign(inverse)
 
     def set_sparsity_masks(self) -> None:
         """Set each inner kernel's and table's sparsity mask from its zeros (PQAT)."""

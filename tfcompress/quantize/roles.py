@@ -343,10 +343,12 @@ def _count_table_clusters(tables: list[Any]) -> int:
 
 def _count_inner_clusters(layer: keras.layers.Layer) -> int:
     """The most distinct values of a kernel inside a composite layer (CQAT)."""
-    from tfcompress.quantize.composite import inner_targets
+    from tfcompress.quantize.composite import _table_of, inner_targets
 
     most = 0
     for sub, kind in inner_targets(layer):
+        if kind == "table":  # TokenAndPositionEmbedding's: an unclustered one trains freely
+            most = max(most, _count_table_clusters([_table_of(sub)]))
         if kind not in ("dense", "conv"):
             continue
         n = len(np.unique(sub.kernel.numpy()))
