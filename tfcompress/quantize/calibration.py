@@ -104,6 +104,21 @@ class CalibrationReport:
         )
 
 
+def _runs_forward(wrapper) -> bool:
+    """Whether a tied-embedding wrapper is called as a lookup (not only as `reverse=True`).
+
+    Read from the model's graph (calibration picks its quantizers before any
+    call is traced); a wrapper outside a functional graph falls back to the
+    calls it has traced.
+    """
+    nodes = getattr(wrapper, "_inbound_nodes", None) or []
+    if not nodes:
+        return bool(wrapper._forward_calls)
+    return any(
+        not getattr(getattr(node, "arguments", None), "kwargs", {}).get("reverse") for node in nodes
+    )
+
+
 def activation_quantizers(model: keras.Model) -> list[tuple[str, ActivationQuantizer]]:
     """Every `ActivationQuantizer` in a QAT model, with a readable path."""
     from tfcompress.quantize.composite import QuantizeComposite
@@ -116,7 +131,7 @@ def activation_quantizers(model: keras.Model) -> list[tuple[str, ActivationQuant
         elif isinstance(layer, QuantizeComposite):
             found.extend(layer.used_quantizers())
         elif isinstance(layer, QuantizeWrapper) and layer.output_quantizer is not None:
-            if layer.reverse_quantizer is None or layer._forward_calls:  # else not in the graph
+            if layer.reverse_quantizer is None or _runs_forward(layer):  # else not in the graph
                 found.append((f"{layer.name}/output", layer.output_quantizer))
         else:  # other wrappers (separable conv, BatchNorm): the quantizers they own
             flatten = getattr(layer, "_flatten_layers", None)
