@@ -322,8 +322,14 @@ def float32_compute(model):
 
     Example:
 
+    >>> model = keras.Sequential(
+    ...     [keras.Input((4,)), keras.layers.Dense(2, dtype="mixed_float16", name="d")]
+    ... )
     >>> with float32_compute(model) as switched:
-    ...     converted = converter.convert()
+    ...     print(switched, model.layers[0].compute_dtype)
+    ['d'] float32
+    >>> model.layers[0].compute_dtype
+    'float16'
     """
     changed = []
     for layer in model._flatten_layers(include_self=True, recursive=True):

@@ -225,13 +225,11 @@ def _cmd_export(args):
     from tfcompress import _io
 
     # Every output is checked before the (minutes-long) conversion, not after it.
-    from tfcompress.export import _guard
-
     _io.check_output_path(args.output, what="TFLite file")
-    _guard.refuse_overwriting(os.path.abspath(args.output), "TFLite file", allow=(_guard.TFLITE,))
+    _io.refuse_overwriting(os.path.abspath(args.output), "TFLite file", allow=(_io.TFLITE_KIND,))
     if args.c_header:
         _io.check_output_path(args.c_header, what="C header")
-        _guard.refuse_overwriting(os.path.abspath(args.c_header), "C header")
+        _io.refuse_overwriting(os.path.abspath(args.c_header), "C header")
     _check_model_path(args.model, args.trust_code)
     calibration = _load_npz(args.calibration, "--calibration") if args.calibration else None
     checks = _load_npz(args.verify, "--verify") if args.verify else None

@@ -6,7 +6,6 @@ import os
 import re
 
 from tfcompress import _io
-from tfcompress.export import _guard
 from tfcompress.export._litert import tflite_errors
 
 
@@ -62,7 +61,7 @@ def to_c_array(
             "writing the header would destroy the model. Choose another path, e.g. "
             f"'model_data.h'. Received: header_path={header_path!r}"
         )
-    _guard.refuse_overwriting(header_path, "C header")  # another model or data file
+    _io.refuse_overwriting(header_path, "C header")  # another model or data file
     name = variable_name or "g_" + _identifier(os.path.splitext(os.path.basename(path))[0])
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(

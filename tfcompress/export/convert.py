@@ -19,7 +19,7 @@ from tfcompress import _inputs as calib
 from tfcompress._io import gzip_size  # noqa: F401  (its old home: `export.convert.gzip_size`)
 from tfcompress._report import Entry, Report
 from tfcompress.errors import CalibrationDataError, ConversionError
-from tfcompress.export import _guard, _isolated, shapes
+from tfcompress.export import _isolated, shapes
 from tfcompress.export.modes import get_mode
 from tfcompress.export.shapes import static_specs
 from tfcompress.export.target import check_target, export_for_target
@@ -196,7 +196,7 @@ def to_tflite(
     flavor = _flavor.flavor_of(model)
     _flavor.check_built(model, what="export to TFLite")
     path = _io.check_output_path(path, what="TFLite file")
-    _guard.refuse_overwriting(path, "TFLite file", allow=(_guard.TFLITE,))
+    _io.refuse_overwriting(path, "TFLite file", allow=(_io.TFLITE_KIND,))
     if int8_io and export_mode.io_dtype is None:
         raise ValueError(
             f"int8_io=True needs a full-integer mode ('int8' or 'int16x8'); mode {mode!r} keeps "

@@ -47,7 +47,6 @@ import numpy as np
 
 from tfcompress import _io
 from tfcompress._report import Entry, Report
-from tfcompress.export import _guard
 from tfcompress.export.convert import ExportResult, to_tflite
 from tfcompress.export.modes import ExportMode, register_mode
 
@@ -331,7 +330,7 @@ def to_lowbit_tflite(
     for pattern, fmt in layers.items():
         get_format(fmt, what=f"layers[{pattern!r}]")
     path = _io.check_output_path(path, what="TFLite file")
-    _guard.refuse_overwriting(path, "TFLite file", allow=(_guard.TFLITE,))
+    _io.refuse_overwriting(path, "TFLite file", allow=(_io.TFLITE_KIND,))
     if recipe.activation_bits and representative_data is None:
         from tfcompress.errors import CalibrationDataError
 

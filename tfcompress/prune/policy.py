@@ -99,9 +99,12 @@ def get(policy: Any) -> PruningPolicy:
     if isinstance(policy, PruningPolicy):
         return policy
     if type(policy).__module__.startswith("tensorflow_model_optimization"):
-        from tfcompress.prune import _tfmot
+        import sys
 
-        if isinstance(policy, _tfmot.sparsity().PruneForLatencyOnXNNPack):
+        # tfmot is imported already (the object is tfmot's); not through prune._tfmot,
+        # which imports this module.
+        tfmot_keras = sys.modules["tensorflow_model_optimization"].sparsity.keras
+        if isinstance(policy, tfmot_keras.PruneForLatencyOnXNNPack):
             # tfmot's own object: its checks walk tf_keras graphs, not Keras 3 ones.
             return PruneForLatencyOnXNNPack()
     if callable(getattr(policy, "allow_pruning", None)):

@@ -21,12 +21,13 @@ whose input grid cannot be found keeps its float bias, as before.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import keras
 import tensorflow as tf
 
-from tfcompress.quantize.layers import ActivationQuantizer
+if TYPE_CHECKING:
+    from tfcompress.quantize.layers import ActivationQuantizer
 
 _ATTR = "_tfcompress_input_grid"
 _AMBIGUOUS = "ambiguous"
@@ -140,10 +141,9 @@ def _float_kernel(wrapper):
     Not the fake-quantized kernel: a second reader of the FakeQuant op's output
     keeps the converter from folding it into int8 weights (the op stays float).
     """
-    from tfcompress.quantize.batchnorm import FoldedBatchNormWrapper
-
-    if isinstance(wrapper, FoldedBatchNormWrapper):
-        return wrapper.folded()[0]
+    folded = getattr(wrapper, "folded", None)  # FoldedBatchNormWrapper: W * gamma / sigma
+    if callable(folded):
+        return folded()[0]
     if wrapper.preserve_clusters:  # the scales come from the cluster means: not mirrored
         return None
     kernel = tf.convert_to_tensor(getattr(wrapper.layer, wrapper.kernel_attr))
@@ -156,10 +156,10 @@ def _grid_of(tensor, depth=0, through_shared=True):
     if history is None or depth > 64:
         return None
     op = history.operation
-    if isinstance(op, ActivationQuantizer):
+    if _is_quantizer(op):
         return op
     quantizer = getattr(op, "output_quantizer", None)
-    if isinstance(quantizer, ActivationQuantizer):
+    if _is_quantizer(quantizer):
         return quantizer
     fixed = getattr(op, "_fixed_grid", None)
     if fixed in _FIXED and quantizer is None:
@@ -175,15 +175,27 @@ def _grid_of(tensor, depth=0, through_shared=True):
     return _grid_of(inputs[0], depth + 1, through_shared) if len(inputs) == 1 else None
 
 
-def _keeps_scale(op):
-    from tfcompress.quantize import registry
-    from tfcompress.quantize.pooling import QuantizeAveragePooling
+def _is_quantizer(obj):
+    # A class attribute, not isinstance: this module sits below quantize.layers.
+    return bool(getattr(type(obj), "_tfcompress_activation_quantizer", False))
 
-    if isinstance(op, QuantizeAveragePooling):  # rounds onto its input's grid
+
+#: Set by `quantize.registry`: whether a plain layer's rule keeps its input's scale
+#: (the "passthrough" role). Set there, not imported here: the registry sits above.
+_passthrough_test: Callable[[keras.layers.Layer], bool] | None = None
+
+
+def set_passthrough_test(test: Callable[[keras.layers.Layer], bool]) -> None:
+    """Tell the walk back to a range which layers keep their input's scale."""
+    global _passthrough_test
+    _passthrough_test = test
+
+
+def _keeps_scale(op):
+    if getattr(op, "_keeps_input_scale", False):  # QuantizeAveragePooling rounds onto it
         return True
     if isinstance(op, keras.layers.Layer):
-        handler = registry.handler_for(op)
-        return handler is not None and handler.role == "passthrough"
+        return _passthrough_test is not None and _passthrough_test(op)
     from keras.src.ops import core
     from keras.src.ops import numpy as knp
 

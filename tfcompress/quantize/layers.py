@@ -40,6 +40,9 @@ class ActivationQuantizer(keras.layers.Layer):
     >>> y = q(x, training=True)   # sets the range from x
     """
 
+    #: How `quantize.bias` recognises a quantizer without importing this module.
+    _tfcompress_activation_quantizer = True
+
     def __init__(self, num_bits: int = 8, ema_decay: float = 0.99, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if num_bits != 8:

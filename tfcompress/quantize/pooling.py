@@ -40,6 +40,10 @@ class QuantizeAveragePooling(Wrapper):
     >>> q = QuantizeAveragePooling(keras.layers.AveragePooling2D(3, strides=1, padding="same"))
     """
 
+    #: The walk back to a range (`quantize.bias`) goes through it: its output is on
+    #: its input's grid.
+    _keeps_input_scale = True
+
     def __init__(self, layer: keras.layers.Layer, **kwargs: Any) -> None:
         super().__init__(layer, **kwargs)
         if not isinstance(layer, (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D)):

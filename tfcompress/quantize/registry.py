@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from tfcompress.quantize import bias
+
 if TYPE_CHECKING:
     import keras
 
@@ -214,3 +216,6 @@ def _register_keras_hub() -> None:
 
 
 _register_defaults()
+bias.set_passthrough_test(
+    lambda layer: (handler := handler_for(layer)) is not None and handler.role == "passthrough"
+)
