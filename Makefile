@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint docs clean
+.PHONY: demo test test-fast bench bench-zoo lint docs clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" $(XDIST)
 
+# Every BENCHMARKS.md section but the Model zoo, full mode (about 80 minutes on 2 cores).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+# The Model zoo section at real size, full mode (8-14 minutes a family, 13 families).
+bench-zoo: $(STAMP)
+	$(BIN)/python -m benchmarks.zoo
 
 lint: $(STAMP)
 	$(BIN)/ruff check tfcompress export tests benchmarks

@@ -36,6 +36,12 @@ BENCHMARKS = {
     "zoo": "benchmarks.zoo",
 }
 
+#: What `python -m benchmarks` (`make bench`) runs without `--only`: everything but the
+#: zoo. The zoo at real size takes 8-14 minutes a family on 2 cores (over 2 hours for
+#: its 13 families), more than the rest together, so it has its own command,
+#: `make bench-zoo` (`python -m benchmarks.zoo`), and its rows say which mode wrote them.
+DEFAULT = [name for name in BENCHMARKS if name != "zoo"]
+
 
 def run_all(names, quick=False, write=True, options=None, isolate=False):
     """Run the named benchmarks; returns rows of (name, status, seconds, error).
@@ -107,11 +113,18 @@ def _child():
 
 def _write_summary(rows, pending, quick, seconds):
     done = "finished" if not pending else "in progress (or cut short)"
+    names = [row[0] for row in rows] + list(pending)
+    zoo = (
+        ""
+        if "zoo" in names
+        else " The Model zoo section is not part of this run: `make bench-zoo` "
+        "(`python -m benchmarks.zoo`) writes it, and each of its rows names its mode and date."
+    )
     body = (
         "Which benchmarks ran in the last `python -m benchmarks"
         + (" --quick" if quick else "")
-        + f"` run, how long each took, and why any failed. The run is {done}: "
-        f"{seconds / 60:.0f} minutes so far.\n\n"
+        + f"` run ({'quick' if quick else 'full'} mode), how long each took, and why any "
+        f"failed. The run is {done}: {seconds / 60:.0f} minutes so far.{zoo}\n\n"
         + _common.markdown_table(
             ["benchmark", "status", "seconds", "error"],
             rows
@@ -143,7 +156,7 @@ def main(argv=None):
         help="Summary rows of these methods only (see benchmarks/summary.py)",
     )
     args = parser.parse_args(argv)
-    names = args.only or list(BENCHMARKS)
+    names = args.only or list(DEFAULT)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")

@@ -184,3 +184,15 @@ def test_isolated_benchmarks_that_crash_or_raise_are_rows(scratch_md, tmp_path, 
     assert rows[1][1] == "**failed**" and rows[1][3] == "RuntimeError: disk on fire"
     assert rows[2][1] == "ok" and (tmp_path / "bench_fine.py.ran").read_text() == "True"
     assert "died of SIGKILL (out of memory?)" in scratch_md.read_text()
+
+
+def test_default_run_leaves_the_zoo_to_its_own_command(scratch_md):
+    # `make bench` runs every benchmark but the zoo (hours at real size): the Run
+    # summary says so, and `--only zoo` still reaches it.
+    assert "zoo" in runner.BENCHMARKS and "zoo" not in runner.DEFAULT
+    assert set(runner.DEFAULT) == set(runner.BENCHMARKS) - {"zoo"}
+    runner._write_summary([["prune", "ok", "3", ""]], [], False, 3.0)
+    text = scratch_md.read_text()
+    assert "(full mode)" in text and "`make bench-zoo`" in text
+    runner._write_summary([["zoo", "ok", "3", ""]], [], True, 3.0)
+    assert "(quick mode)" in scratch_md.read_text() and "bench-zoo" not in scratch_md.read_text()
