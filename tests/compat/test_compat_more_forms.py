@@ -20,13 +20,6 @@ import tensorflow_model_optimization as tfmot
 from tfcompress import cluster, export, prune, quantize
 
 
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 16)).astype("float32")
-    return x, (x[:, :4].sum(axis=1) > 0).astype("int32")
-
-
 def _mlp(seed=0):
     keras.utils.set_random_seed(seed)
     return keras.Sequential(
