@@ -249,44 +249,6 @@ def _fidelity(family):
     return row
 
 
-def _tiny_tf_keras_twin(family):
-    """The tf_keras twin of `testing.zoo_model(family)` (same builders and sizes), or None."""
-    import tf_keras
-
-    common = dict(weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None)
-    if family == "mobilenet_v2":
-        return tf_keras.applications.MobileNetV2(alpha=0.35, **common)
-    if family == "mobilenet_v3_small":
-        return tf_keras.applications.MobileNetV3Small(alpha=0.75, dropout_rate=0.0, **common)
-    from tf_keras.src.applications import convnext, densenet, efficientnet, nasnet, resnet
-
-    if family == "efficientnet_b0":
-        return efficientnet.EfficientNet(
-            0.25, 0.1, 32, dropout_rate=0.0, drop_connect_rate=0.0, **common
-        )
-    if family == "resnet50":
-
-        def stack_fn(x):
-            x = resnet.stack1(x, 16, 1, stride1=1, name="conv2")
-            x = resnet.stack1(x, 32, 1, name="conv3")
-            return resnet.stack1(x, 64, 1, name="conv4")
-
-        return resnet.ResNet(stack_fn, False, True, **common)
-    if family == "densenet121":
-        return densenet.DenseNet([1, 1, 1, 1], **common)
-    if family == "nasnet_mobile":
-        return nasnet.NASNet(
-            penultimate_filters=96,
-            num_blocks=1,
-            stem_block_filters=8,
-            skip_reduction=False,
-            **common,
-        )
-    if family == "convnext_tiny":
-        return convnext.ConvNeXt([1, 1, 1, 1], [16, 32, 64, 128], **common)
-    return None  # LSTM: tfmot has no QAT for it; keras-hub models have no tf_keras twin
-
-
 def _tfmot_fidelity(family, train, test):
     """tfmot on the tiny tf_keras twin, trained as the zoo test trains ours.
 
@@ -297,13 +259,14 @@ def _tfmot_fidelity(family, train, test):
     """
     import numpy as np
 
-    twin = _tiny_tf_keras_twin(family)
-    if twin is None:
+    from tfcompress import export, testing
+
+    # The LSTM (tfmot has no QAT for it) and keras-hub models have no tf_keras twin.
+    if family not in testing.ZOO_FAMILIES[:7]:
         return {"tfmot_tiny": "no twin"}
+    twin = testing.zoo_model(family, flavor="tf_keras")
     import tensorflow_model_optimization as tfmot
     import tf_keras
-
-    from tfcompress import export
 
     (x, y), (x_test, y_test) = train, test
     tf_keras.utils.set_random_seed(0)

@@ -284,6 +284,7 @@ def zoo_model(
     sequence_length: int = 16,
     vocabulary_size: int = 512,
     seed: int = 0,
+    flavor: str = "keras",
 ) -> Any:
     """A model of one zoo family, with random weights (nothing is downloaded).
 
@@ -316,15 +317,23 @@ def zoo_model(
         sequence_length: tokens per text input.
         vocabulary_size: token vocabulary of the text models.
         seed: weight initialisation seed.
+        flavor: `"keras"` (Keras 3), or `"tf_keras"` for the tf_keras twin of an
+            image family (same builder, same sizes), to compare with tfmot, which
+            runs on tf_keras only. The LSTM and keras-hub families have no twin.
 
     Returns:
-        A built `keras.Model` (functional, or a keras-hub task).
+        A built `keras.Model` (functional, or a keras-hub task); a `tf_keras.Model`
+        with `flavor="tf_keras"`.
 
     Example:
 
     >>> model = zoo_model("mobilenet_v2")
     >>> model.input_shape
     (None, 32, 32, 3)
+    >>> zoo_model("resnet50", flavor="tf_keras").count_params() == zoo_model(
+    ...     "resnet50"
+    ... ).count_params()
+    True
     """
     import keras
 
@@ -335,13 +344,21 @@ def zoo_model(
         )
     if size not in ("tiny", "full"):
         raise ValueError(f"size must be 'tiny' or 'full'. Received: size={size!r}")
+    if flavor not in ("keras", "tf_keras"):
+        raise ValueError(f"flavor must be 'keras' or 'tf_keras'. Received: flavor={flavor!r}")
+    twins = [f for f in _IMAGE_FAMILIES if f != "vit"]
+    if flavor == "tf_keras" and family not in twins:
+        raise ValueError(
+            f"Zoo family {family!r} has no tf_keras twin; the image families "
+            f"{tuple(twins)} have one. Received: flavor={flavor!r}"
+        )
     keras.utils.set_random_seed(seed)
     tiny = size == "tiny"
     if num_classes is None:
         num_classes = 10 if family in _IMAGE_FAMILIES else 2
     side = image_size or (32 if tiny else 224)
     if family in _IMAGE_FAMILIES and family != "vit":
-        return _application(family, tiny, (side, side, 3), num_classes)
+        return _application(family, tiny, (side, side, 3), num_classes, flavor)
     if family == "lstm":
         return _lstm_classifier(
             vocabulary_size if tiny else 20000, sequence_length, 32 if tiny else 128, num_classes
@@ -349,8 +366,19 @@ def zoo_model(
     return _hub_model(family, tiny, side, sequence_length, vocabulary_size, num_classes)
 
 
-def _application(family, tiny, input_shape, num_classes):
-    import keras
+def _application(family, tiny, input_shape, num_classes, flavor="keras"):
+    if flavor == "tf_keras":
+        import tf_keras as keras
+        from tf_keras.src.applications import convnext, densenet, efficientnet, nasnet, resnet
+
+        stack = resnet.stack1
+        named = {}  # tf_keras's builders take no `name`
+    else:
+        import keras
+        from keras.src.applications import convnext, densenet, efficientnet, nasnet, resnet
+
+        stack = resnet.stack_residual_blocks_v1
+        named = {"name": family.split("_")[0].rstrip("0123456789") + "_tiny"}
 
     common = dict(
         weights=None, input_shape=input_shape, classes=num_classes, classifier_activation=None
@@ -371,8 +399,6 @@ def _application(family, tiny, input_shape, num_classes):
     if family == "mobilenet_v3_small":
         return keras.applications.MobileNetV3Small(alpha=0.75, dropout_rate=0.0, **common)
     # The same builders keras.applications uses, with fewer and narrower blocks.
-    from keras.src.applications import convnext, densenet, efficientnet, nasnet, resnet
-
     if family == "efficientnet_b0":
         return efficientnet.EfficientNet(
             0.25,
@@ -380,29 +406,29 @@ def _application(family, tiny, input_shape, num_classes):
             input_shape[0],
             dropout_rate=0.0,
             drop_connect_rate=0.0,
-            name="efficientnet_tiny",
+            **named,
             **common,
         )
     if family == "resnet50":
 
         def stack_fn(x):
-            x = resnet.stack_residual_blocks_v1(x, 16, 1, stride1=1, name="conv2")
-            x = resnet.stack_residual_blocks_v1(x, 32, 1, name="conv3")
-            return resnet.stack_residual_blocks_v1(x, 64, 1, name="conv4")
+            x = stack(x, 16, 1, stride1=1, name="conv2")
+            x = stack(x, 32, 1, name="conv3")
+            return stack(x, 64, 1, name="conv4")
 
-        return resnet.ResNet(stack_fn, False, True, name="resnet_tiny", **common)
+        return resnet.ResNet(stack_fn, False, True, **named, **common)
     if family == "densenet121":
-        return densenet.DenseNet([1, 1, 1, 1], name="densenet_tiny", **common)
+        return densenet.DenseNet([1, 1, 1, 1], **named, **common)
     if family == "nasnet_mobile":
         return nasnet.NASNet(
             penultimate_filters=96,
             num_blocks=1,
             stem_block_filters=8,
             skip_reduction=False,
-            name="nasnet_tiny",
+            **named,
             **common,
         )
-    return convnext.ConvNeXt([1, 1, 1, 1], [16, 32, 64, 128], name="convnext_tiny", **common)
+    return convnext.ConvNeXt([1, 1, 1, 1], [16, 32, 64, 128], **named, **common)
 
 
 def _lstm_classifier(vocabulary_size, sequence_length, units, num_classes):

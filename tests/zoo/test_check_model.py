@@ -94,6 +94,21 @@ def test_zoo_model_rejects_unknown_family():
         testing.zoo_model("vgg")
     with pytest.raises(ValueError, match="Received: size='huge'"):
         testing.zoo_model("bert", size="huge")
+    with pytest.raises(ValueError, match="'bert' has no tf_keras twin.*flavor='tf_keras'"):
+        testing.zoo_model("bert", flavor="tf_keras")
+    with pytest.raises(ValueError, match="Received: flavor='jax'"):
+        testing.zoo_model("resnet50", flavor="jax")
+
+
+def test_tf_keras_twin_has_the_same_layers():
+    # benchmarks/zoo.py runs tfmot on these twins: same builder, same sizes.
+    ours, twin = (
+        testing.zoo_model("densenet121"),
+        testing.zoo_model("densenet121", flavor="tf_keras"),
+    )
+    assert type(twin).__module__.startswith("tf_keras")
+    assert twin.count_params() == ours.count_params()
+    assert [type(x).__name__ for x in twin.layers] == [type(x).__name__ for x in ours.layers]
 
 
 @pytest.mark.slow
