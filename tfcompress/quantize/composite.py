@@ -603,44 +603,29 @@ class QuantizeComposite(Wrapper):
                 self.activation_quantizers.append(q)
                 quantizer_for[f"{id(sub)}/{slot}"] = q
                 slot_names.append((f"{id(sub)}/{slot}", f"{sub_path}/{slot}"))
-            if kind in ("dense", "conv") and self.preserve_sparsity:
-                mask = self.add_weight(
-                    name=f"{sub_path.replace('/', '__')}__sparsity_mask",
-                    shape=tuple(sub.kernel.shape),
-                    initializer="ones",
-                    trainable=False,
-                )
-                self.sparsity_masks.append(mask)
-                mask_for[id(sub)] = mask
-            if kind in ("dense", "conv") and self.preserve_clusters:
-                ids = self.add_weight(
-                    name=f"{sub_path.replace('/', '__')}__cluster_ids",
-                    shape=tuple(sub.kernel.shape),
-                    dtype="int32",
-                    initializer="zeros",
-                    trainable=False,
-                )
-                self.cluster_ids.append(ids)
-                ids_for[id(sub)] = ids
-            if kind == "table" and self.preserve_sparsity:
-                mask = self.add_weight(
-                    name=f"{sub_path.replace('/', '__')}__table_sparsity_mask",
-                    shape=tuple(_table_of(sub).shape),
-                    initializer="ones",
-                    trainable=False,
-                )
-                self.sparsity_masks.append(mask)
-                mask_for[id(sub)] = mask
-            if kind == "table" and self.preserve_clusters:
-                ids = self.add_weight(
-                    name=f"{sub_path.replace('/', '__')}__table_cluster_ids",
-                    shape=tuple(_table_of(sub).shape),
-                    dtype="int32",
-                    initializer="zeros",
-                    trainable=False,
-                )
-                self.cluster_ids.append(ids)
-                ids_for[id(sub)] = ids
+            if kind in ("dense", "conv", "table"):
+                # A kernel or an embedding table: the same state, named apart.
+                weight, prefix = (_table_of(sub), "table_") if kind == "table" else (sub.kernel, "")
+                base = f"{sub_path.replace('/', '__')}__{prefix}"
+                if self.preserve_sparsity:
+                    mask = self.add_weight(
+                        name=f"{base}sparsity_mask",
+                        shape=tuple(weight.shape),
+                        initializer="ones",
+                        trainable=False,
+                    )
+                    self.sparsity_masks.append(mask)
+                    mask_for[id(sub)] = mask
+                if self.preserve_clusters:
+                    ids = self.add_weight(
+                        name=f"{base}cluster_ids",
+                        shape=tuple(weight.shape),
+                        dtype="int32",
+                        initializer="zeros",
+                        trainable=False,
+                    )
+                    self.cluster_ids.append(ids)
+                    ids_for[id(sub)] = ids
             sub.__class__ = _hooked_class(type(sub), kind)
             object.__setattr__(sub, _STATE, state)
         object.__setattr__(self, "_state", state)
