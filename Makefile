@@ -27,7 +27,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" $(XDIST)
 
-# Every BENCHMARKS.md section but the Model zoo, full mode (about 80 minutes on 2 cores).
+# Every BENCHMARKS.md section but the Model zoo, full mode (31 minutes on 2 idle cores).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 

@@ -124,7 +124,8 @@ def _write_summary(rows, pending, quick, seconds):
         "Which benchmarks ran in the last `python -m benchmarks"
         + (" --quick" if quick else "")
         + f"` run ({'quick' if quick else 'full'} mode), how long each took, and why any "
-        f"failed. The run is {done}: {seconds / 60:.0f} minutes so far.{zoo}\n\n"
+        f"failed. The run is {done}: {seconds / 60:.0f} minutes{' so far' if pending else ''}."
+        f"{zoo}\n\n"
         + _common.markdown_table(
             ["benchmark", "status", "seconds", "error"],
             rows
