@@ -31,14 +31,17 @@ def _randomize_batchnorm(model, seed=0):
             )
 
 
-def _file_outputs(path, x):
-    """The file's float output and its int8 step, run by LiteRT's builtin kernels."""
+def _file_outputs(path, x, xnnpack=False):
+    """The file's float output and its int8 step, run by LiteRT's builtin kernels.
+
+    With `xnnpack`, by the XNNPACK delegate (as `export.verify` runs files), whose
+    int8 MUL and ADD round once where the builtin kernels round twice.
+    """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     interpreter = Interpreter(
-        model_path=str(path),
-        num_threads=1,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        model_path=str(path), num_threads=1, experimental_op_resolver_type=resolver
     )
     interpreter.allocate_tensors()
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
@@ -53,9 +56,9 @@ def _file_outputs(path, x):
     return np.concatenate(ys), step
 
 
-def _off_by_a_step(qat, path, x):
+def _off_by_a_step(qat, path, x, xnnpack=False):
     """Share of output values where file and QAT model differ by half a step or more."""
-    actual, step = _file_outputs(path, x)
+    actual, step = _file_outputs(path, x, xnnpack)
     expected = qat.predict(x, verbose=0)
     return float(np.mean(np.abs(expected - actual) >= 0.5 * step))
 
@@ -137,6 +140,30 @@ def test_sigmoid_swish_and_tanh_round_onto_the_fixed_int8_grids(tmp_path):
     assert "QUANTIZE" not in {op.name for op in info.ops[1:]}, info.summary()
     assert qat.get_layer("quant_tanh").output_quantizer is None
     assert _off_by_a_step(qat, path, x[64:]) < 0.01  # 74% without the fixed grids
+
+
+def test_hard_swish_runs_as_int8_ops_xnnpack_takes(tmp_path):
+    # MobileNetV3: int8 HARD_SWISH has no XNNPACK kernel (75% of MobileNetV3Small's
+    # int8 time at 224), so hard swish is written as ADD(+3, RELU6 fused), MUL and
+    # MUL by 1/6, each ranged as the file rounds it; the converter must not fold
+    # them back into HARD_SWISH. A Conv2D's fused hard swish is split off the same way.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="hard_swish", name="conv")(inp)
+    x = L.Conv2D(8, 3, padding="same", name="conv2")(x)
+    out = L.Activation("hard_silu", name="hswish")(x)
+    model = keras.Model(inp, out, name="hard_swish_block")
+    x = np.random.default_rng(1).normal(0, 2, (96, 8, 8, 3)).astype("float32")
+
+    qat, path, info = _export(model, x, tmp_path)
+
+    assert "HARD_SWISH" not in info.op_histogram, info.summary()
+    assert info.op_histogram["ADD"] == 2 and info.op_histogram["MUL"] == 4
+    assert {op.name for op in info.ops[1:-1]} <= {"CONV_2D", "ADD", "MUL"}
+    # Under XNNPACK, which runs these ops; the builtin MUL rounds twice (5.5% off here).
+    assert _off_by_a_step(qat, path, x[64:], xnnpack=True) < 0.01
+    ops = export.profile(path, runs=2).ops
+    assert all(op.xnnpack for op in ops if op.name in ("ADD", "MUL")), ops
 
 
 def test_an_op_read_only_by_a_concatenate_rounds_onto_its_range(tmp_path):

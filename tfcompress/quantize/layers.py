@@ -180,6 +180,7 @@ class QuantizeWrapper(Wrapper):
         # Sigmoid / swish / tanh run as int8 LOGISTIC (+ MUL) / TANH, whose outputs sit
         # on a fixed grid: computed here on that grid, as the file computes them. A
         # sigmoid's or tanh's output range IS that grid (the converter drops any other).
+        # Hard swish is computed as int8 ADD/MUL ops (`_ops.hard_silu_on_int8_ops`).
         self._fixed_grid = _fixed_grid_activation(layer)
         self.output_quantizer = (
             ActivationQuantizer(ema_decay=ema_decay, name="output_quant", dtype=self.dtype_policy)
@@ -427,16 +428,18 @@ def _keep_table_clusters(w, ids, n):
 
 
 def _fixed_grid_activation(layer):
-    """The activation name of an `Activation` layer the int8 file runs on a fixed grid.
+    """The activation name of an `Activation` layer computed as the int8 file computes it.
 
-    `"sigmoid"`, `"silu"` (swish) or `"tanh"`; `None` for any other layer.
+    `"sigmoid"`, `"silu"` (swish) or `"tanh"` (on a fixed grid), `"hard_silu"`
+    (hard swish, as int8 ADD/MUL ops); `None` for any other layer.
     """
     activation = keras.layers.Activation
     if not isinstance(layer, activation) or type(layer).call is not activation.call:
         return None
     name = keras.activations.serialize(layer.activation)
-    name = {"swish": "silu"}.get(name, name) if isinstance(name, str) else None
-    return name if name in ("sigmoid", "silu", "tanh") else None
+    aliases = {"swish": "silu", "hard_swish": "hard_silu"}
+    name = aliases.get(name, name) if isinstance(name, str) else None
+    return name if name in ("sigmoid", "silu", "tanh", "hard_silu") else None
 
 
 def _call_arguments(layer):
