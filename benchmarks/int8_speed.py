@@ -160,6 +160,7 @@ def imagenet_cnn(name, folder, quick):
     build, scale = {
         "MobileNetV2": (keras.applications.MobileNetV2, (2.0, -1.0)),  # expects [-1, 1]
         "EfficientNetB0": (keras.applications.EfficientNetB0, (255.0, 0.0)),  # [0, 255]
+        "MobileNetV3Small": (keras.applications.MobileNetV3Small, (255.0, 0.0)),  # [0, 255]
     }[name]
     keras.utils.set_random_seed(0)
     model = build(weights=None, input_shape=(224, 224, 3), classes=10)
@@ -177,6 +178,15 @@ def imagenet_cnn(name, folder, quick):
             representative_data=images,
             max_calibration_samples=16 if quick else 32,
             **kwargs,
+        ).path
+    if name == "MobileNetV3Small":
+        # Post-training int8 keeps the converter's int8 HARD_SWISH, which XNNPACK does
+        # not run; our QAT model writes hard swish as int8 ADD/MUL ops it does run.
+        from tfcompress import quantize
+
+        qat = quantize.quantize_model(model, representative_data=images[:16])
+        paths["QAT int8 (hard swish as ADD/MUL)"] = export.to_tflite(
+            qat, os.path.join(folder, f"{name}_qat.tflite"), mode="int8", batch_size=1
         ).path
     return f"{name} (224x224, random weights)", paths, {}
 
@@ -266,6 +276,7 @@ MODELS = {
     "digits": digits_cnn,
     "mobilenet_v2": lambda folder, quick: imagenet_cnn("MobileNetV2", folder, quick),
     "efficientnet_b0": lambda folder, quick: imagenet_cnn("EfficientNetB0", folder, quick),
+    "mobilenet_v3_small": lambda folder, quick: imagenet_cnn("MobileNetV3Small", folder, quick),
 }
 
 
