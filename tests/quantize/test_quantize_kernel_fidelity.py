@@ -151,15 +151,20 @@ def test_hard_swish_runs_as_int8_ops_xnnpack_takes(tmp_path):
     inp = keras.Input((8, 8, 3))
     x = L.Conv2D(8, 3, padding="same", activation="hard_swish", name="conv")(inp)
     x = L.Conv2D(8, 3, padding="same", name="conv2")(x)
-    out = L.Activation("hard_silu", name="hswish")(x)
+    x = L.Activation("hard_silu", name="hswish")(x)
+    # A hard-sigmoid gate (squeeze-excite): int8 ADD and MUL on the fixed [0, 1] grid,
+    # where it was two float ops between QUANTIZE and DEQUANTIZE.
+    gate = L.Activation("hard_sigmoid", name="hsig")(L.Conv2D(8, 1, name="expand")(x))
+    out = L.Multiply(name="excite")([x, gate])
     model = keras.Model(inp, out, name="hard_swish_block")
     x = np.random.default_rng(1).normal(0, 2, (96, 8, 8, 3)).astype("float32")
 
     qat, path, info = _export(model, x, tmp_path)
 
     assert "HARD_SWISH" not in info.op_histogram, info.summary()
-    assert info.op_histogram["ADD"] == 2 and info.op_histogram["MUL"] == 4
-    assert {op.name for op in info.ops[1:-1]} <= {"CONV_2D", "ADD", "MUL"}
+    assert info.op_histogram["ADD"] == 3 and info.op_histogram["MUL"] == 6
+    assert {op.name for op in info.ops[1:-1]} <= {"CONV_2D", "ADD", "MUL"}, info.summary()
+    assert qat.get_layer("quant_hsig").output_quantizer is None
     # Under XNNPACK, which runs these ops; the builtin MUL rounds twice (5.5% off here).
     assert _off_by_a_step(qat, path, x[64:], xnnpack=True) < 0.01
     ops = export.profile(path, runs=2).ops

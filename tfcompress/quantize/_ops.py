@@ -120,18 +120,36 @@ def fake_quant_fixed_grid(y, kind):
 
 
 def fixed_grid_activation(x, name):
-    """`name` ("sigmoid", "silu", "tanh" or "hard_silu") of `x` as the int8 kernels compute it.
+    """`name` ("sigmoid", "silu", "tanh", "hard_sigmoid", "hard_silu") of `x` as int8 kernels do.
 
     Swish becomes LOGISTIC then MUL: `x * sigmoid(x)` with the sigmoid on its
     fixed grid (the product's range is the caller's output fake-quant).
     """
     if name == "hard_silu":
         return hard_silu_on_int8_ops(x)
+    if name == "hard_sigmoid":
+        return hard_sigmoid_on_int8_ops(x)
     x = tf.cast(x, "float32")
     if name == "tanh":
         return fake_quant_fixed_grid(tf.tanh(x), "tanh")
     gate = fake_quant_fixed_grid(tf.sigmoid(x), "sigmoid")
     return gate if name == "sigmoid" else x * gate
+
+
+def hard_sigmoid_on_int8_ops(x):
+    """Hard sigmoid, `relu6(x + 3) / 6`, as int8 ADD (RELU6 fused) and MUL by 1/6.
+
+    Each op gets a fixed grid: [0, 6] after the ADD, [0, 1] after the MUL (the
+    same 256 steps, so the MUL rounds nothing). Without these ranges the
+    converter keeps both ops in float between QUANTIZE and DEQUANTIZE.
+    """
+    x = tf.cast(x, "float32")
+    gate = tf.quantization.fake_quant_with_min_max_vars(
+        tf.nn.relu6(x + 3.0), 0.0, 6.0, num_bits=8, narrow_range=False
+    )
+    return tf.quantization.fake_quant_with_min_max_vars(
+        gate * (1.0 / 6.0), 0.0, 1.0, num_bits=8, narrow_range=False
+    )
 
 
 def hard_silu_on_int8_ops(x):
@@ -140,9 +158,9 @@ def hard_silu_on_int8_ops(x):
     TFLite's int8 HARD_SWISH has no XNNPACK kernel: on MobileNetV3Small at 224
     its reference kernel took 75% of the int8 file's time, making the file 2.3x
     slower than float32. Written with a range on each intermediate, the
-    converter keeps ADD (RELU6 fused) onto a fixed [0, 6] grid, MUL by 1/6 onto
-    [0, 1] (exact: the same 256 steps), and MUL by `x`, whose output range is the
-    caller's output fake-quant; all three are delegated.
+    converter keeps the hard sigmoid's ADD and MUL (`hard_sigmoid_on_int8_ops`)
+    and a MUL by `x`, whose output range is the caller's output fake-quant; all
+    three are delegated.
 
     Args:
         x: the input (already on its int8 grid).
@@ -150,13 +168,6 @@ def hard_silu_on_int8_ops(x):
     Returns:
         The hard swish of `x`, rounded where the int8 file rounds before its output.
     """
-    x = tf.cast(x, "float32")
-    gate = tf.quantization.fake_quant_with_min_max_vars(
-        tf.nn.relu6(x + 3.0), 0.0, 6.0, num_bits=8, narrow_range=False
-    )
-    gate = tf.quantization.fake_quant_with_min_max_vars(
-        gate * (1.0 / 6.0), 0.0, 1.0, num_bits=8, narrow_range=False
-    )
     # gate * x, not x * gate: the converter folds the ops back into HARD_SWISH when
     # they come in the order of its patterns, even with ranges between them.
-    return gate * x
+    return hard_sigmoid_on_int8_ops(x) * tf.cast(x, "float32")

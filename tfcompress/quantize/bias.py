@@ -31,8 +31,13 @@ if TYPE_CHECKING:
 
 _ATTR = "_tfcompress_input_grid"
 _AMBIGUOUS = "ambiguous"
-#: Output grids of int8 LOGISTIC and TANH (`(min, max)`), whatever range was asked for.
-_FIXED = {"sigmoid": (0.0, 255.0 / 256.0), "tanh": (-1.0, 127.0 / 128.0)}
+#: Output grids of int8 LOGISTIC and TANH (`(min, max)`), whatever range was asked for,
+#: and the [0, 1] range the QAT model gives a hard sigmoid.
+_FIXED = {
+    "sigmoid": (0.0, 255.0 / 256.0),
+    "tanh": (-1.0, 127.0 / 128.0),
+    "hard_sigmoid": (0.0, 1.0),
+}
 
 
 def record_input_grid(layer: keras.layers.Layer, inputs: Any, through_shared: bool = True) -> None:

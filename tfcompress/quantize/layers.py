@@ -180,11 +180,11 @@ class QuantizeWrapper(Wrapper):
         # Sigmoid / swish / tanh run as int8 LOGISTIC (+ MUL) / TANH, whose outputs sit
         # on a fixed grid: computed here on that grid, as the file computes them. A
         # sigmoid's or tanh's output range IS that grid (the converter drops any other).
-        # Hard swish is computed as int8 ADD/MUL ops (`_ops.hard_silu_on_int8_ops`).
+        # Hard sigmoid (grid [0, 1]) and hard swish are computed as int8 ADD/MUL ops.
         self._fixed_grid = _fixed_grid_activation(layer)
         self.output_quantizer = (
             ActivationQuantizer(ema_decay=ema_decay, name="output_quant", dtype=self.dtype_policy)
-            if quantize_output and self._fixed_grid not in ("sigmoid", "tanh")
+            if quantize_output and self._fixed_grid not in ("sigmoid", "tanh", "hard_sigmoid")
             else None
         )
         # keras-hub's ReversibleEmbedding also runs as the tied LM head (reverse=True):
@@ -430,8 +430,8 @@ def _keep_table_clusters(w, ids, n):
 def _fixed_grid_activation(layer):
     """The activation name of an `Activation` layer computed as the int8 file computes it.
 
-    `"sigmoid"`, `"silu"` (swish) or `"tanh"` (on a fixed grid), `"hard_silu"`
-    (hard swish, as int8 ADD/MUL ops); `None` for any other layer.
+    `"sigmoid"`, `"silu"` (swish), `"tanh"` or `"hard_sigmoid"` (on a fixed grid),
+    `"hard_silu"` (hard swish, as int8 ADD/MUL ops); `None` for any other layer.
     """
     activation = keras.layers.Activation
     if not isinstance(layer, activation) or type(layer).call is not activation.call:
@@ -439,7 +439,8 @@ def _fixed_grid_activation(layer):
     name = keras.activations.serialize(layer.activation)
     aliases = {"swish": "silu", "hard_swish": "hard_silu"}
     name = aliases.get(name, name) if isinstance(name, str) else None
-    return name if name in ("sigmoid", "silu", "tanh", "hard_silu") else None
+    fixed = ("sigmoid", "silu", "tanh", "hard_sigmoid", "hard_silu")
+    return name if name in fixed else None
 
 
 def _call_arguments(layer):
