@@ -108,12 +108,17 @@ def fake_quant_activation(x, min_value, max_value, num_bits=8):
 # TFLite's int8 LOGISTIC and TANH write a fixed output grid, whatever range the model
 # asked for: sigmoid on steps of 1/256 from 0 (zero point -128), tanh on steps of 1/128
 # around 0. Their lookup tables round the exact value to the nearest step.
-_FIXED_GRIDS = {"sigmoid": (0.0, 255.0 / 256.0), "tanh": (-1.0, 127.0 / 128.0)}
+# A hard sigmoid is given [0, 1] (`hard_sigmoid_on_int8_ops`).
+FIXED_GRIDS = {
+    "sigmoid": (0.0, 255.0 / 256.0),
+    "tanh": (-1.0, 127.0 / 128.0),
+    "hard_sigmoid": (0.0, 1.0),
+}
 
 
 def fake_quant_fixed_grid(y, kind):
-    """Fake-quantize a sigmoid (`kind="sigmoid"`) or tanh output onto TFLite's int8 grid."""
-    lo, hi = _FIXED_GRIDS[kind]
+    """Fake-quantize onto a fixed int8 grid: `kind` is a key of `FIXED_GRIDS`."""
+    lo, hi = FIXED_GRIDS[kind]
     return tf.quantization.fake_quant_with_min_max_vars(
         y, tf.constant(lo), tf.constant(hi), num_bits=8, narrow_range=False
     )
@@ -147,9 +152,7 @@ def hard_sigmoid_on_int8_ops(x):
     gate = tf.quantization.fake_quant_with_min_max_vars(
         tf.nn.relu6(x + 3.0), 0.0, 6.0, num_bits=8, narrow_range=False
     )
-    return tf.quantization.fake_quant_with_min_max_vars(
-        gate * (1.0 / 6.0), 0.0, 1.0, num_bits=8, narrow_range=False
-    )
+    return fake_quant_fixed_grid(gate * (1.0 / 6.0), "hard_sigmoid")
 
 
 def hard_silu_on_int8_ops(x):

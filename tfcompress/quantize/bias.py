@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import keras
 import tensorflow as tf
 
+from tfcompress.quantize import _ops
+
 if TYPE_CHECKING:
     from tfcompress.quantize.layers import ActivationQuantizer
 
@@ -33,11 +35,7 @@ _ATTR = "_tfcompress_input_grid"
 _AMBIGUOUS = "ambiguous"
 #: Output grids of int8 LOGISTIC and TANH (`(min, max)`), whatever range was asked for,
 #: and the [0, 1] range the QAT model gives a hard sigmoid.
-_FIXED = {
-    "sigmoid": (0.0, 255.0 / 256.0),
-    "tanh": (-1.0, 127.0 / 128.0),
-    "hard_sigmoid": (0.0, 1.0),
-}
+_FIXED = _ops.FIXED_GRIDS
 
 
 def record_input_grid(layer: keras.layers.Layer, inputs: Any, through_shared: bool = True) -> None:
