@@ -31,7 +31,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
-# The Model zoo section at real size, full mode (8-14 minutes a family, 13 families).
+# The Model zoo section at real size, full mode (6-25 minutes a family, 13 families).
 bench-zoo: $(STAMP)
 	$(BIN)/python -m benchmarks.zoo
 

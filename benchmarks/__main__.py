@@ -37,7 +37,7 @@ BENCHMARKS = {
 }
 
 #: What `python -m benchmarks` (`make bench`) runs without `--only`: everything but the
-#: zoo. The zoo at real size takes 8-14 minutes a family on 2 cores (over 2 hours for
+#: zoo. The zoo at real size takes 6-25 minutes a family on 2 cores (over 2 hours for
 #: its 13 families), more than the rest together, so it has its own command,
 #: `make bench-zoo` (`python -m benchmarks.zoo`), and its rows say which mode wrote them.
 DEFAULT = [name for name in BENCHMARKS if name != "zoo"]

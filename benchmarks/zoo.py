@@ -262,7 +262,7 @@ def _tfmot_fidelity(family, train, test):
     from tfcompress import export, testing
 
     # The LSTM (tfmot has no QAT for it) and keras-hub models have no tf_keras twin.
-    if family not in testing.ZOO_FAMILIES[:7]:
+    if family not in testing.APPLICATION_FAMILIES:
         return {"tfmot_tiny": "no twin"}
     twin = testing.zoo_model(family, flavor="tf_keras")
     import tensorflow_model_optimization as tfmot

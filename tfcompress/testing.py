@@ -273,7 +273,11 @@ ZOO_FAMILIES = (
     "vit",
 )
 
-_IMAGE_FAMILIES = ZOO_FAMILIES[:7] + ("vit",)
+#: The keras.applications families of `ZOO_FAMILIES`; each has a tf_keras twin
+#: (`zoo_model(family, flavor="tf_keras")`).
+APPLICATION_FAMILIES = ZOO_FAMILIES[:7]
+
+_IMAGE_FAMILIES = APPLICATION_FAMILIES + ("vit",)
 
 
 def zoo_model(
@@ -346,18 +350,17 @@ def zoo_model(
         raise ValueError(f"size must be 'tiny' or 'full'. Received: size={size!r}")
     if flavor not in ("keras", "tf_keras"):
         raise ValueError(f"flavor must be 'keras' or 'tf_keras'. Received: flavor={flavor!r}")
-    twins = [f for f in _IMAGE_FAMILIES if f != "vit"]
-    if flavor == "tf_keras" and family not in twins:
+    if flavor == "tf_keras" and family not in APPLICATION_FAMILIES:
         raise ValueError(
             f"Zoo family {family!r} has no tf_keras twin; the image families "
-            f"{tuple(twins)} have one. Received: flavor={flavor!r}"
+            f"{APPLICATION_FAMILIES} have one. Received: flavor={flavor!r}"
         )
     keras.utils.set_random_seed(seed)
     tiny = size == "tiny"
     if num_classes is None:
         num_classes = 10 if family in _IMAGE_FAMILIES else 2
     side = image_size or (32 if tiny else 224)
-    if family in _IMAGE_FAMILIES and family != "vit":
+    if family in APPLICATION_FAMILIES:
         return _application(family, tiny, (side, side, 3), num_classes, flavor)
     if family == "lstm":
         return _lstm_classifier(

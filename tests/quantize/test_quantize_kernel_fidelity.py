@@ -144,8 +144,8 @@ def test_sigmoid_swish_and_tanh_round_onto_the_fixed_int8_grids(tmp_path):
 
 def test_hard_swish_runs_as_int8_ops_xnnpack_takes(tmp_path):
     # MobileNetV3: int8 HARD_SWISH has no XNNPACK kernel (75% of MobileNetV3Small's
-    # int8 time at 224), so hard swish is written as ADD(+3, RELU6 fused), MUL and
-    # MUL by 1/6, each ranged as the file rounds it; the converter must not fold
+    # int8 time at 224), so hard swish is written as ADD(+3, RELU6 fused), MUL by 1/6
+    # and MUL by x, each ranged as the file rounds it; the converter must not fold
     # them back into HARD_SWISH. A Conv2D's fused hard swish is split off the same way.
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 3))

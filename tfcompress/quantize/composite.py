@@ -113,6 +113,11 @@ def _table_of(layer):
     return table if table is not None else layer.position_embeddings
 
 
+def _weight_of(layer, kind):
+    """The weight PQAT masks and CQAT clusters: a table's, else the kernel."""
+    return _table_of(layer) if kind == "table" else layer.kernel
+
+
 _SLOTS = {
     "dense": ("input", "output"),
     "attention": ("query_scaled", "key", "value", "scores", "probs", "context"),
@@ -605,8 +610,8 @@ class QuantizeComposite(Wrapper):
                 slot_names.append((f"{id(sub)}/{slot}", f"{sub_path}/{slot}"))
             if kind in ("dense", "conv", "table"):
                 # A kernel or an embedding table: the same state, named apart.
-                weight, prefix = (_table_of(sub), "table_") if kind == "table" else (sub.kernel, "")
-                base = f"{sub_path.replace('/', '__')}__{prefix}"
+                weight = _weight_of(sub, kind)
+                base = f"{sub_path.replace('/', '__')}__{'table_' if kind == 'table' else ''}"
                 if self.preserve_sparsity:
                     mask = self.add_weight(
                         name=f"{base}sparsity_mask",
@@ -748,9 +753,7 @@ class QuantizeComposite(Wrapper):
         for sub, kind in self._targets:
             ids = self._ids_for.get(id(sub))
             if ids is not None:
-                weight = keras.ops.convert_to_numpy(
-                    _table_of(sub) if kind == "table" else sub.kernel
-                )
+                weight = keras.ops.convert_to_numpy(_weight_of(sub, kind))
                 values, inverse = np.unique(weight, return_inverse=True)
                 inverse = inverse.reshape(weight.shape).astype("int32")
                 if kind == "table" and len(values) > self.preserve_clusters:
@@ -762,7 +765,7 @@ class QuantizeComposite(Wrapper):
         for sub, kind in self._targets:
             mask = self._mask_for.get(id(sub))
             if mask is not None:
-                weight = _table_of(sub) if kind == "table" else sub.kernel
+                weight = _weight_of(sub, kind)
                 mask.assign((keras.ops.convert_to_numpy(weight) != 0).astype("float32"))
 
     def get_config(self):

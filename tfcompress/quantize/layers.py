@@ -184,7 +184,7 @@ class QuantizeWrapper(Wrapper):
         self._fixed_grid = _fixed_grid_activation(layer)
         self.output_quantizer = (
             ActivationQuantizer(ema_decay=ema_decay, name="output_quant", dtype=self.dtype_policy)
-            if quantize_output and self._fixed_grid not in ("sigmoid", "tanh", "hard_sigmoid")
+            if quantize_output and self._fixed_grid not in _ops.FIXED_GRIDS
             else None
         )
         # keras-hub's ReversibleEmbedding also runs as the tied LM head (reverse=True):
