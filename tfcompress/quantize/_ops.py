@@ -116,6 +116,101 @@ FIXED_GRIDS = {
 }
 
 
+def nudged_grid(min_value, max_value):
+    """`(scale, zero point)` of the int8 grid a fake-quant over `[min, max]` rounds onto.
+
+    As TensorFlow's FakeQuant kernel nudges the range (and the converter reads
+    it): the zero point is an integer, so the range moves to put 0.0 on the
+    grid. The zero point is in int8 terms (stored value of 0.0).
+    """
+    max_value = tf.maximum(max_value, min_value + 1e-6)
+    scale = (max_value - min_value) / 255.0
+    from_min = -min_value / scale
+    nudged = tf.clip_by_value(tf.floor(from_min + 0.5), 0.0, 255.0)  # std::round
+    return scale, nudged - 128.0
+
+
+def in_saved_model_trace():
+    """Whether the model is being traced into a SavedModel, or a `.tflite` through one.
+
+    `tf.lite.TFLiteConverter.from_keras_model`, `model.export` and
+    `tf.saved_model.save` all trace the graph they write inside TensorFlow's
+    save context (measured on TF 2.21): a layer can then leave out what only
+    emulates an int8 kernel, which the kernel does by itself.
+    """
+    try:
+        from tensorflow.python.saved_model import save_context
+    except ImportError:  # a TensorFlow without it: always emulate
+        return False
+    return bool(save_context.in_save_context())
+
+
+def average_pool_int8(pool, x, min_value, max_value):
+    """What int8 AVERAGE_POOL_2D computes from `x`, a tensor on the grid of `[min, max]`.
+
+    The kernel keeps its input's scale and zero point, sums the stored int8
+    values of each window (padding excluded) and divides by the window's count
+    rounding half away from zero: `sign(s) * ((|s| + n // 2) // n)`. A
+    fake-quant of the float average rounds ties up instead, which below the
+    zero point is a step apart.
+
+    Args:
+        pool: the Keras `AveragePooling1D` or `AveragePooling2D` layer.
+        x: its input, on the grid.
+        min_value: the grid's range minimum (a scalar tensor).
+        max_value: its maximum.
+
+    Returns:
+        The pooled tensor, as the file's kernel would compute it (float).
+    """
+    scale, zero = nudged_grid(min_value, max_value)
+    stored = tf.round(x / scale) + zero
+    counts = _window_counts(pool, x)
+    total = tf.round(pool(stored) * counts)  # exact: sums of at most a few hundred int8
+    half = tf.floor(counts / 2.0)
+    # + 0.5 keeps the integer quotient exact when the graph divides as multiply by a
+    # reciprocal (Grappler does): the true quotient is never within 0.5 / n of the next.
+    average = tf.sign(total) * tf.floor((tf.abs(total) + half + 0.5) / counts)
+    return (tf.clip_by_value(average, -128.0, 127.0) - zero) * scale
+
+
+def requantize_xnnpack(x, in_min, in_max, out_min, out_max):
+    """`x`, on the grid of `[in_min, in_max]`, moved onto the grid of `[out_min, out_max]`
+    as XNNPACK's int8 QUANTIZE (requantize) does.
+
+    XNNPACK multiplies by the scale ratio in steps of 1/256
+    (`M = lrint(256 * in_scale / out_scale)`, then `(q * M + 128) >> 8`), so a
+    ratio of 0.2504 is 0.25 and a fifth of the values can land a step from
+    where a fake-quant of `x` rounds them. Ratios outside [2**-8, 2**7] are
+    left to LiteRT's builtin kernel, which a fake-quant matches: `x` is
+    returned unchanged there.
+    """
+    in_scale, in_zero = nudged_grid(in_min, in_max)
+    out_scale, out_zero = nudged_grid(out_min, out_max)
+    ratio = in_scale / out_scale
+    multiplier = tf.round(256.0 * ratio)  # lrintf: half to even, as tf.round
+    stored = tf.round(x / in_scale)  # minus the input zero point
+    # Exact in float32: |stored| <= 255 and multiplier <= 2**15.
+    moved = tf.floor((stored * multiplier + 128.0) / 256.0) + out_zero
+    y = (tf.clip_by_value(moved, -128.0, 127.0) - out_zero) * out_scale
+    return tf.where((ratio >= 2.0**-8) & (ratio <= 2.0**7), y, x)
+
+
+def _window_counts(pool, x):
+    """How many input values each output of `pool` averages (padding excluded)."""
+    rank = len(x.shape) - 2
+    first = getattr(pool, "data_format", "channels_last") == "channels_first"
+    spatial = tf.shape(x)[2:] if first else tf.shape(x)[1:-1]
+    ones = tf.ones(tf.concat([[1], spatial, [1]], 0), x.dtype)
+    window = tf.ones(list(pool.pool_size) + [1, 1], x.dtype)
+    counts = tf.nn.convolution(
+        ones, window, strides=list(pool.strides), padding=pool.padding.upper()
+    )
+    if first:
+        counts = tf.transpose(counts, [0, rank + 1] + list(range(1, rank + 1)))
+    return counts
+
+
 def fake_quant_fixed_grid(y, kind):
     """Fake-quantize onto a fixed int8 grid: `kind` is a key of `FIXED_GRIDS`."""
     lo, hi = FIXED_GRIDS[kind]

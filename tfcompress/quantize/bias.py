@@ -32,37 +32,61 @@ if TYPE_CHECKING:
     from tfcompress.quantize.layers import ActivationQuantizer
 
 _ATTR = "_tfcompress_input_grid"
+_ATTR_MANY = "_tfcompress_input_grids"
 _AMBIGUOUS = "ambiguous"
 #: Output grids of int8 LOGISTIC and TANH (`(min, max)`), whatever range was asked for,
 #: and the [0, 1] range the QAT model gives a hard sigmoid.
 _FIXED = _ops.FIXED_GRIDS
 
 
-def record_input_grid(layer: keras.layers.Layer, inputs: Any, through_shared: bool = True) -> None:
+def record_input_grid(layer: keras.layers.Layer, inputs: Any) -> None:
     """Remember which range quantizes `layer`'s input (called on symbolic inputs).
 
     Args:
         layer: a QAT wrapper with a bias to round.
         inputs: what the layer was called on; only a single `KerasTensor`
             is followed (anything else records nothing).
-        through_shared: follow scale-keeping layers (MaxPooling2D, Reshape, ...)
-            back to the range even when their output has other consumers.
-            `False` for a layer that fake-quantizes its own output: the
-            converter would move that fake-quant onto the shared tensor's edge
-            and leave the other consumers in float.
     """
     if not isinstance(inputs, keras.KerasTensor):
         return
-    grid = _grid_of(inputs, through_shared=through_shared)
+    grid = _grid_of(inputs)
     previous = layer.__dict__.get(_ATTR)
     if previous is not None and previous is not grid:
         grid = _AMBIGUOUS  # a shared layer called on two grids: no rounding
     object.__setattr__(layer, _ATTR, grid)
 
 
+def record_input_grids(layer: keras.layers.Layer, inputs: Any) -> None:
+    """Remember which range quantizes each of `layer`'s inputs (a list of tensors).
+
+    As `record_input_grid`, for a layer called on several tensors (a
+    Concatenate); read back with `input_ranges`.
+    """
+    if not isinstance(inputs, (list, tuple)):
+        return
+    grids = tuple(_grid_of(t) if isinstance(t, keras.KerasTensor) else None for t in inputs)
+    previous = layer.__dict__.get(_ATTR_MANY)
+    if previous is not None and (
+        len(previous) != len(grids) or any(a is not b for a, b in zip(previous, grids))
+    ):
+        grids = (None,) * len(grids)  # a shared layer called on other grids: nothing known
+    object.__setattr__(layer, _ATTR_MANY, grids)
+
+
+def input_ranges(layer: keras.layers.Layer) -> tuple | None:
+    """`(min, max)` (or `None`) of each input recorded by `record_input_grids`."""
+    grids = layer.__dict__.get(_ATTR_MANY)
+    if grids is None:
+        return None
+    return tuple(_range_of(grid) for grid in grids)
+
+
 def input_range(layer: keras.layers.Layer) -> tuple[tf.Tensor, tf.Tensor] | None:
     """`(min, max)` of the range `layer`'s int8 input was quantized in; `None` if unknown."""
-    grid = layer.__dict__.get(_ATTR)
+    return _range_of(layer.__dict__.get(_ATTR))
+
+
+def _range_of(grid):
     if grid is None or isinstance(grid, str):
         return None
     if isinstance(grid, tuple):
@@ -153,7 +177,7 @@ def _float_kernel(wrapper):
     return kernel * wrapper.sparsity_mask if wrapper.preserve_sparsity else kernel
 
 
-def _grid_of(tensor, depth=0, through_shared=True):
+def _grid_of(tensor, depth=0):
     """The quantizer (or fixed grid) whose range the int8 `tensor` carries, or `None`."""
     history = getattr(tensor, "_keras_history", None)
     if history is None or depth > 64:
@@ -169,13 +193,11 @@ def _grid_of(tensor, depth=0, through_shared=True):
         return _FIXED[fixed]
     if not _keeps_scale(op):
         return None
-    if not through_shared and len(getattr(op, "_outbound_nodes", [])) > 1:
-        return None
     nodes = getattr(op, "_inbound_nodes", [])
     if history.node_index >= len(nodes):
         return None
     inputs = [t for t in nodes[history.node_index].input_tensors if _is_float(t)]
-    return _grid_of(inputs[0], depth + 1, through_shared) if len(inputs) == 1 else None
+    return _grid_of(inputs[0], depth + 1) if len(inputs) == 1 else None
 
 
 def _is_quantizer(obj):

@@ -300,6 +300,8 @@ class QuantizeWrapper(Wrapper):
             if self._fixed_grid is not None:
                 y = _ops.fixed_grid_activation(inputs, self._fixed_grid)
                 return self.quantize_output_of(tf.cast(y, inputs.dtype), training)
+            if self._requantizes_inputs and not training:
+                inputs = _requantized_inputs(self, inputs)
             return self.quantize_output_of(self._call_masked(inputs, kwargs), training)
         kernel = getattr(self.layer, self.kernel_attr)
         with _ops.training_kernels(training):
@@ -395,11 +397,22 @@ class QuantizeWrapper(Wrapper):
         outputs = self.quantize_output_of(outputs, training)
         return outputs if restore is None else tf.reshape(outputs, restore)
 
+    @property
+    def _requantizes_inputs(self) -> bool:
+        # int8 CONCATENATION keeps one scale: the converter requantizes each input
+        # that has a range of its own (a QUANTIZE op in the file).
+        return isinstance(self.layer, keras.layers.Concatenate) and (
+            self.output_quantizer is not None
+        )
+
     def compute_output_spec(self, *args, **kwargs):
-        if self.weight_scheme is not None and args:
+        if args and (self.weight_scheme is not None or self._requantizes_inputs):
             from tfcompress.quantize import bias
 
-            bias.record_input_grid(self, args[0])
+            if self._requantizes_inputs:
+                bias.record_input_grids(self, args[0])
+            else:
+                bias.record_input_grid(self, args[0])
         kwargs.pop("training", None)
         if not self.layer._call_has_mask_arg:
             kwargs.pop("mask", None)
@@ -417,6 +430,41 @@ class QuantizeWrapper(Wrapper):
             preserve_clusters=self.preserve_clusters,
         )
         return config
+
+
+def _requantized_inputs(wrapper, inputs):
+    """Each input with a range of its own, moved onto the Concatenate's grid as the file does.
+
+    The file's QUANTIZE op runs in XNNPACK, which rounds by its own rule
+    (`_ops.requantize_xnnpack`); an input without a range of its own (its
+    producer writes straight onto the Concatenate's grid) is rounded by the
+    output fake-quant, as before. Left out where the graph is traced for the
+    converter, which makes that QUANTIZE op itself.
+    """
+    from tfcompress.quantize import bias
+
+    ranges = bias.input_ranges(wrapper)
+    quantizer = wrapper.output_quantizer
+    if (
+        ranges is None
+        or not isinstance(inputs, (list, tuple))
+        or len(ranges) != len(inputs)
+        or quantizer._collector is not None  # calibrating
+        or _ops.in_saved_model_trace()
+    ):
+        return inputs
+    lo = tf.cast(quantizer.range_min, "float32")
+    hi = tf.cast(quantizer.range_max, "float32")
+    moved = []
+    for x, grid in zip(inputs, ranges):
+        if grid is None:
+            moved.append(x)
+            continue
+        xf = tf.cast(x, "float32")
+        y = _ops.requantize_xnnpack(xf, grid[0], grid[1], lo, hi)
+        # Ranges not measured yet (min == max == 0): unchanged.
+        moved.append(tf.cast(tf.where((hi > lo) & (grid[1] > grid[0]), y, xf), x.dtype))
+    return moved
 
 
 def _keep_table_clusters(w, ids, n):

@@ -4,16 +4,18 @@ TFLite's int8 AVERAGE_POOL_2D keeps its input's scale and zero point, and
 rounds each average onto that grid. A float average of grid values is off
 the grid by up to half a step; NASNet's cells average-pool and add, so that
 half step reached the output on every cell. `QuantizeAveragePooling` computes
-the float average and fake-quantizes it within the range that made its input
-(found as for the int32 bias, `bias.record_input_grid`), so the QAT model
-rounds where the file does. No range of its own: the converter would add a
-requantize after the pooling.
-
-Not mirrored: ties. The kernel averages the stored int8 values (zero point
+what the kernel computes, in the range that made its input (found as for
+the int32 bias, `bias.record_input_grid`), so the QAT model rounds where the
+file does, ties included: the kernel sums the stored int8 values (zero point
 included) and rounds an exact half away from zero, so below the zero point a
-window of 2, 4 or 6 values rounds down where fake-quant rounds up (up to 12%
-of one NASNet pooling's values, at borders). Computing that in the QAT model
-takes ops the converter leaves in float around the AVERAGE_POOL_2D.
+window of 2, 4 or 6 values rounds down where a fake-quant of the float average
+rounds up (up to 12% of one NASNet pooling's values, at borders).
+
+Those ops exist only to emulate the kernel: traced into a SavedModel or a
+`.tflite` (`_ops.in_saved_model_trace`), the layer is the plain pooling, which
+the converter makes an int8 AVERAGE_POOL_2D on its input's grid. A fake-quant
+there instead would add a requantize, or, on a tensor shared with a
+MaxPooling2D and convs (InceptionV3), leave those convs in float.
 """
 
 from __future__ import annotations
@@ -60,16 +62,18 @@ class QuantizeAveragePooling(Wrapper):
     def call(self, inputs, training=None):
         y = self.layer(inputs)
         grid = bias.input_range(self)
-        if grid is None:
+        if grid is None or _ops.in_saved_model_trace():
             return y
         lo, hi = grid
-        rounded = tf.cast(_ops.fake_quant_activation(tf.cast(y, "float32"), lo, hi), y.dtype)
+        x = tf.cast(inputs, "float32")
+        exact = tf.cast(_ops.average_pool_int8(self.layer, x, lo, hi), y.dtype)
+        rounded = y + tf.stop_gradient(exact - y)  # the float average's gradient
         # Before any range was measured (lo == hi == 0) the average passes unrounded.
         return tf.where(hi > lo, rounded, y)
 
     def compute_output_spec(self, *args, **kwargs):
         if args:
-            bias.record_input_grid(self, args[0], through_shared=False)
+            bias.record_input_grid(self, args[0])
         kwargs.pop("training", None)
         return self.layer.compute_output_spec(*args, **kwargs)
 

@@ -76,6 +76,10 @@ class _Plan:
     rounds_onto: keras.layers.Layer | None = None
     reason: str = ""
     role: Any = None  # the tfcompress.quantize.roles.Role that carries it out
+    # The first of the layers computing the same thing on the same tensor (this one
+    # included): the QAT model computes it once, as TensorFlow merges the ops before
+    # conversion.
+    twin_of: str | None = None
 
     def __post_init__(self) -> None:
         if self.role is None:
@@ -477,11 +481,6 @@ def _producer(tensor):
 
 def _plan(model, config, only_annotated):
     model_nodes = _nodes_of(model)
-    consumers = collections.Counter()
-    for layer in model.layers:
-        for node in _inbound(layer, model_nodes):
-            for t in node.input_tensors:
-                consumers[id(_producer(t))] += 1
     annotations = {layer.name: annotate.annotation_of(layer) for layer in model.layers}
     skip = set(config.skip_layers)
     unknown = skip - {layer.name for layer in model.layers}
@@ -495,19 +494,86 @@ def _plan(model, config, only_annotated):
         layer.name: _plan_layer(layer, model, config, only_annotated, skip, annotations[layer.name])
         for layer in model.layers
     }
+    first_twin = _twins(model, plans, model_nodes)
+
+    def producer(tensor):
+        layer = _producer(tensor)
+        return first_twin.get(id(layer), layer)
+
+    consumers = collections.Counter()
+    for layer in model.layers:
+        if id(layer) in first_twin:  # computed by its first twin: its inputs are read once
+            continue
+        for node in _inbound(layer, model_nodes):
+            for t in node.input_tensors:
+                consumers[id(producer(t))] += 1
     if config.fold_batchnorm:
         batchnorm.plan_folds(
             model,
             plans,
             lambda layer: _inbound(layer, model_nodes),
-            _producer,
+            producer,
             consumers,
             config.freeze_bn_delay,
         )
     fusion.plan_single_rounding(
-        model, plans, lambda layer: _inbound(layer, model_nodes), _producer, consumers
+        model, plans, lambda layer: _inbound(layer, model_nodes), producer, consumers
     )
+    for layer in model.layers:
+        if id(layer) in first_twin:
+            first = first_twin[id(layer)]
+            plans[layer.name].twin_of = plans[first.name].twin_of = first.name
     return plans
+
+
+def _twins(model, plans, model_nodes):
+    """`{id(layer): the earlier layer}` for each layer that repeats another one's computation.
+
+    NASNet starts every separable block with its own `Activation("relu")`, so
+    one tensor feeds three identical ReLUs. TensorFlow merges identical ops
+    before the converter sees them: the file has one RELU (fused into the op
+    before it, which then rounds once) on one grid, read by all three blocks.
+    The QAT model computes such twins once too: same class and config, no
+    weights, an output range as their role, called once on the same tensors.
+    """
+    import json
+
+    import keras
+
+    outputs = {id(t) for t in model.outputs}
+    first: dict[tuple, Any] = {}
+    twins = {}
+    for layer in model.layers:
+        nodes = _inbound(layer, model_nodes)
+        if (
+            plans[layer.name].action != "output"
+            or layer.weights
+            or len(nodes) != 1
+            or len(layer._inbound_nodes) != 1
+            or any(id(t) in outputs for t in nodes[0].output_tensors)
+        ):
+            continue
+        config = {k: v for k, v in layer.get_config().items() if k != "name"}
+        try:
+            key = (
+                type(layer),
+                json.dumps(config, sort_keys=True, default=repr),
+                tuple(id(t) for t in nodes[0].input_tensors),
+                repr(
+                    sorted(
+                        (k, v)
+                        for k, v in nodes[0].arguments.kwargs.items()
+                        if not isinstance(v, keras.KerasTensor)
+                    )
+                ),
+            )
+        except (TypeError, ValueError):  # a config or argument with no stable text
+            continue
+        if key in first:
+            twins[id(layer)] = first[key]
+        else:
+            first[key] = layer
+    return twins
 
 
 def _plan_layer(layer, model, config, only_annotated, skip, note):
@@ -571,6 +637,8 @@ class _CloneContext:
         self.quantized: set[int] = set()  # ids of KerasTensors that carry a fake-quant range
         self.input_quant: dict[int, keras.KerasTensor] = {}  # id(tensor) -> quantized tensor
         self.used_names = {layer.name for layer in model.layers}
+        # The first of a group of twins (see `_twins`) -> the output they share.
+        self.twin_outputs: dict[str, Any] = {}
 
     def unique(self, name: str) -> str:
         base, i = name, 1
@@ -683,7 +751,11 @@ def _clone(model, plans, config, shared):
         if original is None:  # not cloned by us (cannot happen for layers of the model)
             return new_layer(*args, **kwargs)
         plan = plans[original.name]
-        return plan.role.call(new_layer, args, kwargs, ctx)
+        if plan.twin_of is None:
+            return plan.role.call(new_layer, args, kwargs, ctx)
+        if plan.twin_of not in ctx.twin_outputs:  # the twin called first computes
+            ctx.twin_outputs[plan.twin_of] = plan.role.call(new_layer, args, kwargs, ctx)
+        return ctx.twin_outputs[plan.twin_of]
 
     qat = keras.models.clone_model(
         model, clone_function=clone_function, call_function=call_function
