@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from tfcompress import export, quantize
+from tfcompress.quantize import _ops, bias
 from tfcompress.quantize.batchnorm import FoldedBatchNormWrapper, QuantizeBatchNorm
 from tfcompress.quantize.layers import QuantizeWrapper
 
@@ -174,7 +175,7 @@ def test_hard_swish_runs_as_int8_ops_xnnpack_takes(tmp_path):
 def test_an_op_read_only_by_a_concatenate_rounds_onto_its_range(tmp_path):
     # NASNet / DenseNet cells: int8 CONCATENATION keeps one scale, and the converter
     # writes a single-use input (the ADD) straight onto it; an input used elsewhere
-    # too ("c", also pooled) keeps its own range and gets a QUANTIZE op.
+    # too ("c", also pooled) keeps its own range and gets a QUANTIZE op (next test).
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 3))
     a = L.Conv2D(8, 3, padding="same", name="a")(inp)
@@ -215,3 +216,111 @@ def test_average_pool_after_a_shared_max_pool_keeps_its_siblings_int8(tmp_path):
     assert all(op.compute_dtype == "int8" for op in compute), [
         (op.name, op.compute_dtype) for op in compute
     ]
+
+
+def test_a_concatenate_input_with_its_own_range_is_requantized_as_xnnpack_does(tmp_path):
+    # "s" feeds an Add too, so it keeps its range and the file requantizes it onto the
+    # Concatenate's grid with a QUANTIZE op. XNNPACK multiplies by the scale ratio in
+    # steps of 1/256: a fake-quant of "s" onto the wider grid put 6% of the values a
+    # step apart.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    a = L.Conv2D(4, 1, name="a")(inp)
+    b = L.Conv2D(4, 1, name="b")(inp)
+    s = L.Add(name="s")([a, b])
+    wide = L.Conv2D(4, 1, name="wide", kernel_initializer=keras.initializers.RandomNormal(0, 3))
+    out = L.Concatenate(name="cat")([s, wide(b)])
+    other = L.Add(name="other")([s, L.Conv2D(4, 1, name="z")(inp)])
+    model = keras.Model(inp, L.Concatenate(name="both")([out, other]), name="requantized_concat")
+    x = np.random.default_rng(0).normal(0, 1, (96, 8, 8, 3)).astype("float32")
+
+    qat, path, info = _export(model, x, tmp_path)
+
+    assert qat.get_layer("quant_s").output_quantizer is not None
+    assert info.op_histogram["QUANTIZE"] >= 2  # the input's, and the requantize of "s"
+    assert _off_by_a_step(qat, path, x[64:], xnnpack=True) == 0.0
+
+
+def test_average_pooling_rounds_ties_as_the_int8_kernel(tmp_path):
+    # int8 AVERAGE_POOL_2D sums the stored int8 values of a window and rounds half away
+    # from zero; border windows of 4 and 6 values make ties. The pooled tensor is also
+    # max-pooled (shared, as in NASNet's reduction cells and InceptionV3), and the QAT
+    # model's rounding ops are left out of the file.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 1, name="conv")(inp)
+    avg = L.AveragePooling2D(3, strides=1, padding="same", name="avg")(x)
+    half = L.AveragePooling2D(2, name="avg2")(x)
+    top = L.MaxPooling2D(3, strides=1, padding="same", name="max")(x)
+    out = L.Concatenate(name="cat")([avg, top])
+    model = keras.Model(
+        inp, L.Concatenate(name="both")([L.Flatten()(out), L.Flatten()(half)]), name="pooled"
+    )
+    x = np.random.default_rng(1).normal(0, 1, (96, 8, 8, 3)).astype("float32")
+
+    qat, path, info = _export(model, x, tmp_path)
+
+    assert info.op_histogram["AVERAGE_POOL_2D"] == 2
+    float_ops = [op.name for op in info.ops if op.compute_dtype == "float32"]
+    assert float_ops == ["QUANTIZE"], float_ops  # the input's, nothing around the pooling
+    assert _off_by_a_step(qat, path, x[64:], xnnpack=True) == 0.0
+    # Ties were there to get wrong: a fake-quant of the float average rounds some apart.
+    pool = qat.get_layer("quant_avg")
+    probe = keras.Model(qat.input, [pool.input, pool.output])
+    pooled_in, pooled = probe.predict(x[64:], verbose=0)
+    lo, hi = (float(v) for v in bias.input_range(pool))
+    naive = _ops.fake_quant_activation(pool.layer(pooled_in), lo, hi).numpy()
+    assert np.mean(np.abs(naive - pooled) > 1e-6) > 0.001
+
+
+def test_a_qat_model_converted_by_hand_has_no_emulation_ops(tmp_path):
+    # from_keras_model and model.export trace the graph in TensorFlow's save context,
+    # where the ops that only emulate a kernel (average pooling, requantize) are left out.
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 1, name="conv")(inp)
+    x = L.Concatenate(name="cat")([L.AveragePooling2D(3, 1, "same", name="avg")(x), x])
+    model = keras.Model(inp, L.Conv2D(4, 1, name="head")(x), name="by_hand")
+    x = np.random.default_rng(1).normal(0, 1, (64, 8, 8, 3)).astype("float32")
+    qat, path, info = _export(model, x, tmp_path)
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(qat)
+    quantize.configure_converter(converter, tf)
+    (tmp_path / "by_hand.tflite").write_bytes(converter.convert())
+
+    by_hand = export.inspect(tmp_path / "by_hand.tflite")
+    assert by_hand.op_histogram == info.op_histogram
+    assert _off_by_a_step(qat, tmp_path / "by_hand.tflite", x, xnnpack=True) == 0.0
+
+
+def test_identical_layers_on_one_tensor_are_computed_once(tmp_path):
+    # NASNet: three separable blocks each start with Activation("relu") on the same
+    # tensor. TensorFlow merges the three ReLUs before conversion, so the file has
+    # one RELU, fused into the unfolded BatchNorm before it (one rounding).
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = L.Concatenate(name="cat0")([L.Conv2D(4, 1, name="a")(inp), L.Conv2D(4, 1, name="b")(inp)])
+    p = L.BatchNormalization(name="bn")(x)
+    branches = [
+        L.DepthwiseConv2D(3, padding="same", name=f"dw{k}")(L.Activation("relu", name=f"r{k}")(p))
+        for k in range(3)
+    ]
+    model = keras.Model(inp, L.Concatenate(name="cat")(branches), name="twins")
+    _randomize_batchnorm(model)
+    x = np.random.default_rng(1).normal(0, 1, (96, 8, 8, 3)).astype("float32")
+
+    qat, path, info = _export(model, x, tmp_path)
+
+    relus = [
+        layer.name for layer in qat.layers if layer.name in ("quant_r0", "quant_r1", "quant_r2")
+    ]
+    assert len(relus) == 1
+    assert qat.get_layer("quant_bn").output_quantizer is None  # the ReLU's range is its
+    assert "RELU" not in info.op_histogram
+    assert _off_by_a_step(qat, path, x[64:], xnnpack=True) == 0.0
+    assert [name for name, _, _ in qat.quantize_report.quantized].count("r1") == 1
+    qat.save(tmp_path / "twins.keras")
+    loaded = keras.saving.load_model(tmp_path / "twins.keras")
+    np.testing.assert_array_equal(loaded.predict(x[:8], verbose=0), qat.predict(x[:8], verbose=0))
