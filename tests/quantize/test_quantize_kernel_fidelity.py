@@ -239,6 +239,9 @@ def test_a_concatenate_input_with_its_own_range_is_requantized_as_xnnpack_does(t
     assert qat.get_layer("quant_s").output_quantizer is not None
     assert info.op_histogram["QUANTIZE"] >= 2  # the input's, and the requantize of "s"
     assert _off_by_a_step(qat, path, x[64:], xnnpack=True) == 0.0
+    # first_divergence reads the tensors XNNPACK computes, as verify runs the file.
+    rows = {row.layer: row for row in export.first_divergence(path, qat, x[64:72]).layers}
+    assert rows["quant_cat"].relative_error < 1e-6, rows["quant_cat"]
 
 
 def test_average_pooling_rounds_ties_as_the_int8_kernel(tmp_path):

@@ -371,9 +371,10 @@ def first_divergence(
 ) -> DivergenceReport:
     """Compare intermediate tensors and name the first layer where file and model part.
 
-    The file runs in LiteRT with `experimental_preserve_all_tensors=True`, one
-    sample at a time, so every intermediate tensor can be read (integer ones
-    dequantized with their scale and zero point). Each top-level Keras layer
+    The file runs in LiteRT as `verify` runs it (XNNPACK), one sample at a
+    time, with every op's output made an output of the graph, so each
+    intermediate tensor can be read (integer ones dequantized with their scale
+    and zero point). Each top-level Keras layer
     with one float output is matched to a tensor of the file by name and shape:
 
     - The converter names a tensor after the TensorFlow ops that produced it,
@@ -622,22 +623,11 @@ def _layer_resolver(layer_names, model_name, tensor_names):
 
 def _run_preserving_tensors(tflite_path, specs, inputs, layer_order, model_name, output_layer=None):
     """Run the file sample by sample; `{layer: {tensor: (producer op, [arrays])}}`."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
     from tfcompress_edge.runner import dequantize_array, quantize_array, read_model_file
 
     with tflite_errors():
         content = read_model_file(tflite_path)
-    interpreter = Interpreter(
-        model_content=content,
-        num_threads=1,
-        experimental_preserve_all_tensors=True,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    interpreter.allocate_tensors()
-    producer = {}
-    for op in interpreter._get_ops_details():
-        for index in op["outputs"]:
-            producer[int(index)] = int(op["index"])
+        interpreter, producer = _interpreter_keeping_tensors(content)
     details = {int(t["index"]): t for t in interpreter.get_tensor_details()}
     resolve = _layer_resolver(layer_order, model_name, [t["name"] for t in details.values()])
     watched = {}
@@ -679,6 +669,36 @@ def _run_preserving_tensors(tflite_path, specs, inputs, layer_order, model_name,
     return {
         layer: {name: v for name, v in ts.items() if len(v[1]) == n} for layer, ts in found.items()
     }
+
+
+def _interpreter_keeping_tensors(content):
+    """The file in LiteRT, run as `verify` runs it, with every op's output kept.
+
+    `experimental_preserve_all_tensors` works only without delegates, and
+    LiteRT's builtin int8 kernels round apart from XNNPACK's on near-ties (the
+    QAT model follows XNNPACK). So every op output becomes an output of the
+    main subgraph instead, which XNNPACK writes out as it computes.
+
+    Returns:
+        The interpreter, tensors allocated, and `{tensor index: position of the
+        op that makes it}` in the file's execution order.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    graph = model.subgraphs[0]
+    producer = {}
+    for position, op in enumerate(graph.operators):
+        for index in op.outputs:
+            if index >= 0:
+                producer[int(index)] = position
+    graph.outputs = np.array(sorted(set(producer) | {int(i) for i in graph.outputs}), np.int32)
+    interpreter = Interpreter(
+        model_content=bytes(flatbuffer_utils.convert_object_to_bytearray(model)), num_threads=1
+    )
+    interpreter.allocate_tensors()
+    return interpreter, producer
 
 
 def _keras_inputs(model, specs, inputs):
