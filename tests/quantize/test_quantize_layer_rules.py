@@ -217,3 +217,41 @@ def test_strict_mode_refuses_the_unknown_layer():
     model = keras.Model(inp, Offset(name="offset")(L.Dense(8, name="fc")(inp)))
     with pytest.raises(quantize.UnsupportedLayerError, match="'offset'.*register_layer"):
         quantize.quantize_model(model, QuantizeConfig(strict=True))
+
+
+class Shift(keras.layers.Layer):
+    """A custom layer whose config leaves out what it computes."""
+
+    def __init__(self, shift=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.shift = shift
+
+    def call(self, x):
+        return x + self.shift
+
+
+def test_only_keras_layers_with_equal_configs_and_arguments_are_computed_once():
+    # Twins (same class, config and call arguments on one tensor) are computed once, as
+    # TensorFlow merges them before conversion; a custom layer's config may not say what
+    # it computes, and other call arguments compute something else.
+    quantize.register_layer(Shift, LayerHandler("output"))
+    quantize.register_layer(Scale, LayerHandler("output"))
+    inp = keras.Input((8,))
+    h = L.Dense(8, name="fc")(inp)
+    branches = [
+        L.ReLU(name="relu_a")(h),
+        L.ReLU(name="relu_b")(h),
+        Shift(1.0, name="shift_a")(h),
+        Shift(5.0, name="shift_b")(h),
+        Scale(name="scale_a")(h, factor=2.0),
+        Scale(name="scale_b")(h, factor=3.0),
+    ]
+    model = keras.Model(inp, L.Concatenate(name="cat")(branches))
+    x = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
+
+    qat = quantize.quantize_model(model, representative_data=x)
+
+    names = {layer.name for layer in qat.layers}
+    assert len({"quant_relu_a", "quant_relu_b"} & names) == 1
+    assert {"quant_shift_a", "quant_shift_b", "quant_scale_a", "quant_scale_b"} <= names
+    np.testing.assert_allclose(qat(x), model(x), rtol=0.05, atol=0.3)

@@ -533,8 +533,9 @@ def _twins(model, plans, model_nodes):
     one tensor feeds three identical ReLUs. TensorFlow merges identical ops
     before the converter sees them: the file has one RELU (fused into the op
     before it, which then rounds once) on one grid, read by all three blocks.
-    The QAT model computes such twins once too: same class and config, no
-    weights, an output range as their role, called once on the same tensors.
+    The QAT model computes such twins once too: Keras layers of the same class
+    and config, without variables, an output range as their role, called once
+    on the same tensors.
     """
     import json
 
@@ -547,7 +548,9 @@ def _twins(model, plans, model_nodes):
         nodes = _inbound(layer, model_nodes)
         if (
             plans[layer.name].action != "output"
-            or layer.weights
+            or layer.variables
+            # A Keras layer's config says all it computes; a custom one's may not.
+            or not type(layer).__module__.startswith("keras.")
             or len(nodes) != 1
             or len(layer._inbound_nodes) != 1
             or any(id(t) in outputs for t in nodes[0].output_tensors)
