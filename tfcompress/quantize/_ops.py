@@ -175,13 +175,13 @@ def average_pool_int8(pool, x, min_value, max_value):
 
 
 def requantize_xnnpack(x, in_min, in_max, out_min, out_max):
-    """`x`, on the grid of `[in_min, in_max]`, moved onto the grid of `[out_min, out_max]`
-    as XNNPACK's int8 QUANTIZE (requantize) does.
+    """`x` moved from the grid of `[in_min, in_max]` to `[out_min, out_max]`, as XNNPACK does.
 
-    XNNPACK multiplies by the scale ratio in steps of 1/256
-    (`M = lrint(256 * in_scale / out_scale)`, then `(q * M + 128) >> 8`), so a
-    ratio of 0.2504 is 0.25 and a fifth of the values can land a step from
-    where a fake-quant of `x` rounds them. Ratios outside [2**-8, 2**7] are
+    XNNPACK's int8 QUANTIZE (requantize) multiplies by the scale ratio in
+    steps of 1/256 (`M = lrint(256 * in_scale / out_scale)`, then
+    `(q * M + 128) >> 8`), so a ratio of 0.2504 is 0.25, and values land a
+    step from where a fake-quant of `x` rounds them (6-7% of one NASNet
+    Concatenate input's). Ratios outside [2**-8, 2**7] are
     left to LiteRT's builtin kernel, which a fake-quant matches: `x` is
     returned unchanged there.
     """

@@ -16,7 +16,9 @@ called on a symbolic tensor (the QAT transform builds the graph, `.keras`
 loading rebuilds it), `record_input_grid` walks back from the input through
 layers that keep their input's scale (padding, pooling, reshapes) to the
 `ActivationQuantizer` (or fixed LOGISTIC/TANH grid) that set it. A wrapper
-whose input grid cannot be found keeps its float bias, as before.
+whose input grid cannot be found keeps its float bias, as before. The same
+walk tells average pooling (`quantize.pooling`) and a Concatenate's
+requantized inputs (`record_input_grids`) which grid they read.
 """
 
 from __future__ import annotations
