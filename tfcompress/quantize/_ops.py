@@ -121,7 +121,8 @@ def nudged_grid(min_value, max_value):
 
     As TensorFlow's FakeQuant kernel nudges the range (and the converter reads
     it): the zero point is an integer, so the range moves to put 0.0 on the
-    grid. The zero point is in int8 terms (stored value of 0.0).
+    grid. The zero point is in int8 terms (stored value of 0.0). The range is
+    widened as `fake_quant_activation` widens it.
     """
     max_value = tf.maximum(max_value, min_value + 1e-6)
     scale = (max_value - min_value) / 255.0

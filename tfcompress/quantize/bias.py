@@ -103,17 +103,13 @@ def input_scale(layer: keras.layers.Layer) -> tf.Tensor | None:
     grid = input_range(layer)
     if grid is None:
         return None
-    lo, hi = grid
-    # As `fake_quant_activation` (and the converter reading it) spans the range.
-    return (tf.maximum(hi, lo + 1e-6) - lo) / 255.0
+    return _ops.nudged_grid(*grid)[0]
 
 
 def quantizer_scale(quantizer: ActivationQuantizer) -> tf.Tensor:
     """The int8 scale of an `ActivationQuantizer`'s current range (as the converter reads it)."""
     lo = tf.cast(quantizer.range_min, tf.float32)
-    hi = tf.cast(quantizer.range_max, tf.float32)
-    # As `fake_quant_activation` spans the range.
-    return (tf.maximum(hi, lo + 1e-6) - lo) / 255.0
+    return _ops.nudged_grid(lo, tf.cast(quantizer.range_max, tf.float32))[0]
 
 
 def weight_scales(kernel: tf.Tensor, granularity: str) -> tf.Tensor:
