@@ -186,7 +186,7 @@ def requantize_xnnpack(x, in_min, in_max, out_min, out_max):
     left to LiteRT's builtin kernel, which a fake-quant matches: `x` is
     returned unchanged there.
     """
-    in_scale, in_zero = nudged_grid(in_min, in_max)
+    in_scale = nudged_grid(in_min, in_max)[0]
     out_scale, out_zero = nudged_grid(out_min, out_max)
     ratio = in_scale / out_scale
     multiplier = tf.round(256.0 * ratio)  # lrintf: half to even, as tf.round
